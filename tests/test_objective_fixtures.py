@@ -110,8 +110,12 @@ def test_tit_step_matches_official(ref_dir, name, fuse):
     out = objective(model, rec["x"], rec["c"], t=rec["t"], z=rec["z"])
     out.loss.backward()
     lam = rec["config"]["consistc_ratio"]
-    torch.testing.assert_close(out.target, rec["loss_trace"]["target"], atol=5e-4 if lam else 2e-5, rtol=0)
-    torch.testing.assert_close(out.per_sample, rec["loss_trace"]["per_sample"], rtol=1e-5, atol=2e-6)
+    # Fusing the t+eps / t-eps forwards into one batch changes float32 summation order (~1e-6 in
+    # f); the x100 central difference times alpha*W/D (up to 4) turns that into up to ~7e-4 on a
+    # few target entries. Losses and gradients stay within the README's tolerances either way.
+    target_atol, loss_rtol = ((1e-3, 3e-5) if fuse else (5e-4, 1e-5)) if lam else (2e-5, 1e-5)
+    torch.testing.assert_close(out.target, rec["loss_trace"]["target"], atol=target_atol, rtol=0)
+    torch.testing.assert_close(out.per_sample, rec["loss_trace"]["per_sample"], rtol=loss_rtol, atol=2e-6)
     assert out.loss.item() == pytest.approx(rec["loss"], rel=1e-5)
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert set(grads) == set(rec["grads"])

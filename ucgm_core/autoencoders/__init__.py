@@ -1,0 +1,36 @@
+"""Autoencoder registry: ``get_autoencoder(name, **kw)`` -> :class:`~.base.Autoencoder`.
+
+Entries are ``"module:Class"`` strings imported on first use, so heavy back-ends (diffusers VAEs)
+cost nothing until asked for. Add one with :func:`register_autoencoder`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Dict
+
+from .base import Autoencoder
+
+_REGISTRY: Dict[str, str] = {
+    "identity": "ucgm_core.autoencoders.identity:IdentityAutoencoder",
+}
+
+
+def register_autoencoder(name: str, target: str) -> None:
+    """Register ``name`` -> ``"package.module:ClassName"``."""
+    _REGISTRY[name] = target
+
+
+def available_autoencoders() -> list:
+    return sorted(_REGISTRY)
+
+
+def get_autoencoder(name: str, **kw) -> Autoencoder:
+    """Instantiate the autoencoder registered as ``name`` with keyword arguments ``kw``."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown autoencoder {name!r}; known: {available_autoencoders()}")
+    module, _, cls = _REGISTRY[name].partition(":")
+    return getattr(importlib.import_module(module), cls)(**kw)
+
+
+__all__ = ["Autoencoder", "get_autoencoder", "register_autoencoder", "available_autoencoders"]

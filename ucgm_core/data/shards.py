@@ -1,0 +1,451 @@
+"""Webdataset tar shards: writing (with the ADM center crop) and deterministic reading.
+
+Layout of a shard folder (one per dataset x resolution, or per autoencoder for latents)::
+
+    <dir>/{split}-{index:06d}.tar     samples_per_shard samples each (the last may hold fewer)
+    <dir>/{split}.json                manifest, written last: kind, counts, shard names, shapes
+
+Each sample is a group of consecutive tar members ``<key>.<field>`` sharing ``__key__`` =
+``{split}-{sample_index:08d}``: ``png`` or ``npy`` (image, ``uint8 [H, W, C]``) and ``cls``
+(ASCII integer label) for image shards; ``latent.npy``, ``latent_flip.npy`` and ``cls`` for
+latent shards (:mod:`ucgm_core.data.latents`). Members carry mtime 0 and no owner, so the same
+input gives byte-identical shards. Every shard and manifest is written to a temporary name and
+renamed into place, so a crash never leaves a half-written file under its final name.
+
+CLI::
+
+    python -m ucgm_core.data.shards --dataset fashion_mnist --raw-dir resources/raw/fashion_mnist \\
+        --out-dir resources/shards/fashion_mnist_28 [--resolution 28] [--samples-per-shard 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "adm_center_crop",
+    "prepare_image",
+    "encode_field",
+    "decode_field",
+    "TarShardWriter",
+    "write_manifest",
+    "read_manifest",
+    "shard_paths",
+    "iter_samples",
+    "iter_images",
+    "load_images",
+    "write_image_shards",
+    "atomic_write_bytes",
+]
+
+MANIFEST_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Image preprocessing
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_pil(arr: np.ndarray):
+    from PIL import Image
+
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        return Image.fromarray(arr[:, :, 0], mode="L")
+    return Image.fromarray(arr, mode="RGB")
+
+
+def adm_center_crop(image, size: int):
+    """ADM center crop of a PIL image to ``size x size``.
+
+    While the short side is at least ``2 * size`` halve the image with a BOX filter; then resize
+    so that the short side equals ``size`` (BICUBIC); then crop the center square.
+    """
+    from PIL import Image
+
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
+    w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def prepare_image(arr: np.ndarray, size: Optional[int]) -> np.ndarray:
+    """``uint8 [H, W, C]`` -> ``uint8 [size, size, C]`` (ADM crop unless already that size)."""
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if size is None or (arr.shape[0] == size and arr.shape[1] == size):
+        return arr
+    out = np.asarray(adm_center_crop(_to_pil(arr), size), dtype=np.uint8)
+    return out[..., None] if out.ndim == 2 else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Field codecs
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_field(field: str, value: Any) -> bytes:
+    """Encode one sample field by its extension (``png``, ``npy`` or ``*.npy``, ``cls``, ``json``)."""
+    ext = field.rsplit(".", 1)[-1]
+    if ext == "png":
+        buf = io.BytesIO()
+        _to_pil(np.asarray(value, dtype=np.uint8)).save(buf, format="PNG", compress_level=1)
+        return buf.getvalue()
+    if ext == "npy":
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(value), allow_pickle=False)
+        return buf.getvalue()
+    if ext == "cls":
+        return str(int(value)).encode("ascii")
+    if ext == "json":
+        return json.dumps(value, sort_keys=True).encode()
+    if isinstance(value, bytes):
+        return value
+    raise ValueError(f"no encoder for field {field!r}")
+
+
+def decode_field(field: str, data: bytes) -> Any:
+    """Inverse of :func:`encode_field`; png decodes to ``uint8 [H, W, C]``."""
+    ext = field.rsplit(".", 1)[-1]
+    if ext == "png":
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            arr = np.asarray(im, dtype=np.uint8)
+        return arr[..., None] if arr.ndim == 2 else arr
+    if ext == "npy":
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    if ext == "cls":
+        return int(data.decode("ascii").strip())
+    if ext == "json":
+        return json.loads(data)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes and the shard writer
+# ---------------------------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class TarShardWriter:
+    """Writes samples into ``{split}-{index:06d}.tar`` shards of ``samples_per_shard`` samples.
+
+    Use as a context manager; :meth:`write` takes a key and a dict ``{field: encoded bytes}``.
+    Each shard is written under a temporary name and renamed when complete.
+    """
+
+    def __init__(self, out_dir: os.PathLike | str, split: str, samples_per_shard: int, start_index: int = 0):
+        if samples_per_shard < 1:
+            raise ValueError("samples_per_shard must be >= 1")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.split = split
+        self.samples_per_shard = samples_per_shard
+        self.shard_index = start_index
+        self.shards: List[str] = []
+        self.count = 0
+        self._tar: Optional[tarfile.TarFile] = None
+        self._tmp: Optional[Path] = None
+        self._in_shard = 0
+
+    def shard_name(self, index: int) -> str:
+        return f"{self.split}-{index:06d}.tar"
+
+    def _open(self) -> None:
+        name = self.shard_name(self.shard_index)
+        self._tmp = self.out_dir / f".{name}.tmp"
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        self._in_shard = 0
+
+    def _close_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        with open(self._tmp, "rb+") as f:  # type: ignore[arg-type]
+            os.fsync(f.fileno())
+        name = self.shard_name(self.shard_index)
+        os.replace(self._tmp, self.out_dir / name)  # type: ignore[arg-type]
+        self.shards.append(name)
+        self.shard_index += 1
+        self._tar = None
+        self._tmp = None
+
+    def write(self, key: str, fields: Dict[str, bytes]) -> None:
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} may not contain '.' or '/'")
+        if self._tar is None:
+            self._open()
+        for field, data in fields.items():
+            info = tarfile.TarInfo(f"{key}.{field}")
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o644
+            self._tar.addfile(info, io.BytesIO(data))  # type: ignore[union-attr]
+        self._in_shard += 1
+        self.count += 1
+        if self._in_shard >= self.samples_per_shard:
+            self._close_shard()
+
+    def close(self) -> List[str]:
+        self._close_shard()
+        return self.shards
+
+    def abort(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            Path(self._tmp).unlink(missing_ok=True)  # type: ignore[arg-type]
+            self._tar = None
+
+    def __enter__(self) -> "TarShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifests
+# ---------------------------------------------------------------------------------------------
+
+
+def manifest_path(shard_dir: os.PathLike | str, split: str) -> Path:
+    return Path(shard_dir) / f"{split}.json"
+
+
+def write_manifest(shard_dir: os.PathLike | str, split: str, info: Dict[str, Any]) -> Path:
+    """Atomically write ``{split}.json`` (adds ``version`` and ``split``)."""
+    data = {"version": MANIFEST_VERSION, "split": split, **info}
+    path = manifest_path(shard_dir, split)
+    atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    return path
+
+
+def read_manifest(shard_dir: os.PathLike | str, split: str) -> Dict[str, Any]:
+    """Read ``{split}.json`` and check that its shards exist."""
+    path = manifest_path(shard_dir, split)
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest {path}; build the shards first")
+    info = json.loads(path.read_text())
+    missing = [s for s in info["shards"] if not (Path(shard_dir) / s).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path}: shards missing on disk: {missing}")
+    return info
+
+
+def shard_paths(shard_dir: os.PathLike | str, split: str) -> List[Path]:
+    """Shard paths of ``split`` in manifest order."""
+    return [Path(shard_dir) / s for s in read_manifest(shard_dir, split)["shards"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def iter_samples(paths: Iterable[os.PathLike | str]) -> Iterator[Dict[str, Any]]:
+    """Yield raw samples ``{"__key__": key, field: bytes, ...}`` in shard and member order."""
+    for path in paths:
+        with tarfile.open(path, "r") as tf:
+            current: Optional[Dict[str, Any]] = None
+            for m in tf:
+                if not m.isfile():
+                    continue
+                base = m.name.rsplit("/", 1)[-1]
+                key, _, field = base.partition(".")
+                if current is None or current["__key__"] != key:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": key}
+                current[field] = tf.extractfile(m).read()  # type: ignore[union-attr]
+            if current is not None:
+                yield current
+
+
+def iter_images(shard_dir: os.PathLike | str, split: str) -> Iterator[Tuple[str, np.ndarray, int]]:
+    """Yield ``(key, uint8 [H, W, C] image, label)`` from image shards, deterministically."""
+    for s in iter_samples(shard_paths(shard_dir, split)):
+        field = "png" if "png" in s else "npy"
+        if field not in s or "cls" not in s:
+            raise ValueError(f"sample {s['__key__']} lacks an image or cls field (has {sorted(s)})")
+        img = decode_field(field, s[field])
+        yield s["__key__"], (img[..., None] if img.ndim == 2 else img), decode_field("cls", s["cls"])
+
+
+def load_images(shard_dir: os.PathLike | str, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """All images ``uint8 [N, H, W, C]`` and labels ``int64 [N]`` of a split."""
+    imgs, labels = [], []
+    for _, img, lab in iter_images(shard_dir, split):
+        imgs.append(img)
+        labels.append(lab)
+    return np.stack(imgs), np.asarray(labels, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building image shards
+# ---------------------------------------------------------------------------------------------
+
+
+def _encode_sample(args: Tuple[np.ndarray, int, Optional[int], str]) -> Tuple[bytes, bytes]:
+    arr, label, size, fmt = args
+    img = prepare_image(arr, size)
+    return encode_field(fmt, img), encode_field("cls", label)
+
+
+def write_image_shards(
+    source: Iterable[Tuple[np.ndarray, int]],
+    out_dir: os.PathLike | str,
+    split: str,
+    *,
+    resolution: Optional[int],
+    samples_per_shard: int = 10000,
+    image_format: str = "png",
+    num_classes: int,
+    limit: Optional[int] = None,
+    workers: int = 1,
+    extra_info: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """Write ``(uint8 [H, W, C] image, label)`` pairs into image shards plus the manifest.
+
+    Images whose size differs from ``resolution`` get the ADM center crop. ``workers > 1``
+    preprocesses in a process pool (order preserved). Returns the manifest dict.
+    """
+    if image_format not in ("png", "npy"):
+        raise ValueError("image_format must be 'png' or 'npy'")
+    out_dir = Path(out_dir)
+    for stale in [*out_dir.glob(f"{split}-*.tar"), *out_dir.glob(f".{split}-*.tar.tmp")]:
+        stale.unlink()
+    manifest_path(out_dir, split).unlink(missing_ok=True)
+
+    def jobs() -> Iterator[Tuple[np.ndarray, int, Optional[int], str]]:
+        for i, (arr, lab) in enumerate(source):
+            if limit is not None and i >= limit:
+                return
+            yield arr, int(lab), resolution, image_format
+
+    counts = np.zeros(num_classes, dtype=np.int64)
+    shape: Optional[Tuple[int, ...]] = None
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn" if sys.platform == "darwin" else "fork").Pool(workers)
+        encoded: Iterable[Tuple[bytes, bytes]] = pool.imap(_encode_sample, jobs(), chunksize=64)
+    else:
+        encoded = map(_encode_sample, jobs())
+    try:
+        with TarShardWriter(out_dir, split, samples_per_shard) as w:
+            for i, (img_b, cls_b) in enumerate(encoded):
+                lab = int(cls_b)
+                if not 0 <= lab < num_classes:
+                    raise ValueError(f"sample {i}: label {lab} outside [0, {num_classes})")
+                counts[lab] += 1
+                if shape is None:
+                    shape = tuple(decode_field(image_format, img_b).shape)
+                w.write(f"{split}-{i:08d}", {image_format: img_b, "cls": cls_b})
+        shards = w.shards
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    if shape is None:
+        raise ValueError(f"split {split!r}: the source yielded no images")
+    info = {
+        "kind": "images",
+        "num_samples": int(counts.sum()),
+        "samples_per_shard": samples_per_shard,
+        "shards": shards,
+        "image_format": image_format,
+        "resolution": int(shape[0]),
+        "channels": int(shape[2]),
+        "num_classes": int(num_classes),
+        "class_counts": counts.tolist(),
+        **(extra_info or {}),
+    }
+    write_manifest(out_dir, split, info)
+    return info
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ucgm_core.data.shards",
+        description="Read a dataset's raw files and write webdataset image shards "
+        "({split}-{index:06d}.tar + {split}.json) with the ADM center crop.",
+    )
+    p.add_argument("--dataset", required=True, help="catalogue name: fashion_mnist, mnist, cifar10, imagenet, imagefolder")
+    p.add_argument("--raw-dir", "--source", dest="raw_dir", required=True,
+                   help="download folder (fashion_mnist, mnist, cifar10) or on-disk dataset (imagefolder, imagenet)")
+    p.add_argument("--out-dir", required=True, help="shard folder to write")
+    p.add_argument("--resolution", type=int, default=None, help="output size (default: the dataset's native size)")
+    p.add_argument("--samples-per-shard", type=int, default=10000, help="samples per tar shard (default 10000)")
+    p.add_argument("--image-format", choices=("png", "npy"), default="png", help="image field (default png)")
+    p.add_argument("--splits", nargs="+", default=None, help="splits to write (default: all of the dataset's)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N samples per split (smoke tests)")
+    p.add_argument("--workers", type=int, default=1, help="preprocessing processes (default 1)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .datasets import get_dataset
+
+    args = _build_parser().parse_args(argv)
+    ds = get_dataset(args.dataset)
+    resolution = args.resolution or ds.image_size
+    if resolution is None:
+        print(f"error: dataset {ds.name!r} has variable-size images; pass --resolution", file=sys.stderr)
+        return 2
+    for split in args.splits or ds.splits:
+        t0 = time.time()
+        source = ds.read(args.raw_dir, split)
+        info = write_image_shards(
+            source,
+            args.out_dir,
+            split,
+            resolution=resolution,
+            samples_per_shard=args.samples_per_shard,
+            image_format=args.image_format,
+            num_classes=ds.num_classes or source.num_classes,
+            limit=args.limit,
+            workers=args.workers,
+            extra_info={"dataset": ds.name},
+        )
+        print(
+            f"{split}: {info['num_samples']} images {info['resolution']}x{info['resolution']}x{info['channels']} "
+            f"in {len(info['shards'])} shards -> {args.out_dir} ({time.time() - t0:.1f}s)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
