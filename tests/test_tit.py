@@ -156,3 +156,10 @@ def test_zero_init_output_and_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x, t, y)
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("flag", ["use_qknorm", "use_swiglu", "use_rope", "use_rmsnorm"])
+def test_ablation_flags_run(flag):
+    model = TiT(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=1, num_heads=4, num_classes=10,
+                **{flag: False})
+    assert model(torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([0, 10])).shape == (2, 4, 8, 8)

@@ -26,7 +26,7 @@ import pickle
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -271,7 +271,7 @@ def _idx_reader(prefix_train: str = "train", prefix_test: str = "t10k") -> Calla
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that only reconstructs numpy arrays/dtypes (no arbitrary code)."""
+    """Unpickler that only reconstructs numpy arrays/dtypes and bytes (no arbitrary code)."""
 
     _reconstruct = np.zeros(1).__reduce__()[0]
     _scalar = np.float64(0).__reduce__()[0]
@@ -284,6 +284,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
                 return self._scalar
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
+        if module == "_codecs" and name == "encode":  # bytes in protocol-2 pickles written by Python 3
+            import codecs
+
+            return codecs.encode
         raise pickle.UnpicklingError(f"refusing to unpickle global {module}.{name}")
 
 
@@ -523,3 +527,41 @@ def get_dataset(name: str) -> DatasetSpec:
     if key not in CATALOGUE:
         raise KeyError(f"unknown dataset {name!r}; known: {sorted(CATALOGUE)}")
     return CATALOGUE[key]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m ucgm_core.data.datasets [NAME] [--raw-dir DIR] [--json]``: describe the catalogue."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(
+        prog="python -m ucgm_core.data.datasets",
+        description="List the dataset catalogue, or describe one dataset (its raw files, mirrors and "
+        "checksums; with --raw-dir also the number of images and classes per split).",
+    )
+    p.add_argument("name", nargs="?", help="dataset to describe (default: list all)")
+    p.add_argument("--raw-dir", help="read the raw data here and count images per split")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    args = p.parse_args(argv)
+    if not args.name:
+        for name, spec in CATALOGUE.items():
+            print(f"{name:16s} {spec.description}")
+        return 0
+    ds = get_dataset(args.name)
+    info: Dict[str, object] = {
+        "name": ds.name, "image_size": ds.image_size, "channels": ds.channels, "num_classes": ds.num_classes,
+        "splits": list(ds.splits),
+        "files": [{"name": f.name, "mirrors": list(f.mirrors), "sha256": f.sha256, "md5": f.md5} for f in ds.files],
+    }
+    if args.raw_dir:
+        for split in ds.splits:
+            src = ds.read(args.raw_dir, split)
+            info[f"{split}_samples"] = len(src)
+    print(json.dumps(info, indent=1) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

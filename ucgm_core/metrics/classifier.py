@@ -27,7 +27,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import torch_fidelity
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from .imageutil import atomic_write, sha256_file, to_uint8
+from .imageutil import atomic_torch_save, atomic_write, sha256_file, to_uint8
 
 __all__ = [
     "CLASSIFIER_EXTRACTOR_NAME",
@@ -64,7 +64,7 @@ class ClassifierConfig:
     in_channels: int = 1
     resolution: int = 28
     num_classes: int = 10
-    widths: tuple[int, ...] = (32, 64)  # one conv-BN-ReLU-maxpool stage per entry
+    widths: tuple[int, ...] = (16, 32)  # one conv-BN-ReLU-maxpool stage per entry
     pool_size: int = 7  # spatial size after an adaptive average pool (identity for 28 -> 7)
     feature_dim: int = 128  # penultimate layer: the FID/KID/PRC features
     dropout: float = 0.25
@@ -152,7 +152,7 @@ def _save_classifier(path: str, model: SmallClassifier, train_info: dict) -> str
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "train_info": train_info,
     }
-    return atomic_write(path, lambda tmp: torch.save(blob, tmp))
+    return atomic_torch_save(blob, path)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -215,10 +215,12 @@ def train_classifier(
     """Train the small classifier and save it to ``out_path``; returns the path.
 
     ``images``: uint8 [N,C,H,W] (or float in [0,1], quantised like generated samples), ``labels``: ints
-    in [0, num_classes). The length of training is ``steps`` or ``epochs`` (default 2 epochs, capped at
-    3000 steps); ``max_seconds`` optionally stops earlier (then the result depends on machine speed).
+    in [0, num_classes). The length of training is ``steps`` or ``epochs`` (default 3 epochs, capped at
+    3000 steps; Fashion-MNIST: 1404 steps, about a minute on 2 CPU cores, about 90.6% test accuracy);
+    ``max_seconds`` optionally stops earlier (then the result depends on machine speed).
     AdamW with a short warm-up and cosine decay. With ``test_images``/``test_labels`` the test accuracy is
-    measured and stored in the file's ``train_info``. Deterministic for a given seed and step count.
+    measured and stored in the file's ``train_info``. Deterministic for a given seed and step count (the
+    file is byte-identical on the same software and hardware); ``<out_path>.json`` gets the wall time etc.
     """
     x = _as_uint8_images(images)
     y = torch.as_tensor(labels).long().contiguous()
@@ -231,7 +233,7 @@ def train_classifier(
     n = len(x)
     steps_per_epoch = max(1, n // batch_size)
     if steps is None:
-        steps = int(math.ceil(epochs * steps_per_epoch)) if epochs is not None else min(2 * steps_per_epoch, 3000)
+        steps = int(math.ceil(epochs * steps_per_epoch)) if epochs is not None else min(3 * steps_per_epoch, 3000)
     steps = max(1, int(steps))
 
     torch.manual_seed(seed)
@@ -274,6 +276,9 @@ def train_classifier(
     train_seconds = time.perf_counter() - t0
     model.eval()
 
+    # Only run-independent facts go into the weights file, so that the same training on the same software
+    # and hardware gives a byte-identical file (its sha256 keys reference caches and the evaluation
+    # contract); wall time, versions and caller notes go to the "<out_path>.json" sidecar.
     info = {
         "seed": int(seed),
         "steps": int(done),
@@ -282,16 +287,24 @@ def train_classifier(
         "lr": float(lr),
         "weight_decay": float(weight_decay),
         "num_train": int(n),
-        "train_seconds": float(train_seconds),
         "final_loss": float(last_loss),
-        "torch_version": torch.__version__,
     }
     if test_images is not None and test_labels is not None:
         info["test_accuracy"] = float(classifier_accuracy(model, test_images, test_labels))
         info["num_test"] = int(len(test_labels))
-    if extra_info:
-        info.update(extra_info)
-    return _save_classifier(os.fspath(out_path), model, info)
+    out_path = os.fspath(out_path)
+    _save_classifier(out_path, model, info)
+    sidecar = {
+        **info,
+        **(extra_info or {}),
+        "train_seconds": float(train_seconds),
+        "torch_version": str(torch.__version__),
+        "torch_threads": int(torch.get_num_threads()),
+        "sha256": sha256_file(out_path),
+        "config": config.to_dict(),
+    }
+    atomic_write(out_path + ".json", lambda tmp: open(tmp, "w").write(json.dumps(sidecar, indent=2) + "\n"))
+    return out_path
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -423,7 +436,7 @@ def main(argv=None) -> int:
                    "or .npz with images [N,(1,)H,W] uint8, labels [N] (+ test_images, test_labels)")
     t.add_argument("--out", required=True, help="output file (.pt)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 2 epochs, at most 3000)")
+    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 3 epochs, at most 3000)")
     t.add_argument("--epochs", type=float, default=None)
     t.add_argument("--max-seconds", type=float, default=None, help="stop early after this many seconds")
     t.add_argument("--batch-size", type=int, default=128)
@@ -443,8 +456,8 @@ def main(argv=None) -> int:
             batch_size=a.batch_size, lr=a.lr, test_images=xt, test_labels=yt,
             extra_info={"data": os.path.abspath(a.data)}, verbose=not a.quiet,
         )
-        _, meta = load_classifier(path)
-        print(json.dumps({"path": path, "sha256": sha256_file(path), **meta["train_info"]}, indent=2))
+        with open(path + ".json") as f:
+            print(json.dumps({"path": path, **json.load(f)}, indent=2))
     elif a.cmd == "eval":
         model, _ = load_classifier(a.weights)
         x, y, xt, yt = _load_data_arg(a.data)

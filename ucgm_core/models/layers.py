@@ -7,7 +7,7 @@ Conventions follow the original TiT (method doc Sec. 3.1; fixture README "Networ
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -201,7 +201,10 @@ class ConditionalNet(nn.Module):
         otherwise only the conditional half is evaluated and duplicated. Output [2B, ...].
         """
         if x.shape[0] % 2 or x.shape[0] != y.shape[0]:
-            raise ValueError(f"forward_with_cfg needs an even batch [x; x] with matching y, got x {list(x.shape)}, y {list(y.shape)}")
+            raise ValueError(
+                f"forward_with_cfg needs an even batch [x; x] with matching y, "
+                f"got x {list(x.shape)}, y {list(y.shape)}"
+            )
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         n = x.shape[0] // 2
@@ -216,11 +219,6 @@ class ConditionalNet(nn.Module):
         return torch.cat([out, out])
 
 
-def conv_out_size(size: int, stride: int) -> int:
-    """Spatial size after a 3x3 conv with padding 1 and the given stride (ceil division)."""
-    return (size + stride - 1) // stride
-
-
 def unpatchify(x: Tensor, patch: int, channels: int) -> Tensor:
     """Tokens [B, h*w, p*p*C] (row-major, each token [p, p, C]) -> image [B, C, h*p, w*p]."""
     b, n, _ = x.shape
@@ -229,7 +227,7 @@ def unpatchify(x: Tensor, patch: int, channels: int) -> Tensor:
     return torch.einsum("bhwpqc->bchpwq", x).reshape(b, channels, h * patch, w * patch)
 
 
-__all__: Tuple[str, ...] = (
+__all__ = [
     "RMSNorm",
     "modulate",
     "SwiGLU",
@@ -241,4 +239,4 @@ __all__: Tuple[str, ...] = (
     "LabelEmbedder",
     "ConditionalNet",
     "unpatchify",
-)
+]

@@ -75,7 +75,9 @@ class TiTBlock(nn.Module):
     x <- x + g_a * Attn(modulate(norm(x), sh_a, sc_a));  x <- x + g_m * FFN(modulate(norm(x), sh_m, sc_m)).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, use_qknorm: bool, use_swiglu: bool, use_rmsnorm: bool) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_hidden: int, use_qknorm: bool, use_swiglu: bool, use_rmsnorm: bool
+    ) -> None:
         super().__init__()
         self.norm1 = make_norm(use_rmsnorm)
         self.attn = Attention(dim, num_heads, use_qknorm, use_rmsnorm)
@@ -130,7 +132,7 @@ class TiT(ConditionalNet):
     ) -> None:
         super().__init__()
         if wo_shift:
-            raise NotImplementedError("wo_shift=True is not supported (no released TiT uses it)")
+            raise NotImplementedError("wo_shift=True is not implemented (all UCGM configs use the default False)")
         if input_size % patch_size or hidden_size % num_heads:
             raise ValueError(
                 f"need input_size % patch_size == 0 and hidden_size % num_heads == 0, got "

