@@ -198,7 +198,7 @@ class UCGMObjective:
         out.loss.backward()
     """
 
-    def __init__(self, config: UCGMConfig, fuse_forwards: bool | str = "auto"):
+    def __init__(self, config: UCGMConfig, fuse_forwards: bool | str = False):
         config.validate()
         self.config = config
         self.transport: OrientedTransport = orient(config.transport)
