@@ -320,8 +320,9 @@ class UCGMObjective:
 
         lo, hi = cfg.enhanced_range
         t_flat = t.reshape(-1)
-        in_range = ((t_flat > lo) & (t_flat < hi) & conditional).view_as(t)
-        out_range = (~((t_flat > lo) & (t_flat < hi)) & conditional).view_as(t)
+        inside = (t_flat > lo) & (t_flat < hi)
+        in_range = (inside & conditional).view_as(t)
+        out_range = (~inside & conditional).view_as(t)
         null_rows = (~conditional).view_as(t)
 
         def boosted(base, pred, ref):
