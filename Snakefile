@@ -1,10 +1,21 @@
-# UCGM pipeline. Stages: workflow/rules/<stage>.smk. So far: download -> shards -> latents.
+# UCGM pipeline: download -> shards -> latents -> train -> tune -> sample -> evaluate -> tables and figures.
+# One .smk per stage in workflow/rules; the config is validated against workflow/schemas/ before any job.
 configfile: "config/config.yaml"
 
 
-include: "workflow/rules/data.smk"
+include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
+include: "workflow/rules/shards.smk"
+include: "workflow/rules/latents.smk"
+include: "workflow/rules/extractor.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/tune.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
-        f"results/latents/{config['autoencoder']}/{config['dataset']}_{config['resolution']}/stats.pt",
+        all_targets(),
+    default_target: True

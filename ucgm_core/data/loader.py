@@ -209,6 +209,10 @@ class LatentLoader:
         self.position += 1
         return self._both.index_select(0, rows), self._labels.index_select(0, rows % self.n)
 
+    def next_batch(self) -> Tuple[Tensor, Tensor]:
+        """The next ``(x, y)`` batch (the training loop's ``BatchSource`` protocol)."""
+        return next(self)
+
     @property
     def samples_seen(self) -> int:
         """Samples this rank has drawn so far (full batches assumed)."""

@@ -1,0 +1,98 @@
+"""Figures of the workflow: sample grids, loss curves and FID-versus-NFE plots (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["image_grid", "save_grid", "plot_loss_curve", "plot_fid_vs_nfe", "atomic_savefig"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def image_grid(images: np.ndarray, rows: int, cols: int, pad: int = 1) -> np.ndarray:
+    """Tile uint8 images ``[N, C, H, W]`` (N >= rows * cols) into one ``[H', W', C]`` array, row-major."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"expected images [N, C, H, W], got shape {images.shape}")
+    n, c, h, w = images.shape
+    if n < rows * cols:
+        raise ValueError(f"{n} images cannot fill a {rows} x {cols} grid")
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(rows * cols):
+        r, col = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        out[y : y + h, x : x + w] = images[i].transpose(1, 2, 0)
+    return out
+
+
+def save_grid(images: np.ndarray, path: os.PathLike | str, rows: int, cols: int, scale: int = 2) -> Path:
+    """Write an image grid as PNG (atomically), nearest-neighbour upscaled by ``scale``."""
+    from PIL import Image
+
+    grid = image_grid(images, rows, cols)
+    if scale > 1:
+        grid = grid.repeat(scale, 0).repeat(scale, 1)
+    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    img.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_savefig(fig, path: os.PathLike | str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    os.replace(tmp, path)
+    return path
+
+
+def plot_loss_curve(losses: Sequence[Tuple[int, float, float]], path: os.PathLike | str, title: str = "") -> Path:
+    """Training loss (mean over each logging window) against step."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    if losses:
+        steps, values = zip(*[(s, l) for s, l, *_ in losses])
+        ax.plot(steps, values, lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title or "UCGM-T training loss")
+    ax.grid(alpha=0.3)
+    out = atomic_savefig(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_fid_vs_nfe(series: Dict[str, List[Tuple[float, float]]], path: os.PathLike | str, title: str = "",
+                    metric: str = "FID") -> Path:
+    """One line per series: ``{label: [(nfe, value), ...]}``; log-scaled NFE axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, points in series.items():
+        pts = sorted((float(n), float(v)) for n, v in points if v is not None)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", lw=1.4, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(f"{metric} (lower is better)" if metric == "FID" else metric)
+    ax.set_title(title or f"{metric} versus NFE")
+    ax.grid(alpha=0.3, which="both")
+    if series:
+        ax.legend(fontsize=8)
+    out = atomic_savefig(fig, path)
+    plt.close(fig)
+    return out

@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Tables and figures from evaluation results and sample shards.
+
+    python workflow/scripts/report.py table --evals results/eval/*/steps*.json --out results/table_fmnist.csv
+    python workflow/scripts/report.py fid-vs-nfe --evals results/eval/ucgm/steps*.json --out fig.png [--title T]
+    python workflow/scripts/report.py grid --shard results/samples/ucgm/steps8/shard-0000.npz --size 10 --out g.png
+
+A table has one row per (sampler, steps) with FID, IS, KID, precision and recall, NFE, and the evaluation
+contract (sample count, seed, extractor and its weights' hash, reference set, checkpoint hash, all knobs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import log  # noqa: E402
+
+from ucgm_core.figures import plot_fid_vs_nfe, save_grid  # noqa: E402
+from ucgm_core.metrics.fidelity import EvaluationResult  # noqa: E402
+
+COLUMNS = ["sampler", "model", "method", "steps", "nfe", "fid", "is", "is_std", "kid", "kid_std", "precision",
+           "recall", "num_samples", "seed", "extractor", "extractor_weights_sha256", "reference", "num_reference",
+           "checkpoint", "checkpoint_sha256", "checkpoint_step", "options", "guidance", "evaluation"]
+
+
+def row(path: str) -> dict:
+    r = EvaluationResult.load(path)
+    ctx = r.context
+    s = ctx.get("samples", {})
+    return {
+        "sampler": ctx.get("sampler"), "model": ctx.get("model"), "method": s.get("method"), "steps": s.get("steps"),
+        "nfe": s.get("nfe"), "fid": r.fid, "is": r.is_mean, "is_std": r.is_std, "kid": r.kid_mean,
+        "kid_std": r.kid_std, "precision": r.precision, "recall": r.recall, "num_samples": r.num_samples,
+        "seed": s.get("seed"), "extractor": r.extractor, "extractor_weights_sha256": r.extractor_weights_sha256,
+        "reference": r.reference_id, "num_reference": r.num_reference, "checkpoint": s.get("checkpoint"),
+        "checkpoint_sha256": s.get("checkpoint_sha256"), "checkpoint_step": s.get("checkpoint_step"),
+        "options": json.dumps(s.get("options", {}), sort_keys=True),
+        "guidance": json.dumps(s.get("guidance", {}), sort_keys=True), "evaluation": os.path.relpath(path),
+    }
+
+
+def atomic_csv(df: pd.DataFrame, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    df.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("table")
+    t.add_argument("--evals", nargs="+", required=True)
+    t.add_argument("--out", required=True)
+    f = sub.add_parser("fid-vs-nfe")
+    f.add_argument("--evals", nargs="+", required=True)
+    f.add_argument("--out", required=True)
+    f.add_argument("--title", default="")
+    f.add_argument("--metric", default="fid", choices=["fid", "kid", "is", "precision", "recall"])
+    g = sub.add_parser("grid")
+    g.add_argument("--shard", required=True)
+    g.add_argument("--size", type=int, default=10)
+    g.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+
+    if a.cmd == "table":
+        df = pd.DataFrame([row(e) for e in a.evals], columns=COLUMNS)
+        atomic_csv(df, Path(a.out))
+        with pd.option_context("display.width", 200, "display.max_columns", 12):
+            log(f"{a.out}:\n{df[['sampler', 'model', 'method', 'steps', 'nfe', 'fid', 'is', 'kid', 'precision', 'recall']]}")
+    elif a.cmd == "fid-vs-nfe":
+        rows = [row(e) for e in a.evals]
+        series = {}
+        for r in rows:
+            label = f"{r['sampler']} ({r['method']}, {r['model']})"
+            series.setdefault(label, []).append((r["nfe"], r[a.metric]))
+        plot_fid_vs_nfe(series, a.out, title=a.title, metric=a.metric.upper() if a.metric != "is" else "IS")
+        log(f"wrote {a.out}")
+    else:
+        with np.load(a.shard) as z:
+            images, labels = z["images"], z["labels"]
+        n = a.size * a.size
+        num_classes = int(labels.max()) + 1
+        if num_classes == a.size and len(images) >= n:
+            # labels cycle through the classes: arrange so that each row is one class
+            order = [r + c * a.size for r in range(a.size) for c in range(a.size)]
+            images = images[order]
+        save_grid(images, a.out, a.size, a.size)
+        log(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

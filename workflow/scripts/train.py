@@ -1,0 +1,177 @@
+#!/usr/bin/env python
+"""Train (UCGM-T multi-step) or tune (UCGM-T few-step from a checkpoint) one model.
+
+Thin over ``ucgm_core``; the ``train`` and ``tune`` rules call it, and it runs standalone::
+
+    python workflow/scripts/train.py --latents results/latents/identity/fashion_mnist_28 \
+        --spec '{"architecture": "UNet-S", "objective": {...}, "train": {"steps": 100, "batch_size": 64}}' \
+        --out-dir results/models/mine --state-dir results/state/mine [--init CKPT] [--teacher CKPT]
+
+``--spec`` is JSON text or a YAML/JSON file holding one ``models.<name>`` entry of the config
+(plus optional ``data`` keys ``dataset``, ``autoencoder``, ``normalize_latents``, ``latent_multiplier``).
+
+The resumable state lives in ``<state-dir>/<fingerprint>/state.pt``, the fingerprint hashing the spec
+and the input files, so a killed job rerun with the same inputs continues where it stopped and a changed
+config starts afresh. Outputs: ``checkpoint.pt``, ``loss.csv``, ``loss.png``, ``grid.png`` in ``--out-dir``
+and periodic grids in ``<out-dir>/grids/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_spec, log, set_threads  # noqa: E402
+
+from ucgm_core.autoencoders import get_autoencoder  # noqa: E402
+from ucgm_core.checkpoint import load_checkpoint, save_checkpoint, sha256_file  # noqa: E402
+from ucgm_core.data.datasets import get_dataset  # noqa: E402
+from ucgm_core.data.loader import LatentLoader, LatentNormalizer, load_latent_arrays  # noqa: E402
+from ucgm_core.data.shards import read_manifest  # noqa: E402
+from ucgm_core.figures import plot_loss_curve, save_grid  # noqa: E402
+from ucgm_core.models import build_model  # noqa: E402
+from ucgm_core.sampling.generate import generate_images  # noqa: E402
+from ucgm_core.training import EMA  # noqa: E402
+from ucgm_core.training.loop import Trainer, TrainSettings  # noqa: E402
+from ucgm_core.training.objective import UCGMConfig, UCGMObjective  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--latents", required=True, help="latent shard folder (train.json + shards + stats.pt)")
+    p.add_argument("--stats", default=None, help="latent statistics (default: <latents>/stats.pt)")
+    p.add_argument("--spec", required=True, help="model spec: JSON text or a YAML/JSON file")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--state-dir", required=True, help="resumable state folder (kept outside workflow outputs)")
+    p.add_argument("--init", default=None, help="checkpoint whose EMA weights start the online model and its EMA")
+    p.add_argument("--teacher", default=None, help="checkpoint whose EMA weights the (frozen) teacher keeps")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of this run (testing)")
+    return p.parse_args(argv)
+
+
+def fingerprint(spec: dict, files) -> str:
+    h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    for f in files:
+        if f is not None:
+            h.update(sha256_file(f).encode())
+    return h.hexdigest()[:16]
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    set_threads(a.threads)
+    spec = load_spec(a.spec)
+    data_cfg = {"dataset": None, "autoencoder": "identity", "normalize_latents": True, "latent_multiplier": 1.0,
+                **spec.get("data", {})}
+    latents = Path(a.latents)
+    stats = Path(a.stats) if a.stats else latents / "stats.pt"
+    out_dir, device = Path(a.out_dir), torch.device(a.device)
+    info = read_manifest(latents, "train")
+    latent_shape = list(info["latent_shape"])
+    dataset = data_cfg["dataset"] or info.get("dataset")
+    num_classes = int(info.get("num_classes") or get_dataset(dataset).num_classes)
+
+    # -- model, objective, loader -------------------------------------------------------------------
+    model_kwargs = dict(input_size=latent_shape[1], in_channels=latent_shape[0], num_classes=num_classes,
+                        **spec.get("architecture_overrides", {}))
+    model = build_model(spec["architecture"], **model_kwargs).to(device)
+    objective_cfg = UCGMConfig(**spec["objective"], num_classes=num_classes)
+    objective_cfg.validate()
+    objective = UCGMObjective(objective_cfg)
+    t = spec["train"]
+    settings = TrainSettings(steps=t["steps"], batch_size=t["batch_size"], optimizer=t.get("optimizer", "AdamW"),
+                             lr=t.get("lr", 2e-4), betas=tuple(t.get("betas", (0.9, 0.95))),
+                             weight_decay=t.get("weight_decay", 0.0), max_grad_norm=t.get("max_grad_norm"),
+                             ema_decay=t.get("ema_decay", 0.9999), seed=t.get("seed", 0),
+                             log_every=t.get("log_every", 50), checkpoint_every=t.get("checkpoint_every", 500),
+                             precision=t.get("precision", "fp32"))
+    normalizer = LatentNormalizer.from_stats(stats, data_cfg["latent_multiplier"], data_cfg["normalize_latents"])
+
+    ema = None
+    if a.init:
+        init = load_checkpoint(a.init)
+        if init["architecture"] != spec["architecture"]:
+            raise ValueError(f"--init {a.init}: a {init['architecture']}, expected {spec['architecture']}")
+        model.load_state_dict(init["ema"])  # the paper's tuning starts from the multi-step EMA
+        ema = EMA(model, settings.ema_decay, from_scratch=False)
+    if a.teacher:
+        teacher = load_checkpoint(a.teacher)
+        teacher_net = build_model(teacher["architecture"], **teacher["model_kwargs"])
+        teacher_net.load_state_dict(teacher["ema"])
+        objective.teacher.preset(teacher_net.to(device))
+
+    t0 = time.time()
+    data = load_latent_arrays(latents, "train")
+    loader = LatentLoader(data, settings.batch_size, seed=settings.seed, normalizer=normalizer, device=device)
+    log(f"loaded {len(data)} latents {tuple(latent_shape)} in {time.time() - t0:.1f}s; "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters; {settings.steps} steps of {settings.batch_size}")
+
+    state_dir = Path(a.state_dir) / fingerprint(spec, [stats, a.init, a.teacher])
+    trainer = Trainer(model, objective, loader, settings, state_dir / "state.pt", log=log, device=device, ema=ema)
+    grid_dir = out_dir / "grids"
+    if not trainer.resumed and grid_dir.exists():
+        shutil.rmtree(grid_dir)
+
+    decoder = get_autoencoder(data_cfg["autoencoder"], channels=latent_shape[0]) \
+        if data_cfg["autoencoder"] == "identity" else get_autoencoder(data_cfg["autoencoder"])
+    grid_rows = min(10, num_classes) if num_classes > 1 else 8
+    few_step = objective_cfg.consistency_ratio > 0
+
+    def grid(path: Path, net) -> None:
+        n = grid_rows * 10
+        res = generate_images(net, range(n), seed=0, method="ucgm", steps=2 if few_step else 16,
+                              transport=objective_cfg.transport, latent_shape=latent_shape, num_classes=num_classes,
+                              normalizer=normalizer, decode=decoder.decode,
+                              options={"stochasticity": 1.0} if few_step else {"extrapolation": 0.5},
+                              batch_size=n, device=device)
+        # image i has class i mod num_classes: transpose so that each row is one class
+        order = [r + c * grid_rows for r in range(grid_rows) for c in range(10)] if num_classes > 1 else range(n)
+        save_grid(res.images[list(order)], path, grid_rows, 10)
+
+    every = int(t.get("grid_every", 0) or 0)
+    stop_at = None if a.stop_after is None else trainer.state.step + a.stop_after
+
+    def on_step(tr: Trainer) -> None:
+        if every and tr.state.step % every == 0:
+            grid(grid_dir / f"step_{tr.state.step:07d}.png", tr.ema.module)
+        if stop_at is not None and tr.state.step >= stop_at:
+            tr.save_state()
+            raise SystemExit(f"stopped after {a.stop_after} steps (--stop-after); rerun to continue")
+
+    t0 = time.time()
+    state = trainer.run(on_step)
+    log(f"trained to step {state.step} in {time.time() - t0:.1f}s")
+
+    # -- outputs --------------------------------------------------------------------------------------
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out_dir / "checkpoint.pt", architecture=spec["architecture"], model_kwargs=model_kwargs,
+                    transport=objective_cfg.transport, num_classes=num_classes, latent_shape=latent_shape,
+                    normalizer=normalizer, autoencoder=data_cfg["autoencoder"], step=state.step,
+                    model=model, ema=trainer.ema.module,
+                    info={"spec": spec, "init": a.init, "teacher": a.teacher, "state": str(trainer.state_path)})
+    tmp = out_dir / ".loss.csv.tmp"
+    with open(tmp, "w") as f:
+        f.write("step,loss,images_per_second\n")
+        for step, loss, rate in state.losses:
+            f.write(f"{step},{loss:.6f},{rate:.2f}\n")
+    os.replace(tmp, out_dir / "loss.csv")
+    plot_loss_curve(state.losses, out_dir / "loss.png", title=f"{out_dir.name}: UCGM-T loss "
+                    f"(lambda={objective_cfg.consistency_ratio:g}, zeta={objective_cfg.enhanced_ratio:g})")
+    grid(out_dir / "grid.png", trainer.ema.module)
+    log(f"wrote {out_dir}/checkpoint.pt, loss.csv, loss.png, grid.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
