@@ -43,3 +43,12 @@ def build_model(name: str, *, input_size: int, in_channels: int, num_classes: in
     spec = MODELS[name]
     kwargs = {**spec.defaults, **overrides}
     return spec.builder(input_size=input_size, in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
+def _register_external() -> None:
+    from .external import EXTERNAL_MODELS
+
+    MODELS.update(EXTERNAL_MODELS)
+
+
+_register_external()

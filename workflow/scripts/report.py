@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import log  # noqa: E402
 
 from ucgm_core.figures import plot_fid_vs_nfe, save_grid  # noqa: E402
-from ucgm_core.metrics.fidelity import EvaluationResult  # noqa: E402
 
 COLUMNS = ["sampler", "model", "method", "steps", "nfe", "fid", "is", "is_std", "kid", "kid_std", "precision",
            "recall", "num_samples", "seed", "extractor", "extractor_weights_sha256", "reference", "num_reference",
@@ -32,15 +31,17 @@ COLUMNS = ["sampler", "model", "method", "steps", "nfe", "fid", "is", "is_std", 
 
 
 def row(path: str) -> dict:
-    r = EvaluationResult.load(path)
-    ctx = r.context
+    with open(path) as f:  # an EvaluationResult JSON (ucgm_core.metrics.fidelity), read without torch
+        r = json.load(f)
+    ctx = r.get("context", {})
     s = ctx.get("samples", {})
     return {
         "sampler": ctx.get("sampler"), "model": ctx.get("model"), "method": s.get("method"), "steps": s.get("steps"),
-        "nfe": s.get("nfe"), "fid": r.fid, "is": r.is_mean, "is_std": r.is_std, "kid": r.kid_mean,
-        "kid_std": r.kid_std, "precision": r.precision, "recall": r.recall, "num_samples": r.num_samples,
-        "seed": s.get("seed"), "extractor": r.extractor, "extractor_weights_sha256": r.extractor_weights_sha256,
-        "reference": r.reference_id, "num_reference": r.num_reference, "checkpoint": s.get("checkpoint"),
+        "nfe": s.get("nfe"), "fid": r.get("fid"), "is": r.get("is_mean"), "is_std": r.get("is_std"),
+        "kid": r.get("kid_mean"), "kid_std": r.get("kid_std"), "precision": r.get("precision"),
+        "recall": r.get("recall"), "num_samples": r.get("num_samples"), "seed": s.get("seed"),
+        "extractor": r.get("extractor"), "extractor_weights_sha256": r.get("extractor_weights_sha256"),
+        "reference": r.get("reference_id"), "num_reference": r.get("num_reference"), "checkpoint": s.get("checkpoint"),
         "checkpoint_sha256": s.get("checkpoint_sha256"), "checkpoint_step": s.get("checkpoint_step"),
         "options": json.dumps(s.get("options", {}), sort_keys=True),
         "guidance": json.dumps(s.get("guidance", {}), sort_keys=True), "evaluation": os.path.relpath(path),

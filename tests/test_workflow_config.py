@@ -1,0 +1,153 @@
+"""The workflow config: schema, defaults, cross-checks, and Snakemake refusing a bad config before any job."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ucgm_core.workflow_config import ConfigError, load_config, validate_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = ROOT / "config" / "config.yaml"
+SMOKE = ROOT / "config" / "smoke.yaml"
+
+
+def raw(path=DEFAULT) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def problems(cfg) -> list:
+    with pytest.raises(ConfigError) as e:
+        validate_config(cfg, "test.yaml")
+    return e.value.problems
+
+
+@pytest.mark.parametrize("path", [DEFAULT, SMOKE])
+def test_shipped_configs_validate(path):
+    cfg = load_config(path)
+    assert cfg["samplers"]
+    for t, rows in cfg["tables"].items():
+        assert set(rows) <= set(cfg["samplers"])
+
+
+def test_defaults_are_filled():
+    cfg = raw(SMOKE)
+    cfg["samplers"]["euler"].pop("options", None)
+    validate_config(cfg)
+    assert cfg["samplers"]["euler"]["options"] == {}
+    assert cfg["samplers"]["euler"]["guidance"] == {"scale": 0.0, "interval": [0.0, 1.0]}
+    assert cfg["models"]["multistep"]["objective"]["weighting"] == "Cosine"
+    assert cfg["models"]["multistep"]["train"]["optimizer"] == "AdamW"
+    assert cfg["evaluation"]["reference_split"] == "test"
+    assert cfg["data"]["normalize_latents"] is True
+
+
+def test_unknown_key_is_named():
+    cfg = raw()
+    cfg["models"]["multistep"]["train"]["stepz"] = 3
+    (msg,) = problems(cfg)
+    assert msg.startswith("models.multistep.train:") and "'stepz'" in msg and "steps" in msg
+
+
+def test_unknown_top_level_key():
+    cfg = raw()
+    cfg["sampler"] = {}
+    (msg,) = problems(cfg)
+    assert "'sampler'" in msg and "samplers" in msg
+
+
+def test_wrong_type_and_out_of_range_are_all_reported():
+    cfg = raw()
+    cfg["models"]["multistep"]["train"]["lr"] = "fast"
+    cfg["models"]["fewstep"]["objective"]["consistency_ratio"] = 1.5
+    cfg["evaluation"]["num_samples"] = 3
+    msgs = problems(cfg)
+    assert any(m.startswith("models.multistep.train.lr:") and "'fast' is not of type 'number'" in m for m in msgs)
+    assert any(m.startswith("models.fewstep.objective.consistency_ratio:") and "maximum of 1" in m for m in msgs)
+    assert any(m.startswith("evaluation.num_samples:") and "minimum of 10" in m for m in msgs)
+
+
+def test_enum_values_listed():
+    cfg = raw()
+    cfg["samplers"]["ucgm"]["method"] = "dpm"
+    (msg,) = problems(cfg)
+    assert msg.startswith("samplers.ucgm.method:") and "'ucgm'" in msg and "'euler'" in msg
+
+
+def test_sampler_naming_unknown_model():
+    cfg = raw()
+    cfg["samplers"]["euler"]["model"] = "multi_step"
+    (msg,) = problems(cfg)
+    assert msg.startswith("samplers.euler.model:") and "'multi_step'" in msg and "multistep" in msg
+
+
+def test_unknown_sampler_option():
+    cfg = raw()
+    cfg["samplers"]["ucgm"]["options"]["kappa"] = 0.3
+    (msg,) = problems(cfg)
+    assert msg.startswith("samplers.ucgm.options:") and "'kappa'" in msg and "extrapolation" in msg
+
+
+def test_table_naming_unknown_sampler():
+    cfg = raw()
+    cfg["tables"]["fmnist"].append("heun")
+    (msg,) = problems(cfg)
+    assert msg.startswith("tables.fmnist[3]:") and "'heun'" in msg
+
+
+def test_unknown_architecture_dataset_and_model_loops():
+    cfg = raw()
+    cfg["data"]["dataset"] = "fashion"
+    cfg["models"]["multistep"]["architecture"] = "UNet-XXL"
+    cfg["models"]["fewstep"]["architecture"] = "UNet-XXL"
+    cfg["models"]["multistep"]["init"] = "fewstep"
+    msgs = problems(cfg)
+    assert any(m.startswith("data.dataset:") and "fashion_mnist" in m for m in msgs)
+    assert any(m.startswith("models.multistep.architecture:") and "UNet-S" in m for m in msgs)
+    assert any(m.startswith("models.multistep:") and "loops" in m for m in msgs)
+
+
+def test_objective_semantics_checked():
+    cfg = raw()
+    cfg["models"]["multistep"]["objective"]["enhanced_style"] = None
+    (msg,) = problems(cfg)
+    assert msg.startswith("models.multistep.objective") and "enhanced_style" in msg
+
+
+def test_frozen_teacher_needs_a_source():
+    cfg = raw()
+    del cfg["models"]["fewstep"]["init"], cfg["models"]["fewstep"]["teacher"]
+    (msg,) = problems(cfg)
+    assert "teacher_decay" in msg and "models.fewstep.teacher" in msg
+
+
+def test_grid_must_fit_first_shard():
+    cfg = raw()
+    cfg["evaluation"]["samples_per_shard"] = 50
+    (msg,) = problems(cfg)
+    assert msg.startswith("evaluation.grid_size:")
+
+
+@pytest.mark.skipif(shutil.which("snakemake", path=os.path.dirname(sys.executable)) is None,
+                    reason="snakemake not installed beside this python")
+def test_snakemake_refuses_bad_config_before_any_job(tmp_path):
+    cfg = raw(SMOKE)
+    cfg["samplers"]["euler"]["model"] = "nope"
+    cfg["models"]["multistep"]["train"]["steps"] = 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    run = subprocess.run(["snakemake", "--cores", "1", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+                          str(tmp_path), "--configfile", str(bad)], capture_output=True, text=True, env=env, timeout=300)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "models.multistep.train.steps" in out and "minimum of 1" in out, out[-2000:]
+    assert not (tmp_path / "results").exists()
