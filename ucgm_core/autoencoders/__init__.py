@@ -13,6 +13,13 @@ from .base import Autoencoder
 
 _REGISTRY: Dict[str, str] = {
     "identity": "ucgm_core.autoencoders.identity:IdentityAutoencoder",
+    "sdvae_ema_f8c4": "ucgm_core.autoencoders.sdvae:SDVAEftEMA",
+    "sdvae_mse_f8c4": "ucgm_core.autoencoders.sdvae:SDVAEftMSE",
+    "sdvae_f8c4": "ucgm_core.autoencoders.sdvae:SDVAEftMSE",  # the original's extraction key (ft-MSE)
+    "edm2_sdvae_f8c4": "ucgm_core.autoencoders.sdvae:EDM2SDVAE",
+    "vavae_f16d32": "ucgm_core.autoencoders.vavae:VAVAE",
+    "e2evavae_f16d32": "ucgm_core.autoencoders.vavae:E2EVAVAE",
+    "dcae_f32c32": "ucgm_core.autoencoders.dcae:DCAE",
 }
 
 

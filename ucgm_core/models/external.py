@@ -11,4 +11,9 @@ from typing import Dict
 EXTERNAL_MODELS: Dict[str, object] = {}
 
 # --- family registrations (one line each) ---
+from .sit import SIT_MODELS; EXTERNAL_MODELS.update(SIT_MODELS)  # noqa: E402,E702
+from .lightningdit import LIGHTNINGDIT_MODELS; EXTERNAL_MODELS.update(LIGHTNINGDIT_MODELS)  # noqa: E402,E702
+from .ddt import DDT_MODELS; EXTERNAL_MODELS.update(DDT_MODELS)  # noqa: E402,E702
+from .edm2 import EDM2_MODELS; EXTERNAL_MODELS.update(EDM2_MODELS)  # noqa: E402,E702
+from .songunet import SONGUNET_MODELS; EXTERNAL_MODELS.update(SONGUNET_MODELS)  # noqa: E402,E702
 # --- end of family registrations ---
