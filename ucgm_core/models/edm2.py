@@ -120,9 +120,10 @@ class MPFourier(nn.Module):
 class MPConv(nn.Module):
     """Weight-normalised conv (``kernel`` k) or linear (``kernel=None``), no bias.
 
-    Effective weight ``normalize(w) * gain / sqrt(fan_in)``; in train mode the stored weight is also
-    re-normalised in place before use (forced weight normalisation). Conv: [B, Cin, S, S] -> [B, Cout, S, S]
-    ('same' padding); linear: [B, Cin] -> [B, Cout]. Weight [Cout, Cin, k, k] or [Cout, Cin].
+    Effective weight ``normalize(w) * gain / sqrt(fan_in)``; in train mode (with grad enabled) the stored
+    weight is also re-normalised in place before use (forced weight normalisation).
+    Conv: [B, Cin, S, S] -> [B, Cout, S, S] ('same' padding); linear: [B, Cin] -> [B, Cout].
+    Weight [Cout, Cin, k, k] or [Cout, Cin].
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: Optional[int]) -> None:
@@ -133,7 +134,10 @@ class MPConv(nn.Module):
 
     def forward(self, x: Tensor, gain: Union[float, Tensor] = 1.0) -> Tensor:
         w = self.weight.float()
-        if self.training:
+        # Forced normalisation only in a differentiated forward: UCGM-T also evaluates the online model in
+        # train mode under no_grad (teacher / consistency targets) before backward, and an in-place update
+        # there would invalidate the weights saved for the gradient ("modified by an inplace operation").
+        if self.training and torch.is_grad_enabled():
             with torch.no_grad():
                 self.weight.copy_(normalize(w))
         w = (normalize(w) * (gain / math.sqrt(w[0].numel()))).to(x.dtype)
