@@ -6,13 +6,19 @@ float32, about 376 MB), normalised once, and served in batches:
 * epoch ``e`` visits the samples in ``torch.randperm(N)`` order drawn from a generator seeded
   with ``(seed, e)``; from the same generator each sample gets its flip decision for that epoch
   (flipped latent with probability ``flip_prob`` = 1/2, else the plain one);
-* with ``world_size > 1`` rank ``r`` takes ``perm[r::world_size]`` (equal lengths);
-* ``drop_last`` (default) drops the incomplete last batch of each epoch;
+* the epoch's order is cut into *global* batches of ``batch_size * world_size`` samples and rank
+  ``r`` takes the contiguous slice ``[r * batch_size, (r + 1) * batch_size)`` of each, so the
+  ranks' batches concatenated in rank order are exactly the batch one process with
+  ``batch_size * world_size`` draws (the samples do not depend on the number of processes);
+* ``drop_last`` (default) drops the incomplete last global batch of each epoch (required with
+  ``world_size > 1``, where every rank must get a full batch);
 * the iterator is infinite (epochs follow each other); ``len(loader)`` is batches per epoch.
 
 Because every epoch's randomness is re-derived from ``(seed, epoch)``, the loader's whole state
-is ``(seed, epoch, position)``: :meth:`LatentLoader.state_dict` / :meth:`load_state_dict`
-save and restore it, and a restored loader yields exactly the batches the original would have.
+is ``(seed, epoch, position)``, ``position`` counting global batches: :meth:`LatentLoader.state_dict`
+/ :meth:`load_state_dict` save and restore it, and a restored loader yields exactly the batches the
+original would have. The state is the same on every rank and only requires the same *global*
+batch, so a run may resume with another number of processes.
 
 Normalisation (:class:`LatentNormalizer`): ``(z - mean) / std * multiplier`` with per-channel
 ``mean``/``std`` of shape ``[1, C, 1, 1]``, or ``z * multiplier`` without statistics (SD-VAE
@@ -133,7 +139,7 @@ class LatentLoader:
     Yields ``(x, y)``: ``x`` float ``[B, C, h, w]`` normalised latents, ``y`` int64 ``[B]``.
     """
 
-    STATE_VERSION = 1
+    STATE_VERSION = 2
 
     def __init__(
         self,
@@ -152,6 +158,8 @@ class LatentLoader:
             raise ValueError("seed must be >= 0")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of size {world_size}")
+        if world_size > 1 and not drop_last:
+            raise ValueError("drop_last=False needs world_size 1 (every rank must get a full batch)")
         self.n = len(data)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -160,9 +168,9 @@ class LatentLoader:
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.normalizer = normalizer or LatentNormalizer()
-        self.per_rank = self.n // world_size
-        if self.per_rank == 0 or (drop_last and self.per_rank < self.batch_size):
-            raise ValueError(f"{self.n} samples over {world_size} ranks cannot fill a batch of {self.batch_size}")
+        self.global_batch_size = self.batch_size * world_size
+        if self.batch_size < 1 or (drop_last and self.n < self.global_batch_size):
+            raise ValueError(f"{self.n} samples cannot fill a global batch of {self.batch_size} x {world_size} ranks")
         # one buffer [2N, C, h, w]: rows 0..N-1 plain, N..2N-1 flipped, normalised once
         both = torch.empty((2 * self.n, *data.latents.shape[1:]), dtype=torch.float32, device=self.device)
         self.normalizer.normalize_(both[: self.n].copy_(data.latents))
@@ -179,20 +187,19 @@ class LatentLoader:
     @property
     def batches_per_epoch(self) -> int:
         if self.drop_last:
-            return self.per_rank // self.batch_size
-        return -(-self.per_rank // self.batch_size)
+            return self.n // self.global_batch_size
+        return -(-self.n // self.global_batch_size)
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
     def _plan(self, epoch: int) -> Tensor:
-        """Row indices into the plain/flipped buffer for this rank's samples of ``epoch``."""
+        """Row indices into the plain/flipped buffer for the samples of ``epoch`` (all ranks)."""
         if self._plan_epoch != epoch:
             g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
             perm = torch.randperm(self.n, generator=g)
             flip = (torch.rand(self.n, generator=g) < self.flip_prob).long()
-            mine = perm[self.rank :: self.world_size][: self.per_rank]
-            self._order = (mine + flip[mine] * self.n).to(self.device)
+            self._order = (perm + flip[perm] * self.n).to(self.device)
             self._plan_epoch = epoch
         return self._order
 
@@ -205,7 +212,8 @@ class LatentLoader:
         if self.position >= self.batches_per_epoch:
             self.epoch += 1
             self.position = 0
-        rows = self._plan(self.epoch)[self.position * self.batch_size : (self.position + 1) * self.batch_size]
+        start = self.position * self.global_batch_size + self.rank * self.batch_size
+        rows = self._plan(self.epoch)[start : start + self.batch_size]
         self.position += 1
         return self._both.index_select(0, rows), self._labels.index_select(0, rows % self.n)
 
@@ -229,6 +237,7 @@ class LatentLoader:
             "position": self.position,
             "num_samples": self.n,
             "batch_size": self.batch_size,
+            "global_batch_size": self.global_batch_size,
             "flip_prob": self.flip_prob,
             "drop_last": self.drop_last,
             "rank": self.rank,
@@ -236,8 +245,14 @@ class LatentLoader:
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the data and batching setup must match."""
-        for key in ("seed", "num_samples", "batch_size", "flip_prob", "drop_last", "rank", "world_size"):
+        """Restore a :meth:`state_dict`; the data and the global batch must match (not the rank or
+        the number of processes: every rank's position is the same)."""
+        state = dict(state)
+        if int(state.get("version", 1)) < 2:  # strided ranks: only a one-process state carries over
+            if state.get("world_size", 1) != 1:
+                raise ValueError("loader state of version 1 from several ranks cannot be resumed")
+            state["global_batch_size"] = state.get("batch_size")
+        for key in ("seed", "num_samples", "global_batch_size", "flip_prob", "drop_last"):
             mine = getattr(self, {"num_samples": "n"}.get(key, key))
             if state.get(key) != mine:
                 raise ValueError(f"loader state mismatch for {key!r}: saved {state.get(key)!r}, loader has {mine!r}")

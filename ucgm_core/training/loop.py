@@ -4,10 +4,34 @@ Everything a run needs to continue bit-for-bit lives in one state file written a
 ``checkpoint_every`` steps: online weights, evaluation EMA, optimizer, objective (teacher weights
 and its warm-up decay), step, RNG states, the data loader's position and the loss log. A killed
 job restarted with the same arguments continues where the last state was written.
+
+Two ways of drawing a step's randomness (``TrainSettings.seeding``):
+
+* ``"stream"`` (default, one process): the objective draws t and z from the global torch RNG
+  (seeded once with ``seed``; its state is part of the state file) and nulls the last
+  ``round(p * B)`` labels of the batch, as the original does per GPU.
+* ``"step"`` (any number of processes): at step ``k`` every rank draws the *global* batch's
+  t (numpy PCG64 from ``(seed, k, 0)``), label-drop mask (exactly ``round(p * B_global)``
+  positions, same generator) and noise z (torch generator on the device from ``(seed, k, 1)``)
+  and takes its contiguous slice ``[r * B/W, (r + 1) * B/W)``, the same slice of the global batch
+  the loader gives it. The global torch RNG (stochastic layers only) is reseeded from
+  ``(seed, k, 2 + rank)``. So 1 process, W processes and gradient accumulation
+  (``micro_batch``) compute the same update up to float summation order, and a resumed run,
+  whatever its number of processes, continues exactly.
+
+Distributed (``world_size > 1``, process group initialised, see :mod:`ucgm_core.distributed`):
+the model is wrapped in DistributedDataParallel (the EMA, teacher and state use the unwrapped
+module), ``batch_size`` is the global batch, each rank gets ``batch_size / world_size`` samples in
+``micro_batch`` chunks (gradients synchronised on the last), and the loss is the mean over the
+global batch. Only rank 0 writes the state file, after a barrier.
+
+Preemption: :meth:`Trainer.run` takes ``should_stop`` (e.g. :meth:`PreemptionGuard.should_stop`),
+asked after every step; when it says yes the state is written and :class:`Preempted` raised.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -16,12 +40,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import distributed as ud
 from .ema import EMA, unwrap
-from .objective import UCGMObjective
+from .objective import UCGMConfig, UCGMObjective, label_drop_count
 from .optim import build_optimizer, clip_gradients_, scrub_nonfinite_grads_
+
+SEEDINGS = ("stream", "step")
 
 
 class BatchSource(Protocol):
@@ -50,6 +78,8 @@ class TrainSettings:
     log_every: int = 50
     checkpoint_every: int = 500
     precision: str = "fp32"  # or "bf16" (autocast on CUDA)
+    seeding: str = "stream"  # or "step": draws keyed by (seed, step), independent of the process count
+    micro_batch: Optional[int] = None  # per-process micro-batch (gradient accumulation); None: no accumulation
 
 
 @dataclass
@@ -65,6 +95,40 @@ def atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+class Preempted(Exception):
+    """Training stopped on request (SIGTERM/SIGUSR1) after writing its state at ``step``."""
+
+    def __init__(self, step: int, reason: str = ""):
+        super().__init__(f"preempted at step {step}" + (f" ({reason})" if reason else ""))
+        self.step, self.reason = step, reason
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A 63-bit seed for draw ``stream`` of training step ``step`` (0-based) of a run seeded ``seed``."""
+    a, b = np.random.SeedSequence([int(seed), int(step), int(stream)]).generate_state(2, np.uint32)
+    return ((int(a) << 32) | int(b)) & ((1 << 63) - 1)
+
+
+def draw_step_inputs(config: UCGMConfig, seed: int, step: int, global_batch: int, sample_shape: Sequence[int],
+                     lo: int, hi: int, device: torch.device | str = "cpu") -> Tuple[Tensor, Tensor, Tensor]:
+    """``(t [hi-lo], z [hi-lo, *sample_shape], drop bool [hi-lo])``: rows ``lo:hi`` of step ``step``'s
+    global draws (the ``"step"`` seeding). The result does not depend on how the batch is split.
+
+    t = clamp(s * Beta(a, b), 0, 1) (Uniform for a = b = 1); ``drop`` marks exactly
+    ``round(p * global_batch)`` positions chosen uniformly; z ~ N(0, I) drawn on ``device``.
+    """
+    device = torch.device(device)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(step), 0])))
+    a, b, scale = (float(v) for v in config.time_dist)
+    raw = rng.random(global_batch) if (a == 1.0 and b == 1.0) else rng.beta(a, b, global_batch)
+    t = torch.from_numpy(np.clip(raw.astype(np.float32) * np.float32(scale), 0.0, 1.0))
+    drop = np.zeros(global_batch, dtype=bool)
+    drop[rng.permutation(global_batch)[: label_drop_count(config.label_drop_ratio, global_batch)]] = True
+    gen = torch.Generator(device=device).manual_seed(step_seed(seed, step, 1))
+    z = torch.randn((global_batch, *sample_shape), generator=gen, device=device)
+    return t[lo:hi].to(device), z[lo:hi], torch.from_numpy(drop[lo:hi]).to(device)
 
 
 def _rng_state() -> dict:
@@ -90,26 +154,65 @@ class Trainer:
         settings: :class:`TrainSettings`.
         state_path: the resumable state file (kept outside declared workflow outputs).
         log: a ``print``-like callable for progress lines.
-        from_scratch: copy the weights into the EMA at the first update (False when the run
-            starts from a checkpoint whose EMA was loaded).
+        ema: the evaluation EMA (default: a fresh one copying the weights at the first update;
+            pass ``EMA(model, decay, from_scratch=False)`` when starting from a checkpoint).
+        rank, world_size: this process in the process group (``world_size > 1`` needs an
+            initialised group and ``seeding="step"``; the loader must give this rank's
+            ``batch_size / world_size`` slice of each global batch).
     """
 
     def __init__(self, model: nn.Module, objective: UCGMObjective, loader: BatchSource,
                  settings: TrainSettings, state_path: Path, log: Callable[[str], None] = print,
-                 device: torch.device | str = "cpu", ema: Optional[EMA] = None):
+                 device: torch.device | str = "cpu", ema: Optional[EMA] = None, rank: int = 0,
+                 world_size: int = 1):
         self.model, self.objective, self.loader, self.settings = model, objective, loader, settings
         self.state_path, self.log, self.device = Path(state_path), log, torch.device(device)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self._check_layout()
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, settings.optimizer, settings.lr, settings.betas,
                                          settings.weight_decay)
         self.ema = ema if ema is not None else EMA(model, settings.ema_decay, from_scratch=True)
         self.state = TrainState()
         self.resumed = False
-        if self.state_path.exists():
+        exists = self.state_path.exists()
+        if self.world_size > 1 and ud.any_rank(exists) != (not ud.any_rank(not exists)):
+            raise RuntimeError(f"{self.state_path} is visible on some ranks only (not a shared file system?)")
+        if exists:
             self._load(torch.load(self.state_path, map_location=self.device, weights_only=False))
             self.resumed = True
         else:
             torch.manual_seed(settings.seed)
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+                if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(model, device_ids=ids)
+
+    def _check_layout(self) -> None:
+        s, W = self.settings, self.world_size
+        if s.seeding not in SEEDINGS:
+            raise ValueError(f"train.seeding={s.seeding!r} is unknown; expected one of {SEEDINGS}")
+        if not 0 <= self.rank < W:
+            raise ValueError(f"rank {self.rank} outside world of size {W}")
+        if W > 1 and not ud.is_initialized():
+            raise RuntimeError(f"world_size {W} needs an initialised process group (ucgm_core.distributed)")
+        if W > 1 and s.seeding != "step":
+            raise ValueError("several processes need train.seeding='step' (draws independent of the process count)")
+        if s.batch_size % W:
+            raise ValueError(f"the global batch {s.batch_size} does not split over {W} processes")
+        self.per_rank = s.batch_size // W
+        self.micro_batch = int(s.micro_batch or self.per_rank)
+        if self.micro_batch < 1 or self.per_rank % self.micro_batch:
+            raise ValueError(f"micro_batch {s.micro_batch} does not divide the per-process batch {self.per_rank} "
+                             f"(global {s.batch_size} over {W} processes)")
+        if self.micro_batch != self.per_rank and s.seeding != "step":
+            raise ValueError("gradient accumulation (micro_batch) needs train.seeding='step'")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -134,10 +237,17 @@ class Trainer:
         self.state = TrainState(step=state["train"]["step"], losses=[tuple(r) for r in state["train"]["losses"]])
 
     def save_state(self) -> None:
-        atomic_save(self.state_dict(), self.state_path)
+        """Write the state file atomically; with several processes all ranks meet at a barrier
+        and rank 0 writes (every rank holds the same state)."""
+        ud.barrier()
+        if self.is_main:
+            atomic_save(self.state_dict(), self.state_path)
 
     # -- one step --------------------------------------------------------------------------
-    def step(self) -> float:
+    def step(self) -> Tensor:
+        """One optimizer step; returns this rank's (detached) mean loss over its part of the batch."""
+        if self.settings.seeding == "step":
+            return self._step_keyed()
         x, y = self.loader.next_batch()
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         autocast = self.settings.precision == "bf16" and self.device.type == "cuda"
@@ -152,14 +262,51 @@ class Trainer:
         self.state.step += 1
         return out.loss.detach()
 
-    def run(self, on_step: Optional[Callable[["Trainer"], None]] = None) -> TrainState:
-        """Train until ``settings.steps``; writes the state file at every checkpoint and at the end."""
+    def _step_keyed(self) -> Tensor:
+        s, k = self.settings, self.state.step
+        x, y = self.loader.next_batch()
+        if x.shape[0] != self.per_rank:
+            raise ValueError(f"the loader gave {x.shape[0]} samples; rank {self.rank} of {self.world_size} "
+                             f"expects {self.per_rank} (global batch {s.batch_size})")
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        lo = self.rank * self.per_rank
+        t, z, drop = draw_step_inputs(self.objective.config, s.seed, k, s.batch_size, x.shape[1:],
+                                      lo, lo + self.per_rank, self.device)
+        torch.manual_seed(step_seed(s.seed, k, 2 + self.rank))  # stochastic layers only
+        autocast = s.precision == "bf16" and self.device.type == "cuda"
+        n_micro = self.per_rank // self.micro_batch
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for i in range(n_micro):
+            sl = slice(i * self.micro_batch, (i + 1) * self.micro_batch)
+            sync = i == n_micro - 1 or not hasattr(self.model, "no_sync")
+            with contextlib.nullcontext() if sync else self.model.no_sync():
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+                    out = self.objective(self.model, x[sl], y[sl], t=t[sl], z=z[sl], drop=drop[sl],
+                                         advance_teacher=i == 0)
+                loss = out.loss / n_micro if n_micro > 1 else out.loss
+                loss.backward()
+            total += loss.detach()
+        clip_gradients_(self.params, s.max_grad_norm)
+        scrub_nonfinite_grads_(self.params)
+        self.optimizer.step()
+        self.ema.update(self.model)
+        self.state.step += 1
+        return total
+
+    def run(self, on_step: Optional[Callable[["Trainer"], None]] = None,
+            should_stop: Optional[Callable[[], bool]] = None) -> TrainState:
+        """Train until ``settings.steps``; writes the state file at every checkpoint and at the end.
+
+        ``should_stop`` is asked after every step (on every rank: it may be a collective); when it
+        returns True the state is written and :class:`Preempted` raised, before ``on_step``.
+        """
         s = self.settings
         if self.resumed:
             self.log(f"resumed from {self.state_path} at step {self.state.step}/{s.steps}")
         start_step, t_start = self.state.step, time.perf_counter()
         t_window, window_losses = t_start, []
-        bar = _progress_bar(s.steps, self.state.step)
+        bar = _progress_bar(s.steps, self.state.step) if self.is_main else None
         while self.state.step < s.steps:
             window_losses.append(self.step())
             if bar is not None:
@@ -167,7 +314,7 @@ class Trainer:
             step = self.state.step
             if step % s.log_every == 0 or step == s.steps:
                 now = time.perf_counter()
-                loss = float(torch.stack(window_losses).mean())
+                loss = float(ud.all_reduce_mean(torch.stack(window_losses).mean()))
                 rate = len(window_losses) * s.batch_size / max(now - t_window, 1e-9)
                 eta = (s.steps - step) * (now - t_start) / max(step - start_step, 1)
                 if not math.isfinite(loss):
@@ -175,8 +322,17 @@ class Trainer:
                 self.state.losses.append((step, loss, rate))
                 self.log(f"step {step}/{s.steps} loss {loss:.4f} {rate:.1f} img/s eta {_fmt(eta)}")
                 t_window, window_losses = now, []
-            if step % s.checkpoint_every == 0 or step == s.steps:
+            saved = step % s.checkpoint_every == 0 or step == s.steps
+            if saved:
                 self.save_state()
+            if should_stop is not None and step < s.steps and should_stop():
+                if not saved:
+                    self.save_state()
+                ud.barrier()  # rank 0 has written before any rank leaves
+                if bar is not None:
+                    bar.close()
+                self.log(f"stop requested: state written at step {step}/{s.steps} to {self.state_path}")
+                raise Preempted(step)
             if on_step is not None:
                 on_step(self)
         if bar is not None:

@@ -239,6 +239,8 @@ class UCGMObjective:
         labels: Tensor,
         t: Optional[Tensor] = None,
         z: Optional[Tensor] = None,
+        drop: Optional[Tensor] = None,
+        advance_teacher: bool = True,
     ) -> ObjectiveOutput:
         """One UCGM-T loss evaluation.
 
@@ -248,10 +250,18 @@ class UCGMObjective:
             labels: int64 [B] in [0, num_classes] (not modified).
             t: optional internal times [B] or [B,1,1,1] (drawn from the time distribution if None).
             z: optional noise like ``x`` (drawn with ``torch.randn_like`` if None).
+            drop: optional bool [B]: the samples whose label becomes the null class. None (default)
+                keeps the original rule (the last ``round(p * B)`` labels of this batch); the
+                multi-process trainer passes its slice of a mask drawn over the global batch.
+            advance_teacher: advance the teacher by one step (default). Gradient accumulation
+                passes False for every micro-batch but the first, so the teacher moves once per
+                optimizer step.
         """
         cfg = self.config
         self._check_inputs(x, labels, t, z)
         B = x.shape[0]
+        if drop is not None and (drop.shape != (B,) or drop.dtype != torch.bool):
+            raise ValueError(f"drop must be a bool mask of shape [{B}], got {drop.dtype} {tuple(drop.shape)}")
         tp = self.transport
         if t is None:
             t = sample_time(B, cfg.time_dist, device=x.device)
@@ -260,11 +270,16 @@ class UCGMObjective:
             z = torch.randn_like(x)
 
         labels = labels.clone()
-        ndrop = label_drop_count(cfg.label_drop_ratio, B)  # fixes the original's c[-0:] bug
-        if ndrop > 0:
-            labels[B - ndrop :] = cfg.num_classes
-        conditional = torch.zeros(B, dtype=torch.bool, device=x.device)
-        conditional[: B - ndrop] = True
+        if drop is None:
+            ndrop = label_drop_count(cfg.label_drop_ratio, B)  # fixes the original's c[-0:] bug
+            if ndrop > 0:
+                labels[B - ndrop :] = cfg.num_classes
+            conditional = torch.zeros(B, dtype=torch.bool, device=x.device)
+            conditional[: B - ndrop] = True
+        else:
+            drop = drop.to(labels.device)
+            labels[drop] = cfg.num_classes
+            conditional = ~drop.to(x.device)
 
         x_t = tp.noisy(x, z, t)
         online = unwrap(model)
@@ -276,7 +291,8 @@ class UCGMObjective:
 
         x_tilde, z_tilde = x, z
         if self.zeta != 0.0:
-            x_tilde, z_tilde, used = self._enhance(online, x, z, x_t, t, labels, conditional, x_hat, z_hat, fuse, rng)
+            x_tilde, z_tilde, used = self._enhance(online, x, z, x_t, t, labels, conditional, x_hat, z_hat, fuse, rng,
+                                                   advance_teacher)
             nfe += used
         target = tp.target(x_tilde, z_tilde, t)
 
@@ -300,10 +316,10 @@ class UCGMObjective:
             return not _has_stochastic_layers(online)
         return bool(self.fuse_forwards)
 
-    def _enhance(self, online, x, z, x_t, t, labels, conditional, x_hat, z_hat, fuse, rng):
+    def _enhance(self, online, x, z, x_t, t, labels, conditional, x_hat, z_hat, fuse, rng, advance_teacher=True):
         """Enhanced endpoints x~, z~ (method doc, Sec. 1.2 step 8). Returns (x~, z~, extra NFE)."""
         cfg = self.config
-        teacher = self.teacher.step(online)
+        teacher = self._teacher_network(online, advance_teacher)
         null = torch.full_like(labels, cfg.num_classes)
         style = cfg.enhanced_style
         if style == "ft-vs-fe":  # P: online conditional (detached), R: teacher with null label
@@ -332,6 +348,15 @@ class UCGMObjective:
 
         with torch.no_grad():
             return boosted(x, pred_x, ref_x), boosted(z, pred_z, ref_z), used
+
+    def _teacher_network(self, online: nn.Module, advance: bool) -> nn.Module:
+        """The teacher to evaluate: advanced by one step, or as it stands (later micro-batches)."""
+        if advance or (self.teacher.module is None and self.teacher.mode != "online"):
+            return self.teacher.step(online)
+        if self.teacher.mode == "online":
+            return unwrap(online)
+        self.teacher.module.train(unwrap(online).training)
+        return self.teacher.module
 
     def _consistency_target(self, online, F, x_tilde, z_tilde, t, labels, fuse, rng):
         """F~ = sg(F) - (alpha/D) * W(t) * clamp(df/dt, -1, 1), W = 4/sin(1.57 t) (Sec. 1.2 step 9)."""

@@ -11,6 +11,13 @@ not depend on the shard size, the batch size or the number of jobs. Standalone::
 
 Output (``.npz``, written atomically): ``images`` uint8 ``[n, C, H, W]``, ``labels``, ``indices``, ``seeds``
 (int64 ``[n]``) and ``meta`` (a JSON string: checkpoint and its sha256, sampler and all its knobs, NFE).
+
+Interruptions: the shard is written to a hidden ``.<name>.tmp<pid>`` file, flushed to disk and renamed
+onto ``--out``, so a killed job leaves either nothing or the complete file under the output name; the
+temporary files of dead processes are removed at the next start. SIGTERM/SIGUSR1 stop the job with
+status 75 (as training; no partial state: a shard is redone whole). ``--skip-existing`` keeps an
+existing output that reads back completely and whose metadata match the request (same checkpoint
+sha256, sampler, knobs, seed and index range) instead of recomputing it; anything else is recomputed.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import io
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -30,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_spec, log, set_threads  # noqa: E402
 
 from ucgm_core.autoencoders import get_autoencoder  # noqa: E402
+from ucgm_core.distributed import PREEMPTED_EXIT_CODE  # noqa: E402
 from ucgm_core.checkpoint import build_network, checkpoint_normalizer, load_checkpoint, sha256_file  # noqa: E402
 from ucgm_core.sampling.generate import generate_images  # noqa: E402
 
@@ -54,20 +63,100 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="keep an existing complete --out made with the same checkpoint and settings")
     return p.parse_args(argv)
+
+
+REQUEST_KEYS = ("checkpoint_sha256", "method", "steps", "options", "guidance", "weights", "seed", "shard",
+                "samples_per_shard", "num_samples", "first_index", "count")
+
+
+def existing_shard_matches(out: Path, request: dict) -> bool:
+    """True when ``out`` reads back as a complete shard whose metadata equal ``request`` (REQUEST_KEYS)."""
+    try:
+        with np.load(out, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            n = int(request["count"])
+            arrays = {k: z[k] for k in ("images", "labels", "indices", "seeds")}
+    except Exception:  # noqa: BLE001 - missing, truncated or not an npz: not done
+        return False
+    if any(meta.get(k) != request[k] for k in REQUEST_KEYS):
+        return False
+    expected = np.arange(request["first_index"], request["first_index"] + n)
+    return all(len(v) == n for v in arrays.values()) and np.array_equal(arrays["indices"], expected)
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete ``.<name>.tmp<pid>`` files left by processes that no longer run (killed jobs)."""
+    for tmp in out.parent.glob(f".{out.name}.tmp*"):
+        pid = tmp.name[len(f".{out.name}.tmp"):]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # still running (another job on this host)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomically(out: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file, fsync it, rename it onto ``out`` and fsync the folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fd = os.open(out.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _stop_on_signal(signum, frame) -> None:
+    raise SystemExit(PREEMPTED_EXIT_CODE)
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, _stop_on_signal)
     set_threads(a.threads)
     spec = load_spec(a.spec)
     out = Path(a.out)
+    remove_stale_temporaries(out)
+    indices = shard_indices(a.shard, a.samples_per_shard, a.num_samples)
+    guidance = spec.get("guidance") or {}
+    request = {
+        "checkpoint_sha256": sha256_file(a.checkpoint), "method": spec["method"], "steps": a.steps,
+        "options": spec.get("options") or {}, "guidance": guidance, "weights": spec.get("weights", "ema"),
+        "seed": a.seed, "shard": a.shard, "samples_per_shard": a.samples_per_shard, "num_samples": a.num_samples,
+        "first_index": indices.start, "count": len(indices),
+    }
+    if a.skip_existing and out.exists():
+        if existing_shard_matches(out, request):
+            log(f"{out} is complete and matches the request; skipped (--skip-existing)")
+            return 0
+        log(f"{out} exists but is incomplete or made differently; recomputing")
     ckpt = load_checkpoint(a.checkpoint)
+    log(f"sampling images {indices.start}..{indices.stop - 1} ({spec['method']}, {a.steps} steps) -> {out}")
     net = build_network(ckpt, spec.get("weights", "ema"))
     ae_name = ckpt.get("autoencoder", "identity")
     ae = get_autoencoder(ae_name, channels=ckpt["latent_shape"][0]) if ae_name == "identity" else get_autoencoder(ae_name)
-    guidance = spec.get("guidance") or {}
-    indices = shard_indices(a.shard, a.samples_per_shard, a.num_samples)
     t0 = time.time()
     res = generate_images(
         net, indices, seed=a.seed, method=spec["method"], steps=a.steps, transport=ckpt["transport"],
@@ -77,7 +166,7 @@ def main(argv=None) -> int:
     )
     seconds = time.time() - t0
     meta = {
-        "checkpoint": os.path.abspath(a.checkpoint), "checkpoint_sha256": sha256_file(a.checkpoint),
+        "checkpoint": os.path.abspath(a.checkpoint), "checkpoint_sha256": request["checkpoint_sha256"],
         "checkpoint_step": ckpt.get("step"), "method": spec["method"], "steps": a.steps, "nfe": res.nfe,
         "options": spec.get("options") or {}, "guidance": guidance, "weights": spec.get("weights", "ema"),
         "seed": a.seed, "shard": a.shard, "samples_per_shard": a.samples_per_shard, "num_samples": a.num_samples,
@@ -86,10 +175,7 @@ def main(argv=None) -> int:
     buf = io.BytesIO()
     np.savez(buf, images=res.images, labels=res.labels, indices=res.indices, seeds=res.seeds,
              meta=np.asarray(json.dumps(meta)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, out)
+    write_atomically(out, buf.getvalue())
     log(f"{len(indices)} images ({spec['method']}, {a.steps} steps, NFE {res.nfe}) in {seconds:.1f}s "
         f"({len(indices) / max(seconds, 1e-9):.0f} img/s) -> {out}")
     return 0

@@ -14,6 +14,22 @@ The resumable state lives in ``<state-dir>/<fingerprint>/state.pt``, the fingerp
 and the input files, so a killed job rerun with the same inputs continues where it stopped and a changed
 config starts afresh. Outputs: ``checkpoint.pt``, ``loss.csv``, ``loss.png``, ``grid.png`` in ``--out-dir``
 and periodic grids in ``<out-dir>/grids/``.
+
+Several processes (one per GPU; see ``ucgm_core.distributed``)::
+
+    torchrun --standalone --nproc_per_node 8 workflow/scripts/train.py ...same arguments...
+    srun --ntasks 16 --ntasks-per-node 8 --gpus-per-task 1 python workflow/scripts/train.py ...
+
+``train.batch_size`` is the *global* batch; each process takes ``batch_size / processes`` of it, in
+chunks of ``--micro-batch`` (gradient accumulation). Step ``k``'s data order, t, z and label-drop
+mask are drawn from ``(seed, k)`` over the global batch (``TrainSettings.seeding = "step"``), so 1
+process, N processes and any micro-batch give the same updates up to float summation order, and a
+run may resume with another number of processes. Without torchrun/srun variables it is one process.
+
+Preemption: on SIGTERM or SIGUSR1 (e.g. ``sbatch --signal=USR1@120``) the current step finishes, the
+state is written and the script exits with status 75 (``ucgm_core.distributed.PREEMPTED_EXIT_CODE``);
+rerun (Snakemake ``retries``), it continues from that state. Under torchrun send the signal to the
+torchrun process (it forwards SIGTERM to the workers); torchrun itself then exits non-zero.
 """
 
 from __future__ import annotations
@@ -32,6 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_spec, log, set_threads  # noqa: E402
 
+from ucgm_core import distributed as ud  # noqa: E402
 from ucgm_core.autoencoders import get_autoencoder  # noqa: E402
 from ucgm_core.checkpoint import load_checkpoint, save_checkpoint, sha256_file  # noqa: E402
 from ucgm_core.data.datasets import get_dataset  # noqa: E402
@@ -41,7 +58,7 @@ from ucgm_core.figures import plot_loss_curve, save_grid  # noqa: E402
 from ucgm_core.models import build_model  # noqa: E402
 from ucgm_core.sampling.generate import generate_images  # noqa: E402
 from ucgm_core.training import EMA  # noqa: E402
-from ucgm_core.training.loop import Trainer, TrainSettings  # noqa: E402
+from ucgm_core.training.loop import Preempted, Trainer, TrainSettings  # noqa: E402
 from ucgm_core.training.objective import UCGMConfig, UCGMObjective  # noqa: E402
 
 
@@ -55,13 +72,20 @@ def parse_args(argv=None):
     p.add_argument("--init", default=None, help="checkpoint whose EMA weights start the online model and its EMA")
     p.add_argument("--teacher", default=None, help="checkpoint whose EMA weights the (frozen) teacher keeps")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None,
+                   help="cuda or cpu (default: cuda if available; with several processes cuda:<local rank>)")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="per-process micro-batch (gradient accumulation; default: the whole per-process batch)")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of this run (testing)")
     return p.parse_args(argv)
 
 
+SEEDING = "step"  # per-step draws: the same updates for any number of processes (part of the fingerprint)
+
+
 def fingerprint(spec: dict, files) -> str:
     h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    h.update(f"seeding={SEEDING}".encode())
     for f in files:
         if f is not None:
             h.update(sha256_file(f).encode())
@@ -71,12 +95,33 @@ def fingerprint(spec: dict, files) -> str:
 def main(argv=None) -> int:
     a = parse_args(argv)
     set_threads(a.threads)
+    env = ud.detect_env()
+    device = ud.default_device(env) if a.device is None else torch.device(a.device)
+    if env.distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", env.local_rank)
+    ud.init_distributed(env, device=device)
+    try:
+        return _main(a, env, device)
+    finally:
+        ud.cleanup()
+
+
+def _main(a, env: ud.DistEnv, device: torch.device) -> int:
+    main_rank = env.is_main
+
+    def log_main(msg: str) -> None:
+        if main_rank:
+            log(msg)
+
+    if env.distributed:
+        log(f"rank {env.rank}/{env.world_size} (local {env.local_rank}, {env.launcher}) on {device}, "
+            f"master {env.master_addr}:{env.master_port}")
     spec = load_spec(a.spec)
     data_cfg = {"dataset": None, "autoencoder": "identity", "normalize_latents": True, "latent_multiplier": 1.0,
                 **spec.get("data", {})}
     latents = Path(a.latents)
     stats = Path(a.stats) if a.stats else latents / "stats.pt"
-    out_dir, device = Path(a.out_dir), torch.device(a.device)
+    out_dir = Path(a.out_dir)
     info = read_manifest(latents, "train")
     latent_shape = list(info["latent_shape"])
     dataset = data_cfg["dataset"] or info.get("dataset")
@@ -85,6 +130,9 @@ def main(argv=None) -> int:
     # -- model, objective, loader -------------------------------------------------------------------
     model_kwargs = dict(input_size=latent_shape[1], in_channels=latent_shape[0], num_classes=num_classes,
                         **spec.get("architecture_overrides", {}))
+    # torch's default generator is seeded at random in each process: seed the initial weights so that
+    # a rerun from scratch (and every rank) starts from the same model
+    torch.manual_seed(int(spec["train"].get("seed", 0)))
     model = build_model(spec["architecture"], **model_kwargs).to(device)
     objective_cfg = UCGMConfig(**spec["objective"], num_classes=num_classes)
     objective_cfg.validate()
@@ -95,7 +143,9 @@ def main(argv=None) -> int:
                              weight_decay=t.get("weight_decay", 0.0), max_grad_norm=t.get("max_grad_norm"),
                              ema_decay=t.get("ema_decay", 0.9999), seed=t.get("seed", 0),
                              log_every=t.get("log_every", 50), checkpoint_every=t.get("checkpoint_every", 500),
-                             precision=t.get("precision", "fp32"))
+                             precision=t.get("precision", "fp32"), seeding=SEEDING, micro_batch=a.micro_batch)
+    if settings.batch_size % env.world_size:
+        raise SystemExit(f"train.batch_size {settings.batch_size} does not split over {env.world_size} processes")
     normalizer = LatentNormalizer.from_stats(stats, data_cfg["latent_multiplier"], data_cfg["normalize_latents"])
 
     ema = None
@@ -113,14 +163,18 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     data = load_latent_arrays(latents, "train")
-    loader = LatentLoader(data, settings.batch_size, seed=settings.seed, normalizer=normalizer, device=device)
-    log(f"loaded {len(data)} latents {tuple(latent_shape)} in {time.time() - t0:.1f}s; "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters; {settings.steps} steps of {settings.batch_size}")
+    loader = LatentLoader(data, settings.batch_size // env.world_size, seed=settings.seed, normalizer=normalizer,
+                          device=device, rank=env.rank, world_size=env.world_size)
+    log_main(f"loaded {len(data)} latents {tuple(latent_shape)} in {time.time() - t0:.1f}s; "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters; {settings.steps} steps of {settings.batch_size}"
+             + (f" ({env.world_size} processes x {settings.batch_size // env.world_size})" if env.distributed else "")
+             + (f", micro-batch {a.micro_batch}" if a.micro_batch else ""))
 
     state_dir = Path(a.state_dir) / fingerprint(spec, [stats, a.init, a.teacher])
-    trainer = Trainer(model, objective, loader, settings, state_dir / "state.pt", log=log, device=device, ema=ema)
+    trainer = Trainer(model, objective, loader, settings, state_dir / "state.pt", log=log_main, device=device, ema=ema,
+                      rank=env.rank, world_size=env.world_size)
     grid_dir = out_dir / "grids"
-    if not trainer.resumed and grid_dir.exists():
+    if main_rank and not trainer.resumed and grid_dir.exists():
         shutil.rmtree(grid_dir)
 
     decoder = get_autoencoder(data_cfg["autoencoder"], channels=latent_shape[0]) \
@@ -143,17 +197,25 @@ def main(argv=None) -> int:
     stop_at = None if a.stop_after is None else trainer.state.step + a.stop_after
 
     def on_step(tr: Trainer) -> None:
-        if every and tr.state.step % every == 0:
+        if main_rank and every and tr.state.step % every == 0:
             grid(grid_dir / f"step_{tr.state.step:07d}.png", tr.ema.module)
         if stop_at is not None and tr.state.step >= stop_at:
             tr.save_state()
             raise SystemExit(f"stopped after {a.stop_after} steps (--stop-after); rerun to continue")
 
     t0 = time.time()
-    state = trainer.run(on_step)
-    log(f"trained to step {state.step} in {time.time() - t0:.1f}s")
+    try:
+        with ud.PreemptionGuard() as guard:
+            state = trainer.run(on_step, should_stop=guard.should_stop)
+    except Preempted as e:
+        log_main(f"{e} on {guard.signal_name}; exiting with status {ud.PREEMPTED_EXIT_CODE} "
+                 f"(rerun to continue from {trainer.state_path})")
+        return ud.PREEMPTED_EXIT_CODE
+    log_main(f"trained to step {state.step} in {time.time() - t0:.1f}s")
+    if not main_rank:
+        return 0
 
-    # -- outputs --------------------------------------------------------------------------------------
+    # -- outputs (rank 0) ------------------------------------------------------------------------------
     out_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out_dir / "checkpoint.pt", architecture=spec["architecture"], model_kwargs=model_kwargs,
                     transport=objective_cfg.transport, num_classes=num_classes, latent_shape=latent_shape,
