@@ -87,7 +87,9 @@ def test_unet_input_checks():
 
 def test_registry_contents_and_errors():
     assert set(TIT_CONFIGS) | set(SMALL) <= set(MODELS)
-    assert all(isinstance(s, ModelSpec) and s.transport == "Linear" for s in MODELS.values())
+    assert all(isinstance(s, ModelSpec) for s in MODELS.values())
+    assert all(MODELS[n].transport == "Linear" for n in set(TIT_CONFIGS) | set(SMALL))
+    assert {s.transport for s in MODELS.values()} == {"Linear", "ReLinear", "EDM"}  # with the ported networks
     with pytest.raises(ValueError, match="known models: .*TiT-XL/2"):
         build_model("TiT-Huge/3", input_size=32, in_channels=4, num_classes=1000)
 

@@ -49,7 +49,8 @@ def planned_jobs(run: subprocess.CompletedProcess) -> dict:
         m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
         if not m:
             break
-        jobs[m.group(1)] = int(m.group(2))
+        if m.group(1) != "total":
+            jobs[m.group(1)] = int(m.group(2))
     return jobs
 
 
@@ -58,10 +59,9 @@ def planned_outputs(run: subprocess.CompletedProcess) -> list:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    work = tmp_path_factory.mktemp("smoke")
-    snakemake(work)
-    return work
+def smoke(smoke_local):
+    """The local smoke run shared with tests/test_slurm.py (tests/conftest.py)."""
+    return smoke_local.workdir
 
 
 def edited_config(tmp: Path, edit) -> Path:
