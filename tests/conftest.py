@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+TEST_THREADS = min(2, os.cpu_count() or 1)
+torch.set_num_threads(TEST_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Every test starts with the same thread count (float reductions, hence the fixtures' tolerances,
+    depend on it), whatever an earlier test set."""
+    torch.set_num_threads(TEST_THREADS)
+    yield
 
 
 def _fixtures_root() -> Path:

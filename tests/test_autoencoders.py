@@ -29,7 +29,7 @@ from ucgm_core.autoencoders.vavae import (  # noqa: E402
     ldm_vae_config_to_diffusers,
 )
 
-torch.set_num_threads(1)
+# threads: set once in tests/conftest.py
 
 # posterior tensors / decoded images, as fixture README section 7 suggests
 TOL_POSTERIOR = 1e-5

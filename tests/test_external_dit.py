@@ -18,7 +18,7 @@ from ucgm_core.models.convert import CheckpointError, load_layout
 from ucgm_core.models.ddt import DDT, convert_ddt_checkpoint, ddt_rope
 from ucgm_core.models.lightningdit import LightningDiT, convert_lightningdit_checkpoint
 
-torch.set_num_threads(1)
+# threads: set once in tests/conftest.py
 ATOL = 1e-5
 LDIT_KWARGS = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio",
                "class_dropout_prob", "num_classes")

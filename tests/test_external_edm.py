@@ -36,7 +36,7 @@ from ucgm_core.models.songunet import (
 )
 from ucgm_core.sampling.guidance import guided
 
-torch.set_num_threads(1)
+# threads: set once in tests/conftest.py
 TOL = 1e-5
 
 # README, section 5 (UNet parameters = Precond minus the logvar head) and section 6 (UCGM port counts).

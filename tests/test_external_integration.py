@@ -35,7 +35,7 @@ from ucgm_core.sampling import guided, ucgm_sample
 from ucgm_core.training.objective import UCGMConfig, UCGMObjective
 from ucgm_core.transports import EDM, orient
 
-torch.set_num_threads(1)
+# threads: set once in tests/conftest.py
 
 LDIT_KWARGS = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio",
                "class_dropout_prob", "num_classes")

@@ -20,7 +20,7 @@ from ucgm_core.models.sit import (
     sit_kwargs_from_original,
 )
 
-torch.set_num_threads(1)
+# threads: set once in tests/conftest.py
 
 ATOL = 1e-5
 FILES = {"repa": "sit_repa", "repae": "sit_repae"}
