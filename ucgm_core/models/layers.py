@@ -234,9 +234,36 @@ __all__ = [
     "GeluMlp",
     "VisionRoPE2d",
     "sincos_pos_embed_2d",
+    "dit_initialize_",
     "timestep_embedding",
     "TimestepEmbedder",
     "LabelEmbedder",
     "ConditionalNet",
     "unpatchify",
 ]
+
+
+def dit_initialize_(model: nn.Module) -> None:
+    """DiT's initialisation, shared by TiT and SiT: xavier-uniform linears and patch conv (zero bias),
+    N(0, 0.02) label and time embeddings, zero adaLN and final layer, the fixed 2-D sin-cos ``pos_embed``.
+
+    ``model`` has ``input_size``, ``patch_size``, ``pos_embed`` [1, N, D], ``x_embedder.proj``,
+    ``y_embedder.embedding_table``, ``t_embedder.mlp``, ``blocks[i].adaLN_modulation`` and ``final_layer``.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    grid = model.input_size // model.patch_size
+    model.pos_embed.data.copy_(sincos_pos_embed_2d(model.pos_embed.shape[-1], grid).unsqueeze(0))
+    w = model.x_embedder.proj.weight.data
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.zeros_(model.x_embedder.proj.bias)
+    nn.init.normal_(model.y_embedder.embedding_table.weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[0].weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[2].weight, std=0.02)
+    for block in model.blocks:
+        nn.init.zeros_(block.adaLN_modulation[-1].weight)
+        nn.init.zeros_(block.adaLN_modulation[-1].bias)
+    for p in (*model.final_layer.adaLN_modulation[-1].parameters(), *model.final_layer.linear.parameters()):
+        nn.init.zeros_(p)

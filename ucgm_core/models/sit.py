@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .convert import CheckpointError, check_layout, drop_keys, load_checkpoint_file, pick_weights, strip_prefixes
 from .layers import (
+    dit_initialize_,
     ConditionalNet,
     GeluMlp,
     LabelEmbedder,
@@ -141,23 +142,7 @@ class SiT(ConditionalNet):
     def initialize_weights(self) -> None:
         """DiT init: xavier linears/patch conv (zero bias), N(0, .02) embeddings, adaLN and final layer zero;
         ``pos_embed`` is the fixed 2-D sin-cos table [1, N, D]."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        grid = self.input_size // self.patch_size
-        self.pos_embed.data.copy_(sincos_pos_embed_2d(self.pos_embed.shape[-1], grid).unsqueeze(0))
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for p in (*self.final_layer.adaLN_modulation[-1].parameters(), *self.final_layer.linear.parameters()):
-            nn.init.zeros_(p)
+        dit_initialize_(self)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         """x [B, C, S, S], t [B] (or scalar), y [B] long -> velocity z - x [B, C, S, S]."""

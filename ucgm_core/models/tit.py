@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import (
+    dit_initialize_,
     ConditionalNet,
     GeluMlp,
     LabelEmbedder,
@@ -157,23 +158,7 @@ class TiT(ConditionalNet):
 
     def initialize_weights(self) -> None:
         """Official init: xavier-uniform linears (zero bias), adaLN and final layer zero, N(0, .02) embeddings."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        grid = self.input_size // self.patch_size
-        self.pos_embed.data.copy_(sincos_pos_embed_2d(self.pos_embed.shape[-1], grid).unsqueeze(0))
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for p in (*self.final_layer.adaLN_modulation[-1].parameters(), *self.final_layer.linear.parameters()):
-            nn.init.zeros_(p)
+        dit_initialize_(self)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         t = self.check_inputs(x, t, y)
