@@ -16,7 +16,6 @@ A checkpoint is a plain dict saved with ``torch.save`` and read back with ``weig
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -24,20 +23,13 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from .data.download import file_digest as sha256_file  # hex sha256 of a file (re-exported)
 from .data.loader import LatentNormalizer
 from .models import build_model
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "build_network", "checkpoint_normalizer", "sha256_file"]
 
 FORMAT = "ucgm-checkpoint/1"
-
-
-def sha256_file(path: os.PathLike | str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(path: os.PathLike | str, *, architecture: str, model_kwargs: Dict[str, Any], transport: str,

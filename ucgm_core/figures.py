@@ -8,7 +8,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["image_grid", "save_grid", "plot_loss_curve", "plot_fid_vs_nfe", "atomic_savefig"]
+__all__ = ["class_rows", "image_grid", "save_grid", "plot_loss_curve", "plot_fid_vs_nfe", "atomic_savefig"]
 
 
 def _pyplot():
@@ -18,6 +18,11 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def class_rows(rows: int, cols: int) -> List[int]:
+    """Image indices that put class r on grid row r when image i has label ``i mod rows``."""
+    return [r + c * rows for r in range(rows) for c in range(cols)]
 
 
 def image_grid(images: np.ndarray, rows: int, cols: int, pad: int = 1) -> np.ndarray:

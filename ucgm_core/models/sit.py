@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .convert import CheckpointError, check_layout, drop_keys, load_checkpoint_file, pick_weights, strip_prefixes
+from .tit import PatchEmbed  # [B, C, S, S] -> [B, (S/p)^2, D], the same stride-p conv
 from .layers import (
     dit_initialize_,
     ConditionalNet,
@@ -41,17 +42,6 @@ __all__ = ["SiT", "SIT_VARIANTS", "SIT_MODELS", "SIT_CHECKPOINT_VARIANT", "sit_k
 def _layer_norm(x: Tensor) -> Tensor:
     """Affine-free LayerNorm over the last dim, eps 1e-6."""
     return F.layer_norm(x, x.shape[-1:], eps=1e-6)
-
-
-class PatchEmbed(nn.Module):
-    """[B, C, S, S] -> [B, (S/p)^2, D] via the stride-p conv ``proj`` [D, C, p, p]; tokens row-major."""
-
-    def __init__(self, patch: int, in_channels: int, hidden: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_channels, hidden, kernel_size=patch, stride=patch)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 class Attention(nn.Module):

@@ -23,7 +23,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import log  # noqa: E402
 
-from ucgm_core.figures import plot_fid_vs_nfe, save_grid  # noqa: E402
+from ucgm_core.figures import class_rows, plot_fid_vs_nfe, save_grid  # noqa: E402
 
 COLUMNS = ["sampler", "model", "method", "steps", "nfe", "fid", "is", "is_std", "kid", "kid_std", "precision",
            "recall", "num_samples", "seed", "extractor", "extractor_weights_sha256", "reference", "num_reference",
@@ -92,8 +92,7 @@ def main(argv=None) -> int:
         num_classes = int(labels.max()) + 1
         if num_classes == a.size and len(images) >= n:
             # labels cycle through the classes: arrange so that each row is one class
-            order = [r + c * a.size for r in range(a.size) for c in range(a.size)]
-            images = images[order]
+            images = images[class_rows(a.size, a.size)]
         save_grid(images, a.out, a.size, a.size)
         log(f"wrote {a.out}")
     return 0

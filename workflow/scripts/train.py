@@ -54,7 +54,7 @@ from ucgm_core.checkpoint import load_checkpoint, save_checkpoint, sha256_file  
 from ucgm_core.data.datasets import get_dataset  # noqa: E402
 from ucgm_core.data.loader import LatentLoader, LatentNormalizer, load_latent_arrays  # noqa: E402
 from ucgm_core.data.shards import read_manifest  # noqa: E402
-from ucgm_core.figures import plot_loss_curve, save_grid  # noqa: E402
+from ucgm_core.figures import class_rows, plot_loss_curve, save_grid  # noqa: E402
 from ucgm_core.models import build_model  # noqa: E402
 from ucgm_core.sampling.generate import generate_images  # noqa: E402
 from ucgm_core.training import EMA  # noqa: E402
@@ -190,7 +190,7 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
                               options={"stochasticity": 1.0} if few_step else {"extrapolation": 0.5},
                               batch_size=n, device=device)
         # image i has class i mod num_classes: transpose so that each row is one class
-        order = [r + c * grid_rows for r in range(grid_rows) for c in range(10)] if num_classes > 1 else range(n)
+        order = class_rows(grid_rows, 10) if num_classes > 1 else range(n)
         save_grid(res.images[list(order)], path, grid_rows, 10)
 
     every = int(t.get("grid_every", 0) or 0)
