@@ -36,9 +36,13 @@ PLAN = ROOT / "tests" / "slurm" / "sbatch_plan.py"
 BIN = os.path.dirname(sys.executable)
 
 # Rules that must run on the submitting machine (workflow/rules/cluster.smk), plus `all` (no shell).
-LOCAL_RULES = {"download", "extractor_inception", "table", "table_figure", "sampler_figure", "sample_grid", "all"}
+LOCAL_RULES = {"download", "fetch", "extractor_inception", "snapshot", "table", "table_figure", "table_samples",
+               "sampler_figure", "sample_grid", "all"}
 GPU_RULES = {"latents", "extractor_classifier", "reference", "train", "tune", "sample", "evaluate"}
-CPU_RULES = {"shards"}
+CPU_RULES = {"shards", "pretrained"}
+# train / tune take their GPU count and time limit from the config (train.gpus, train.hours; the rules'
+# defaults 1 GPU and 24 / 12 hours) unless a profile overrides them
+RULE_RESOURCES = {"train": {"gpu": 1, "runtime": 24 * 60}, "tune": {"gpu": 1, "runtime": 12 * 60}}
 
 
 def load_profiles(*dirs: Path) -> dict:
@@ -103,7 +107,7 @@ def test_every_job_is_submitted_with_its_rules_resources(tmp_path, config, profi
             continue
         assert not r["local"], f"{where} would run on the submitting machine"
         assert rule in set_resources, f"{where} goes to the cluster but the profile gives it no resources"
-        want = {**defaults, **{k: evaluate(v) for k, v in set_resources[rule].items()}}
+        want = {**defaults, **RULE_RESOURCES.get(rule, {}), **{k: evaluate(v) for k, v in set_resources[rule].items()}}
         for key, value in want.items():
             assert res.get(key) == value, f"{where}: {key}={res.get(key)!r}, profile says {value!r}"
         assert r["threads"] == set_threads[rule], f"{where}: {r['threads']} threads, profile says {set_threads[rule]}"

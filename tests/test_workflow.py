@@ -119,7 +119,7 @@ def test_sampler_knob_reruns_only_that_sampler(smoke, tmp_path):
     run = snakemake(smoke, "-n", config=cfg)
     jobs = planned_jobs(run)
     assert jobs == {"sample": 4, "evaluate": 2, "sample_grid": 2, "sampler_figure": 1, "table": 1,
-                    "table_figure": 1, "all": 1}, jobs
+                    "table_figure": 1, "table_samples": 1, "all": 1}, jobs
     outs = " ".join(planned_outputs(run))
     assert "samples/euler" not in outs and "samples/fewstep" not in outs and "samples/ucgm" in outs
 
@@ -128,14 +128,14 @@ def test_training_value_reruns_training_and_downstream_only(smoke, tmp_path):
     cfg = edited_config(tmp_path, lambda c: c["models"]["multistep"]["train"].update(lr=0.002))
     jobs = planned_jobs(snakemake(smoke, "-n", config=cfg))
     assert jobs == {"train": 1, "tune": 1, "sample": 8, "evaluate": 4, "sample_grid": 4, "sampler_figure": 3,
-                    "table": 1, "table_figure": 1, "all": 1}, jobs
+                    "table": 1, "table_figure": 1, "table_samples": 1, "all": 1}, jobs
 
 
 def test_tuning_value_leaves_multistep_alone(smoke, tmp_path):
     cfg = edited_config(tmp_path, lambda c: c["models"]["fewstep"]["objective"].update(enhanced_ratio=1.0))
     jobs = planned_jobs(snakemake(smoke, "-n", config=cfg))
     assert jobs == {"tune": 1, "sample": 2, "evaluate": 1, "sample_grid": 1, "sampler_figure": 1, "table": 1,
-                    "table_figure": 1, "all": 1}, jobs
+                    "table_figure": 1, "table_samples": 1, "all": 1}, jobs
 
 
 def test_html_report(smoke):

@@ -8,7 +8,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["class_rows", "image_grid", "save_grid", "plot_loss_curve", "plot_fid_vs_nfe", "atomic_savefig"]
+__all__ = ["class_rows", "image_grid", "save_grid", "save_labelled_rows", "plot_loss_curve", "plot_fid_vs_nfe", "atomic_savefig"]
 
 
 def _pyplot():
@@ -55,6 +55,26 @@ def save_grid(images: np.ndarray, path: os.PathLike | str, rows: int, cols: int,
     img.save(tmp)
     os.replace(tmp, path)
     return path
+
+
+def save_labelled_rows(rows: Sequence[np.ndarray], labels: Sequence[str], path: os.PathLike | str,
+                       row_height: float = 1.2) -> Path:
+    """One labelled strip per entry of ``rows`` (uint8 ``[n, C, H, W]`` each, any resolution), stacked; the
+    paper's figure 1 layout: a model (sampler, NFE) per row."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), 1, figsize=(row_height * max(len(r) for r in rows), row_height * len(rows)),
+                             squeeze=False)
+    for ax, imgs, label in zip(axes[:, 0], rows, labels):
+        strip = image_grid(imgs, 1, len(imgs))
+        ax.imshow(strip[..., 0] if strip.shape[-1] == 1 else strip, cmap="gray", interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    try:
+        return atomic_savefig(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def atomic_savefig(fig, path: os.PathLike | str) -> Path:

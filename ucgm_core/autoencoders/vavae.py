@@ -264,10 +264,15 @@ class VAVAE(KLAutoencoder):
     def __init__(self, checkpoint: Union[None, str, os.PathLike, Mapping[str, Tensor]] = None, *,
                  ddconfig: Optional[Mapping[str, Any]] = None, embed_dim: int = 32,
                  sample_posterior: Optional[bool] = None, seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, dtype: Union[str, torch.dtype] = "float32"):
+                 generator: Optional[torch.Generator] = None, dtype: Union[str, torch.dtype] = "float32",
+                 source: Union[None, str, os.PathLike] = None):
         super().__init__()
         from diffusers import AutoencoderKL
 
+        if source is not None:  # the name every autoencoder's weights argument has (the workflow passes it)
+            if checkpoint is not None:
+                raise ValueError(f"{type(self).__name__}: give checkpoint= or source=, not both")
+            checkpoint = source
         if checkpoint is None:
             raise CheckpointError(f"{type(self).__name__}: pass checkpoint=<path to the LDM-format VA-VAE state dict> "
                                   "(the original reads buffers/vaes/{vavae,e2evavae}_f16d32.ckpt)")

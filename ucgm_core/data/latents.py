@@ -248,7 +248,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ae-kwargs", default="{}", help='JSON keyword arguments for the autoencoder, e.g. \'{"channels": 1}\'')
     p.add_argument("--splits", nargs="+", default=["train", "test"], help="splits to encode (default train test)")
     p.add_argument("--batch-size", type=int, default=256, help="encoding batch size (default 256)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored latent dtype")
     p.add_argument("--no-resume", action="store_true", help="re-encode shards that already exist")
     p.add_argument("--stats-out", default=None, help="write latent statistics here (.pt or .json)")
@@ -269,6 +269,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.autoencoder == "identity" and "channels" not in kwargs:
             kwargs["channels"] = int(read_manifest(args.image_dir, args.splits[0])["channels"])
         ae = get_autoencoder(args.autoencoder, **kwargs)
+        if args.device is None:
+            import torch
+
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
         for split in args.splits:
             t0 = time.time()
             info = encode_split(

@@ -554,6 +554,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", nargs="+", default=None, help="splits to write (default: all of the dataset's)")
     p.add_argument("--limit", type=int, default=None, help="only the first N samples per split (smoke tests)")
     p.add_argument("--workers", type=int, default=1, help="preprocessing processes (default 1)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="class count to expect instead of the catalogue's (e.g. a subset of ImageNet)")
     return p
 
 
@@ -566,9 +568,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if resolution is None:
         print(f"error: dataset {ds.name!r} has variable-size images; pass --resolution", file=sys.stderr)
         return 2
+    if not os.path.exists(args.raw_dir):
+        print(f"error: --raw-dir {args.raw_dir}: no such file or folder (dataset {ds.name})", file=sys.stderr)
+        return 2
     for split in args.splits or ds.splits:
         t0 = time.time()
-        source = ds.read(args.raw_dir, split)
+        source = ds.read(args.raw_dir, split) if args.num_classes is None else \
+            ds.reader(Path(args.raw_dir), split, args.num_classes)
         info = write_image_shards(
             source,
             args.out_dir,
@@ -576,7 +582,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             resolution=resolution,
             samples_per_shard=args.samples_per_shard,
             image_format=args.image_format,
-            num_classes=ds.num_classes or source.num_classes,
+            num_classes=args.num_classes or ds.num_classes or source.num_classes,
             limit=args.limit,
             workers=args.workers,
             extra_info={"dataset": ds.name},

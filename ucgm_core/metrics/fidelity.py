@@ -134,8 +134,9 @@ class ReferenceSet:
     the cache key together with the extractor, so use a new id whenever the images change.
     ``images``: uint8 [N,C,H,W] / float [0,1] tensor, a Dataset of such [C,H,W] items, or a zero-argument
     callable returning either (only called on a cache miss).
-    ``stats_path``: alternatively an .npz with precomputed ``mu``/``sigma`` in the extractor's FID layer
-    (FID only; KID and precision/recall then need ``images`` or cached features).
+    ``stats_path``: an .npz with precomputed ``mu``/``sigma`` in the extractor's FID layer. When given, FID
+    always uses it (as ADM's evaluator does with a reference batch's ``mu``/``sigma``), and ``images`` (e.g.
+    the batch's ``arr_0``) only serve KID and precision/recall.
     """
 
     id: str
@@ -406,8 +407,8 @@ def reference_statistics(reference: ReferenceSet, extractor: FeatureExtractorSpe
                          cache_dir: str | None = None, **kw) -> tuple[dict | None, str, int | None]:
     """FID statistics {mu, sigma} (float64) of the reference in ``layer`` (default: the extractor's FID layer).
 
-    Order: the cached .npz; the cached features (stats are then cached); ``reference.stats_path``;
-    features computed from ``reference.images``. Returns (stats or None, source, number of reference images
+    Order: ``reference.stats_path``; the cached .npz; the cached features (stats are then cached); features
+    computed from ``reference.images``. Returns (stats or None, source, number of reference images
     or None if unknown).
     """
     cache_dir = cache_dir or default_metrics_cache_dir()
@@ -415,12 +416,11 @@ def reference_statistics(reference: ReferenceSet, extractor: FeatureExtractorSpe
     sha = extractor.sha256()
     folder = _cache_folder(cache_dir, reference.id, extractor.name, sha)
     stats_path = os.path.join(folder, f"fid-stats-{_slug(layer)}.npz")
+    if reference.stats_path is not None:
+        return _load_stats(reference.stats_path), f"stats_file:{sha256_file(reference.stats_path)}", None
     if os.path.isfile(stats_path):
         _check_fingerprint(folder, reference)
         return _load_stats(stats_path), "cache", _read_meta(folder).get("num_reference")
-    feat_path = os.path.join(folder, f"features-{_slug(layer)}.pt")
-    if not os.path.isfile(feat_path) and reference.stats_path is not None:
-        return _load_stats(reference.stats_path), f"stats_file:{sha256_file(reference.stats_path)}", None
     feats, source = reference_features(reference, extractor, [layer], cache_dir=cache_dir, **kw)
     if feats is None:
         return None, "none", None

@@ -16,19 +16,23 @@ import torch
 __all__ = ["to_uint8", "ensure_rgb_uint8", "sha256_file", "atomic_write", "atomic_torch_save"]
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Quantise images in [0, 1] to uint8 as the original evaluation does: ``(x * 255)`` truncated.
+def to_uint8(x: torch.Tensor, rounding: str = "truncate") -> torch.Tensor:
+    """Quantise images in [0, 1] to uint8: ``x * 255`` truncated (``rounding="truncate"``, what the original
+    evaluation does) or rounded to the nearest integer (``"round"``, as EDM/EDM2 and most FID reports do).
 
     Values outside [0, 1] are clamped first (casting a negative float to uint8 is undefined).
     uint8 input is returned unchanged.
     """
+    if rounding not in ("truncate", "round"):
+        raise ValueError(f"rounding must be 'truncate' or 'round', got {rounding!r}")
     if not torch.is_tensor(x):
         raise TypeError(f"to_uint8 expects a torch.Tensor, got {type(x).__name__}")
     if x.dtype == torch.uint8:
         return x
     if not torch.is_floating_point(x):
         raise TypeError(f"to_uint8 expects a float tensor in [0, 1] or uint8, got {x.dtype}")
-    return (x.detach().float().clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+    y = x.detach().float().clamp(0.0, 1.0) * 255.0
+    return (y.round() if rounding == "round" else y).to(torch.uint8)
 
 
 def ensure_rgb_uint8(x: torch.Tensor) -> torch.Tensor:

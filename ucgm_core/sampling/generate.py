@@ -58,8 +58,10 @@ def generate_images(
     guidance_interval: Optional[Sequence[float]] = None,
     batch_size: int = 250,
     device: str | torch.device = "cpu",
+    quantize: str = "truncate",
 ) -> GenerationResult:
-    """Sample images ``indices`` with sampler ``method`` and decode them (``decode``: latents -> [0, 1]).
+    """Sample images ``indices`` with sampler ``method`` and decode them (``decode``: latents -> [0, 1]),
+    quantised to uint8 by ``quantize`` ("truncate" as the original, or "round"; see ``to_uint8``).
 
     ``model`` is called ``model(x, t, labels)`` (and ``forward_with_cfg`` when ``guidance_scale > 0``);
     the null label is ``num_classes``.
@@ -78,7 +80,7 @@ def generate_images(
         net = guided(model, y, num_classes, guidance_scale, guidance_interval)
         res = sampler(net, noise_src.initial(), tr, steps=steps, noise_source=noise_src, **(options or {}))
         x = normalizer.denormalize(res.sample.to(torch.float32))
-        out.append(to_uint8(decode(x)).cpu().numpy())
+        out.append(to_uint8(decode(x), quantize).cpu().numpy())
         nfe = res.nfe
     images = np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.uint8)
     return GenerationResult(images, labels, indices, seeds, int(nfe))

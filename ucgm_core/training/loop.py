@@ -322,6 +322,8 @@ class Trainer:
                 self.state.losses.append((step, loss, rate))
                 self.log(f"step {step}/{s.steps} loss {loss:.4f} {rate:.1f} img/s eta {_fmt(eta)}")
                 t_window, window_losses = now, []
+            if on_step is not None:  # before the state is saved: what it writes (snapshots) is never skipped
+                on_step(self)
             saved = step % s.checkpoint_every == 0 or step == s.steps
             if saved:
                 self.save_state()
@@ -333,8 +335,6 @@ class Trainer:
                     bar.close()
                 self.log(f"stop requested: state written at step {step}/{s.steps} to {self.state_path}")
                 raise Preempted(step)
-            if on_step is not None:
-                on_step(self)
         if bar is not None:
             bar.close()
         return self.state

@@ -1,73 +1,247 @@
 # Shared helpers: config validation (before any job runs), paths and per-rule parameters.
+# The main config (config/config.yaml) and every file in its `experiments:` list form one namespace of
+# models, samplers and tables (ucgm_core.workflow_config.load_workflow); each model and sampler keeps the
+# data, extractor and evaluation settings of the experiment that defines it.
 import json
+import os
+from pathlib import Path
 
-from ucgm_core.workflow_config import ConfigError, validate_config
+from ucgm_core.workflow_config import ConfigError, load_workflow, split_model_ref
 
 try:
-    validate_config(config, source=(workflow.overwrite_configfiles or ["config/config.yaml"])[-1])
+    WF = load_workflow(config, source=(workflow.overwrite_configfiles or ["config/config.yaml"])[-1],
+                       base_dir=workflow.basedir)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 PY = "python"
 SCRIPTS = f"{workflow.basedir}/workflow/scripts"
-DATA = config["data"]
-DATA_ID = f"{DATA['dataset']}_{DATA['resolution']}"
-SHARDS = f"results/shards/{DATA_ID}"
-LATENTS = f"results/latents/{DATA['autoencoder']}/{DATA_ID}"
-EXTRACTOR = config["extractor"]
-EVAL = config["evaluation"]
-MODELS = config["models"]
-SAMPLERS = config["samplers"]
+MODELS = WF.models
+SAMPLERS = WF.samplers
+TABLES = WF.tables
 
 
-def models_where(tuned):
-    """Names of the models that start from a checkpoint (tuned) or from scratch (trained)."""
-    names = [m for m, spec in MODELS.items() if bool(spec.get("init")) == tuned]
+# --- experiments: data, extractor and evaluation of a model or sampler ---------------------------------
+
+
+def experiment(kind, name):
+    return WF.of(kind, name)
+
+
+def data_id(exp):
+    return f"{exp['data']['dataset']}_{exp['data']['resolution']}"
+
+
+def shards_dir(exp):
+    return f"results/shards/{data_id(exp)}"
+
+
+def latents_dir(exp):
+    return f"results/latents/{exp['data']['autoencoder']}/{data_id(exp)}"
+
+
+def model_experiment(name):
+    return experiment("model", name)
+
+
+def sampler_experiment(name):
+    return experiment("sampler", name)
+
+
+def needs_latent_stats(exp):
+    d = exp["data"]
+    return d["normalize_latents"] and not d.get("latent_stats")
+
+
+# --- external files (datasets on disk, released weights, reference batches) -----------------------------
+
+
+def is_url(source):
+    return "://" in source
+
+
+def fetched(kind, key, entry):
+    """Where a configured source lands: URLs are downloaded (rule fetch), local files used in place."""
+    src = entry["source"]
+    if is_url(src):
+        name = src.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "file"
+        return f"results/downloads/{kind}/{key}/{name}"
+    return src
+
+
+def reference_batch_key(entry):
+    return Path(entry["source"].rstrip("/").rsplit("/", 1)[-1].split("?")[0]).stem
+
+
+FETCH = {}  # output path -> (config key, entry)
+for _m, _spec in MODELS.items():
+    if _spec.get("pretrained"):
+        FETCH[fetched("models", _m, _spec["pretrained"])] = (f"models.{_m}.pretrained", _spec["pretrained"])
+for _ae, _entry in WF.autoencoders.items():
+    if _entry.get("source"):
+        FETCH[fetched("autoencoders", _ae, _entry)] = (f"autoencoders.{_ae}", _entry)
+for _name, _exp in WF.experiments.items():
+    _ref = _exp.get("evaluation", {}).get("reference_batch")
+    if _ref:  # one download per batch, whichever experiments share it
+        FETCH[fetched("references", reference_batch_key(_ref), _ref)] = (f"{_name}: evaluation.reference_batch", _ref)
+
+
+def local_file(path, key):
+    """A local input named in the config: a clear error naming the key when it does not exist."""
+    if not os.path.exists(path):
+        raise WorkflowError(f"{key}: {path!r} does not exist; set it in the experiment's config file "
+                            "(see config/README.md)")
+    return path
+
+
+def source_file(kind, key, entry, config_key):
+    path = fetched(kind, key, entry)
+    return path if is_url(entry["source"]) else local_file(path, config_key)
+
+
+def autoencoder_inputs(exp):
+    ae = exp["data"]["autoencoder"]
+    entry = WF.autoencoders.get(ae)
+    return [source_file("autoencoders", ae, entry, f"autoencoders.{ae}.source")] if entry and entry.get("source") else []
+
+
+def autoencoder_kwargs(exp):
+    """JSON keyword arguments of the experiment's autoencoder (weights file + configured kwargs)."""
+    ae = exp["data"]["autoencoder"]
+    entry = WF.autoencoders.get(ae) or {}
+    kwargs = dict(entry.get("kwargs") or {})
+    if entry.get("source"):
+        kwargs["source"] = fetched("autoencoders", ae, entry)
+    return json.dumps(kwargs, sort_keys=True)
+
+
+def dataset_inputs(exp):
+    """The raw data of an experiment: downloaded files, or the on-disk source (data.source)."""
+    from ucgm_core.data.datasets import get_dataset
+
+    d = exp["data"]
+    spec = get_dataset(d["dataset"])
+    if spec.on_disk:
+        if not d.get("source"):
+            raise WorkflowError(f"experiment {exp['name']}: data.source is not set; dataset {d['dataset']!r} "
+                                "is read from disk (a folder or the ILSVRC2012 train tar)")
+        return [local_file(d["source"], f"experiment {exp['name']}: data.source")]
+    return [f"results/raw/{d['dataset']}/{f.name}" for f in spec.files]
+
+
+def raw_location(exp):
+    d = exp["data"]
+    from ucgm_core.data.datasets import get_dataset
+
+    return d["source"] if get_dataset(d["dataset"]).on_disk else f"results/raw/{d['dataset']}"
+
+
+def experiment_for_data(dataset, resolution, autoencoder=None):
+    """An experiment with this data (the first one; data settings that shape files are in the path)."""
+    for exp in WF.experiments.values():
+        d = exp.get("data")
+        if d and d["dataset"] == dataset and int(d["resolution"]) == int(resolution) and \
+                (autoencoder is None or d["autoencoder"] == autoencoder):
+            return exp
+    raise WorkflowError(f"no experiment has data {dataset} at {resolution}" +
+                        (f" with autoencoder {autoencoder}" if autoencoder else ""))
+
+
+# --- models ------------------------------------------------------------------------------------------------
+
+
+def models_where(kind):
+    """Models of one kind ("trained" from scratch, "tuned" from a checkpoint, "pretrained" imported)."""
+
+    def kind_of(spec):
+        return "pretrained" if spec.get("pretrained") else ("tuned" if spec.get("init") else "trained")
+
+    names = [m for m, spec in MODELS.items() if kind_of(spec) == kind]
     return "|".join(names) if names else "(?!x)x"
 
 
 def model_spec(name):
     """What defines a model's training: its config entry plus the data settings it sees."""
-    data = {k: DATA[k] for k in ("dataset", "autoencoder", "normalize_latents", "latent_multiplier")}
+    d = model_experiment(name)["data"]
+    data = {k: d[k] for k in ("dataset", "autoencoder", "normalize_latents", "latent_multiplier")}
+    if d.get("latent_stats"):
+        data["latent_stats"] = d["latent_stats"]
     spec = {k: v for k, v in MODELS[name].items() if k not in ("init", "teacher")}
+    if "train" in spec:  # where and how long it runs is not what it trains: no rerun when those change
+        spec["train"] = {k: v for k, v in spec["train"].items() if k not in ("gpus", "hours")}
     return json.dumps({**spec, "data": data}, sort_keys=True)
 
 
-def checkpoint(name):
-    return f"results/models/{name}/checkpoint.pt"
+def checkpoint(ref):
+    """A model's checkpoint; "<model>@<step>" is a snapshot kept during its training."""
+    name, step = split_model_ref(ref)
+    if step is None:
+        return f"results/models/{name}/checkpoint.pt"
+    return f"results/models/{name}/snapshots/step-{int(step):07d}.pt"
+
+
+def model_resources(name, key, default):
+    t = MODELS[name].get("train") or {}
+    return t.get(key) or default
+
+
+# --- samplers, evaluation ------------------------------------------------------------------------------
 
 
 def sampler_spec(name):
     s = SAMPLERS[name]
-    return json.dumps({k: s[k] for k in ("method", "options", "guidance", "weights")}, sort_keys=True)
+    spec = {k: s[k] for k in ("method", "options", "guidance", "weights")}
+    spec["quantize"] = sampler_experiment(name)["evaluation"]["quantize"]
+    return json.dumps(spec, sort_keys=True)
 
 
-def num_shards():
-    return -(-EVAL["num_samples"] // EVAL["samples_per_shard"])
+def evaluation_of(sampler):
+    return sampler_experiment(sampler)["evaluation"]
+
+
+def num_shards(sampler):
+    ev = evaluation_of(sampler)
+    return -(-ev["num_samples"] // ev["samples_per_shard"])
 
 
 def sample_shards(sampler, steps):
-    return [f"results/samples/{sampler}/steps{steps}/shard-{k:04d}.npz" for k in range(num_shards())]
+    return [f"results/samples/{sampler}/steps{steps}/shard-{k:04d}.npz" for k in range(num_shards(sampler))]
 
 
 def evaluations(sampler):
     return [f"results/eval/{sampler}/steps{n}.json" for n in SAMPLERS[sampler]["steps"]]
 
 
-def extractor_weights():
-    if EXTRACTOR["kind"] == "classifier":
-        return f"results/extractor/{DATA_ID}/classifier.pt"
+def extractor_weights(exp):
+    if exp["extractor"]["kind"] == "classifier":
+        return f"results/extractor/{data_id(exp)}/classifier.pt"
     return "results/extractor/inception/weights.pth"
 
 
-def reference_marker():
-    return f"results/reference/{DATA_ID}-{EVAL['reference_split']}-{EXTRACTOR['kind']}.json"
+def reference_marker(exp):
+    ev = exp["evaluation"]
+    if ev.get("reference_batch"):
+        return f"results/reference/{reference_batch_key(ev['reference_batch'])}-{exp['extractor']['kind']}.json"
+    return f"results/reference/{data_id(exp)}-{ev['reference_split']}-{exp['extractor']['kind']}.json"
+
+
+def table_evaluations(table):
+    return [e for s in TABLES[table] for e in evaluations(s)]
+
+
+def experiment_targets(exp):
+    out = []
+    tables = [t for (kind, t), e in WF.experiment_of.items() if kind == "table" and e == exp["name"]]
+    samplers = [s for (kind, s), e in WF.experiment_of.items() if kind == "sampler" and e == exp["name"]]
+    models = [m for (kind, m), e in WF.experiment_of.items() if kind == "model" and e == exp["name"]]
+    out += [f"results/table_{t}.csv" for t in tables]
+    out += [f"results/figures/{t}_fid_vs_nfe.png" for t in tables]
+    out += [f"results/figures/fid_vs_nfe/{s}.png" for s in samplers]
+    out += [f"results/figures/grids/{s}_steps{n}.png" for s in samplers for n in SAMPLERS[s]["steps"]]
+    out += [f"results/models/{m}/loss.png" for m in models if not MODELS[m].get("pretrained")]
+    return out
 
 
 def all_targets():
-    out = [f"results/table_{t}.csv" for t in config["tables"]]
-    out += [f"results/figures/{t}_fid_vs_nfe.png" for t in config["tables"]]
-    out += [f"results/figures/fid_vs_nfe/{s}.png" for s in SAMPLERS]
-    out += [f"results/figures/grids/{s}_steps{n}.png" for s in SAMPLERS for n in SAMPLERS[s]["steps"]]
-    out += [f"results/models/{m}/loss.png" for m in MODELS]
-    return out
+    """`rule all`: everything of the main experiment (the embedded default); paper tables are named targets."""
+    return experiment_targets(WF.experiments[WF.main])

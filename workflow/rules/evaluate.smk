@@ -2,11 +2,33 @@
 # extractor; the result JSON carries the evaluation contract.
 
 
+def evaluate_inputs(wc):
+    exp = sampler_experiment(wc.sampler)
+    return {"shards": sample_shards(wc.sampler, wc.steps), "weights": extractor_weights(exp),
+            "reference": reference_marker(exp)}
+
+
+def reference_args(wc):
+    exp = sampler_experiment(wc.sampler)
+    ev = exp["evaluation"]
+    if ev.get("reference_batch"):
+        return "--reference-batch " + fetched("references", reference_batch_key(ev["reference_batch"]), ev["reference_batch"])
+    return f"--images {shards_dir(exp)} --split {ev['reference_split']}"
+
+
+def evaluation_context(wc):
+    exp = sampler_experiment(wc.sampler)
+    s, ev = SAMPLERS[wc.sampler], exp["evaluation"]
+    return json.dumps({"sampler": wc.sampler, "model": s["model"], "experiment": exp["name"],
+                       "contract": {"num_samples": ev["num_samples"], "seed": ev["seed"],
+                                    "quantize": ev["quantize"], "labels": "image i has class i mod num_classes",
+                                    "reference": reference_args(wc).split(" ", 1)[1],
+                                    "extractor": exp["extractor"]["kind"]}}, sort_keys=True)
+
+
 rule evaluate:
     input:
-        shards=lambda wc: sample_shards(wc.sampler, wc.steps),
-        weights=extractor_weights(),
-        reference=reference_marker(),
+        unpack(evaluate_inputs),
     output:
         "results/eval/{sampler}/steps{steps}.json",
     wildcard_constraints:
@@ -16,12 +38,12 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate/{sampler}/steps{steps}.tsv"
     params:
-        split=EVAL["reference_split"],
-        kind=EXTRACTOR["kind"],
-        metrics=" ".join(EVAL["metrics"]),
-        context=lambda wc: json.dumps({"sampler": wc.sampler, "model": SAMPLERS[wc.sampler]["model"]}),
+        reference=reference_args,
+        kind=lambda wc: sampler_experiment(wc.sampler)["extractor"]["kind"],
+        metrics=lambda wc: " ".join(evaluation_of(wc.sampler)["metrics"]),
+        context=evaluation_context,
     threads: 1
     shell:
-        "{PY} {SCRIPTS}/evaluate.py samples --shards {input.shards} --images {SHARDS} --split {params.split}"
+        "{PY} {SCRIPTS}/evaluate.py samples --shards {input.shards} {params.reference}"
         " --extractor {params.kind} --weights {input.weights} --cache-dir results/reference/cache"
         " --metrics {params.metrics} --context {params.context:q} --threads {threads} --out {output} > {log} 2>&1"

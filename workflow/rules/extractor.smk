@@ -1,26 +1,44 @@
-# Stage 7a: the evaluation's feature extractor and the cached reference features.
+# Stage 7a: the evaluation's feature extractor and the cached reference features (a split of the dataset,
+# or an ADM reference batch whose mu/sigma give FID and whose images give precision/recall).
 
 
 rule extractor_classifier:
     input:
-        f"{SHARDS}/train.json",
-        f"{SHARDS}/test.json",
+        "results/shards/{data}/train.json",
+        "results/shards/{data}/test.json",
     output:
-        f"results/extractor/{DATA_ID}/classifier.pt",
+        "results/extractor/{data}/classifier.pt",
     log:
-        f"results/logs/extractor/{DATA_ID}.log",
+        "results/logs/extractor/{data}.log",
     benchmark:
-        f"results/benchmarks/extractor/{DATA_ID}.tsv"
+        "results/benchmarks/extractor/{data}.tsv"
     params:
-        steps=EXTRACTOR["train_steps"],
-        seed=EXTRACTOR["seed"],
+        steps=lambda wc: _classifier_experiment(wc)["extractor"]["train_steps"],
+        seed=lambda wc: _classifier_experiment(wc)["extractor"]["seed"],
     threads: 2
     shell:
-        "{PY} {SCRIPTS}/extractor.py classifier --images {SHARDS} --steps {params.steps} --seed {params.seed}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/extractor.py classifier --images results/shards/{wildcards.data} --steps {params.steps}"
+        " --seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
+
+
+def _classifier_experiment(wc):
+    for exp in WF.experiments.values():
+        if exp.get("data") and data_id(exp) == wc.data and exp["extractor"]["kind"] == "classifier":
+            return exp
+    raise WorkflowError(f"no experiment evaluates data {wc.data} with a classifier extractor")
+
+
+def _inception_weights():
+    found = {e["extractor"].get("weights") for e in WF.experiments.values() if e.get("extractor", {}).get("kind") == "inception"}
+    found.discard(None)
+    if len(found) > 1:
+        raise WorkflowError(f"extractor.weights: experiments name different Inception weights {sorted(found)}")
+    return found.pop() if found else None
 
 
 rule extractor_inception:
+    input:
+        lambda wc: [local_file(_inception_weights(), "extractor.weights")] if _inception_weights() else [],
     output:
         "results/extractor/inception/weights.pth",
     log:
@@ -28,24 +46,48 @@ rule extractor_inception:
     benchmark:
         "results/benchmarks/extractor/inception.tsv"
     params:
-        weights=f"--weights {EXTRACTOR['weights']}" if EXTRACTOR.get("weights") else "",
+        weights=lambda wc, input: f"--weights {input[0]}" if input else "",
     shell:
         "{PY} {SCRIPTS}/extractor.py inception {params.weights} --out {output} > {log} 2>&1"
 
 
+def _reference_experiment(marker):
+    for exp in WF.experiments.values():
+        if exp.get("evaluation") and reference_marker(exp) == marker:
+            return exp
+    raise WorkflowError(f"no experiment has the reference {marker}")
+
+
+def _reference_inputs(wc, marker):
+    exp = _reference_experiment(marker)
+    ev = exp["evaluation"]
+    out = {"weights": extractor_weights(exp)}
+    if ev.get("reference_batch"):
+        out["batch"] = source_file("references", reference_batch_key(ev["reference_batch"]), ev["reference_batch"],
+                                   f"{exp['name']}: evaluation.reference_batch.source")
+    else:
+        out["images"] = f"{shards_dir(exp)}/{ev['reference_split']}.json"
+    return out
+
+
+def _reference_args(input, exp):
+    if "batch" in input.keys():
+        return f"--reference-batch {input.batch}"
+    return f"--images {shards_dir(exp)} --split {exp['evaluation']['reference_split']}"
+
+
 rule reference:
     input:
-        weights=extractor_weights(),
-        images=f"{SHARDS}/{EVAL['reference_split']}.json",
+        unpack(lambda wc: _reference_inputs(wc, f"results/reference/{wc.ref}.json")),
     output:
-        reference_marker(),
+        "results/reference/{ref}.json",
     log:
-        f"results/logs/reference/{DATA_ID}.log",
+        "results/logs/reference/{ref}.log",
     benchmark:
-        f"results/benchmarks/reference/{DATA_ID}.tsv"
+        "results/benchmarks/reference/{ref}.tsv"
     params:
-        split=EVAL["reference_split"],
-        kind=EXTRACTOR["kind"],
+        args=lambda wc, input: _reference_args(input, _reference_experiment(f"results/reference/{wc.ref}.json")),
+        kind=lambda wc: _reference_experiment(f"results/reference/{wc.ref}.json")["extractor"]["kind"],
     shell:
-        "{PY} {SCRIPTS}/evaluate.py reference --images {SHARDS} --split {params.split} --extractor {params.kind}"
+        "{PY} {SCRIPTS}/evaluate.py reference {params.args} --extractor {params.kind}"
         " --weights {input.weights} --cache-dir results/reference/cache --out {output} > {log} 2>&1"

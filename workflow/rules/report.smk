@@ -1,22 +1,38 @@
 # Stage 8: tables (CSV) and figures (PNG) from the evaluation results; all go into `snakemake --report`.
+# A table target also makes its figures: FID versus NFE of its rows, and one strip of samples per row.
+
+
+def table_rows(table):
+    """Row labels and the paper's numbers, from the config (not evaluation inputs: editing them reruns
+    only the table)."""
+    return json.dumps({s: {"label": SAMPLERS[s].get("label"), "paper": SAMPLERS[s].get("paper", [])}
+                       for s in TABLES[table]}, sort_keys=True)
+
+
+def table_strips(table):
+    return [(s, n) for s in TABLES[table] for n in SAMPLERS[s]["steps"]]
 
 
 rule table:
     input:
-        lambda wc: [e for s in config["tables"][wc.table] for e in evaluations(s)],
+        evals=lambda wc: table_evaluations(wc.table),
+        figure="results/figures/{table}_fid_vs_nfe.png",
+        samples="results/figures/{table}_samples.png",
     output:
         report("results/table_{table}.csv", caption="../report/table.rst", category="Tables"),
     log:
         "results/logs/table/{table}.log",
     benchmark:
         "results/benchmarks/table/{table}.tsv"
+    params:
+        rows=lambda wc: table_rows(wc.table),
     shell:
-        "{PY} {SCRIPTS}/report.py table --evals {input} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/report.py table --evals {input.evals} --rows {params.rows:q} --out {output} > {log} 2>&1"
 
 
 rule table_figure:
     input:
-        lambda wc: [e for s in config["tables"][wc.table] for e in evaluations(s)],
+        lambda wc: table_evaluations(wc.table),
     output:
         report("results/figures/{table}_fid_vs_nfe.png", caption="../report/fid_vs_nfe.rst", category="Figures"),
     log:
@@ -27,6 +43,22 @@ rule table_figure:
         title=lambda wc: f"{wc.table}: FID versus NFE",
     shell:
         "{PY} {SCRIPTS}/report.py fid-vs-nfe --evals {input} --title {params.title:q} --out {output} > {log} 2>&1"
+
+
+rule table_samples:
+    input:
+        lambda wc: [f"results/samples/{s}/steps{n}/shard-0000.npz" for s, n in table_strips(wc.table)],
+    output:
+        report("results/figures/{table}_samples.png", caption="../report/sample_grid.rst", category="Figures"),
+    log:
+        "results/logs/figures/{table}_samples.log",
+    benchmark:
+        "results/benchmarks/figures/{table}_samples.tsv"
+    params:
+        labels=lambda wc: " ".join(json.dumps(f"{SAMPLERS[s].get('label') or s}, {n} steps")
+                                   for s, n in table_strips(wc.table)),
+    shell:
+        "{PY} {SCRIPTS}/report.py rows-grid --shards {input} --labels {params.labels} --out {output} > {log} 2>&1"
 
 
 rule sampler_figure:
@@ -58,6 +90,6 @@ rule sample_grid:
     benchmark:
         "results/benchmarks/figures/grids/{sampler}_steps{steps}.tsv"
     params:
-        size=EVAL["grid_size"],
+        size=lambda wc: evaluation_of(wc.sampler)["grid_size"],
     shell:
         "{PY} {SCRIPTS}/report.py grid --shard {input} --size {params.size} --out {output} > {log} 2>&1"

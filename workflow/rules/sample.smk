@@ -2,9 +2,14 @@
 # label i mod num_classes, so the samples do not depend on the split into shards or jobs.
 
 
+def sample_inputs(wc):
+    exp = sampler_experiment(wc.sampler)
+    return {"checkpoint": checkpoint(SAMPLERS[wc.sampler]["model"]), "autoencoder": autoencoder_inputs(exp)}
+
+
 rule sample:
     input:
-        lambda wc: checkpoint(SAMPLERS[wc.sampler]["model"]),
+        unpack(sample_inputs),
     output:
         "results/samples/{sampler}/steps{steps}/shard-{shard}.npz",
     wildcard_constraints:
@@ -16,13 +21,14 @@ rule sample:
         "results/benchmarks/sample/{sampler}/steps{steps}/shard-{shard}.tsv"
     params:
         spec=lambda wc: sampler_spec(wc.sampler),
-        num_samples=EVAL["num_samples"],
-        samples_per_shard=EVAL["samples_per_shard"],
-        seed=EVAL["seed"],
-        batch_size=EVAL["batch_size"],
+        ae_kwargs=lambda wc: autoencoder_kwargs(sampler_experiment(wc.sampler)),
+        num_samples=lambda wc: evaluation_of(wc.sampler)["num_samples"],
+        samples_per_shard=lambda wc: evaluation_of(wc.sampler)["samples_per_shard"],
+        seed=lambda wc: evaluation_of(wc.sampler)["seed"],
+        batch_size=lambda wc: evaluation_of(wc.sampler)["batch_size"],
     threads: 1
     shell:
-        "{PY} {SCRIPTS}/sample.py --checkpoint {input} --spec {params.spec:q} --steps {wildcards.steps}"
-        " --shard {wildcards.shard} --samples-per-shard {params.samples_per_shard}"
+        "{PY} {SCRIPTS}/sample.py --checkpoint {input.checkpoint} --spec {params.spec:q} --steps {wildcards.steps}"
+        " --ae-kwargs {params.ae_kwargs:q} --shard {wildcards.shard} --samples-per-shard {params.samples_per_shard}"
         " --num-samples {params.num_samples} --seed {params.seed} --batch-size {params.batch_size}"
         " --threads {threads} --out {output} > {log} 2>&1"

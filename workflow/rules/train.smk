@@ -1,30 +1,81 @@
 # Stage 4: multi-step UCGM-T from scratch. The resumable state lives in results/state/<model>/ (not an
-# output), so a killed job continues where it stopped; a changed spec starts a fresh state.
+# output), so a killed job continues where it stopped; a changed spec starts a fresh state. With
+# train.gpus > 1 the job runs one process per GPU under torchrun (the global batch is unchanged).
+
+
+def training_inputs(wc):
+    exp = model_experiment(wc.model)
+    spec = MODELS[wc.model]
+    out = {"latents": f"{latents_dir(exp)}/train.json", "stats": f"{latents_dir(exp)}/stats.pt",
+           "autoencoder": autoencoder_inputs(exp)}
+    if spec.get("init"):
+        out["init"] = checkpoint(spec["init"])
+    if spec.get("init") or spec.get("teacher"):
+        out["teacher"] = checkpoint(spec.get("teacher") or spec["init"])
+    return out
+
+
+def launcher(wc):
+    gpus = model_resources(wc.model, "gpus", 1)
+    return f"torchrun --standalone --nproc_per_node {gpus}" if gpus > 1 else PY
+
+
+def training_args(wc, input):
+    exp = model_experiment(wc.model)
+    args = [f"--latents {latents_dir(exp)}", f"--stats {input.stats}", f"--ae-kwargs '{autoencoder_kwargs(exp)}'"]
+    if "init" in input.keys():
+        args.append(f"--init {input.init}")
+    if "teacher" in input.keys():
+        args.append(f"--teacher {input.teacher}")
+    return " ".join(args)
+
+
+TRAIN_OUTPUTS = {
+    "checkpoint": "results/models/{model}/checkpoint.pt",
+    "loss": report("results/models/{model}/loss.csv", category="Training", subcategory="{model}"),
+    "curve": report("results/models/{model}/loss.png", caption="../report/loss.rst", category="Training",
+                    subcategory="{model}"),
+    "grid": report("results/models/{model}/grid.png", caption="../report/train_grid.rst", category="Training",
+                   subcategory="{model}"),
+}
 
 
 rule train:
     input:
-        latents=f"{LATENTS}/train.json",
-        stats=f"{LATENTS}/stats.pt",
-        teacher=lambda wc: [checkpoint(MODELS[wc.model]["teacher"])] if MODELS[wc.model].get("teacher") else [],
+        unpack(training_inputs),
     output:
-        checkpoint="results/models/{model}/checkpoint.pt",
-        loss=report("results/models/{model}/loss.csv", category="Training", subcategory="{model}"),
-        curve=report("results/models/{model}/loss.png", caption="../report/loss.rst", category="Training",
-                     subcategory="{model}"),
-        grid=report("results/models/{model}/grid.png", caption="../report/train_grid.rst", category="Training",
-                    subcategory="{model}"),
+        **TRAIN_OUTPUTS,
     wildcard_constraints:
-        model=models_where(tuned=False),
+        model=models_where("trained"),
     log:
         "results/logs/train/{model}.log",
     benchmark:
         "results/benchmarks/train/{model}.tsv"
     params:
         spec=lambda wc: model_spec(wc.model),
-        teacher=lambda wc, input: f"--teacher {input.teacher[0]}" if input.teacher else "",
+        args=training_args,
+        launcher=launcher,
     threads: workflow.cores
+    resources:
+        gpu=lambda wc: model_resources(wc.model, "gpus", 1),
+        runtime=lambda wc, attempt: int(60 * model_resources(wc.model, "hours", 24)) * attempt,
     shell:
-        "{PY} {SCRIPTS}/train.py --latents {LATENTS} --stats {input.stats} --spec {params.spec:q}"
-        " {params.teacher} --out-dir results/models/{wildcards.model} --state-dir results/state/{wildcards.model}"
+        "{params.launcher} {SCRIPTS}/train.py {params.args} --spec {params.spec:q}"
+        " --out-dir results/models/{wildcards.model} --state-dir results/state/{wildcards.model}"
         " --threads {threads} > {log} 2>&1"
+
+
+rule snapshot:
+    """A checkpoint kept during a model's training (train.snapshots), e.g. the init of a few-step model."""
+    input:
+        "results/models/{model}/checkpoint.pt",
+    output:
+        "results/models/{model}/snapshots/step-{step}.pt",
+    wildcard_constraints:
+        step=r"\d{7}",
+    log:
+        "results/logs/snapshot/{model}/step-{step}.log",
+    benchmark:
+        "results/benchmarks/snapshot/{model}/step-{step}.tsv"
+    shell:
+        "{PY} {SCRIPTS}/snapshot.py --checkpoint {input} --step {wildcards.step} --out {output} > {log} 2>&1"

@@ -1,30 +1,28 @@
 # Stage 5: few-step UCGM-T tuned from a checkpoint. The starting weights (init) and the teacher's weights
-# (teacher, frozen when teacher_decay = 1) are configured separately; both default to the same model.
+# (teacher, frozen when teacher_decay = 1) are configured separately; both default to the same model, which
+# may be a model of this workflow, a snapshot "<model>@<step>" of one, or an imported pretrained network.
 
 
 rule tune:
     input:
-        latents=f"{LATENTS}/train.json",
-        stats=f"{LATENTS}/stats.pt",
-        init=lambda wc: checkpoint(MODELS[wc.model]["init"]),
-        teacher=lambda wc: checkpoint(MODELS[wc.model].get("teacher") or MODELS[wc.model]["init"]),
+        unpack(training_inputs),
     output:
-        checkpoint="results/models/{model}/checkpoint.pt",
-        loss=report("results/models/{model}/loss.csv", category="Training", subcategory="{model}"),
-        curve=report("results/models/{model}/loss.png", caption="../report/loss.rst", category="Training",
-                     subcategory="{model}"),
-        grid=report("results/models/{model}/grid.png", caption="../report/train_grid.rst", category="Training",
-                    subcategory="{model}"),
+        **TRAIN_OUTPUTS,
     wildcard_constraints:
-        model=models_where(tuned=True),
+        model=models_where("tuned"),
     log:
         "results/logs/tune/{model}.log",
     benchmark:
         "results/benchmarks/tune/{model}.tsv"
     params:
         spec=lambda wc: model_spec(wc.model),
+        args=training_args,
+        launcher=launcher,
     threads: workflow.cores
+    resources:
+        gpu=lambda wc: model_resources(wc.model, "gpus", 1),
+        runtime=lambda wc, attempt: int(60 * model_resources(wc.model, "hours", 12)) * attempt,
     shell:
-        "{PY} {SCRIPTS}/train.py --latents {LATENTS} --stats {input.stats} --spec {params.spec:q}"
-        " --init {input.init} --teacher {input.teacher} --out-dir results/models/{wildcards.model}"
-        " --state-dir results/state/{wildcards.model} --threads {threads} > {log} 2>&1"
+        "{params.launcher} {SCRIPTS}/train.py {params.args} --spec {params.spec:q}"
+        " --out-dir results/models/{wildcards.model} --state-dir results/state/{wildcards.model}"
+        " --threads {threads} > {log} 2>&1"

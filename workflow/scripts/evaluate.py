@@ -27,10 +27,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_spec, log, set_threads  # noqa: E402
 
 from ucgm_core.data.shards import load_images  # noqa: E402
+from ucgm_core.metrics.imageutil import sha256_file  # noqa: E402
 from ucgm_core.metrics.fidelity import (FeatureExtractorSpec, ReferenceSet, evaluate,  # noqa: E402
                                         reference_features, _default_layer)
 
 EXTRACTORS = {"classifier": "ucgm-classifier", "inception": "inception-v3-compat"}
+
+
+def reference_batch_set(npz: str) -> ReferenceSet:
+    """An ADM reference batch (guided-diffusion's ``VIRTUAL_imagenet256_labeled.npz``, ...): FID against its
+    ``mu``/``sigma``, KID and precision/recall against the features of its ``arr_0`` images (uint8 NHWC)."""
+    with np.load(npz) as z:
+        missing = [k for k in ("arr_0", "mu", "sigma") if k not in z.files]
+    if missing:
+        raise SystemExit(f"{npz}: not an ADM reference batch (lacks {missing}; has {sorted(z.files)})")
+
+    def images():
+        with np.load(npz) as z:
+            return torch.from_numpy(np.ascontiguousarray(z["arr_0"])).permute(0, 3, 1, 2)
+
+    return ReferenceSet(id=f"{Path(npz).stem}-{sha256_file(npz)[:16]}", images=images, stats_path=npz)
 
 
 def reference_set(images_dir: str, split: str) -> ReferenceSet:
@@ -56,7 +72,8 @@ def load_shards(paths):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("mode", choices=["reference", "samples"])
-    p.add_argument("--images", required=True, help="image shard folder of the reference set")
+    p.add_argument("--images", default=None, help="image shard folder of the reference set")
+    p.add_argument("--reference-batch", default=None, help="ADM reference batch .npz (arr_0, mu, sigma) instead")
     p.add_argument("--split", default="test")
     p.add_argument("--extractor", choices=sorted(EXTRACTORS), default="classifier")
     p.add_argument("--weights", required=True, help="extractor weights file")
@@ -69,7 +86,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     set_threads(a.threads)
     spec = FeatureExtractorSpec(EXTRACTORS[a.extractor], a.weights)
-    ref = reference_set(a.images, a.split)
+    if (a.images is None) == (a.reference_batch is None):
+        raise SystemExit("give one of --images (a split of an image shard folder) or --reference-batch")
+    ref = reference_batch_set(a.reference_batch) if a.reference_batch else reference_set(a.images, a.split)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if a.mode == "reference":
@@ -77,7 +96,8 @@ def main(argv=None) -> int:
         feats, source = reference_features(ref, spec, layers, cache_dir=a.cache_dir)
         info = {"reference_id": ref.id, "extractor": spec.name, "extractor_weights_sha256": spec.sha256(),
                 "layers": layers, "num_reference": int(len(next(iter(feats.values())))), "source": source,
-                "cache_dir": os.path.abspath(a.cache_dir)}
+                "cache_dir": os.path.abspath(a.cache_dir),
+                "fid_statistics": f"{a.reference_batch} (mu, sigma)" if a.reference_batch else "reference features"}
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text(json.dumps(info, indent=2))
         os.replace(tmp, out)

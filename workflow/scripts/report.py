@@ -4,9 +4,12 @@
     python workflow/scripts/report.py table --evals results/eval/*/steps*.json --out results/table_fmnist.csv
     python workflow/scripts/report.py fid-vs-nfe --evals results/eval/ucgm/steps*.json --out fig.png [--title T]
     python workflow/scripts/report.py grid --shard results/samples/ucgm/steps8/shard-0000.npz --size 10 --out g.png
+    python workflow/scripts/report.py rows-grid --shards a/shard-0000.npz b/shard-0000.npz --labels A B --out g.png
 
-A table has one row per (sampler, steps) with FID, IS, KID, precision and recall, NFE, and the evaluation
-contract (sample count, seed, extractor and its weights' hash, reference set, checkpoint hash, all knobs).
+A table has one row per (sampler, steps) with FID, IS, KID, precision and recall, NFE, the paper's reported
+FID and NFE for that row (``--rows``: sampler -> label and paper numbers, from the config), and the evaluation
+contract (sample count, seed, quantisation, extractor and its weights' hash, reference set, checkpoint hash,
+all knobs).
 """
 
 from __future__ import annotations
@@ -23,20 +26,26 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import log  # noqa: E402
 
-from ucgm_core.figures import class_rows, plot_fid_vs_nfe, save_grid  # noqa: E402
+from ucgm_core.figures import class_rows, plot_fid_vs_nfe, save_grid, save_labelled_rows  # noqa: E402
 
-COLUMNS = ["sampler", "model", "method", "steps", "nfe", "fid", "is", "is_std", "kid", "kid_std", "precision",
-           "recall", "num_samples", "seed", "extractor", "extractor_weights_sha256", "reference", "num_reference",
+COLUMNS = ["label", "sampler", "model", "experiment", "method", "steps", "nfe", "fid", "is", "is_std", "kid",
+           "kid_std", "precision", "recall", "paper_nfe", "paper_fid", "paper_source", "num_samples", "seed",
+           "quantize", "extractor", "extractor_weights_sha256", "reference", "num_reference",
            "checkpoint", "checkpoint_sha256", "checkpoint_step", "options", "guidance", "evaluation"]
 
 
-def row(path: str) -> dict:
+def row(path: str, rows: dict | None = None) -> dict:
+    """One table row from an evaluation JSON; ``rows[sampler]`` may add ``label`` and ``paper`` entries."""
     with open(path) as f:  # an EvaluationResult JSON (ucgm_core.metrics.fidelity), read without torch
         r = json.load(f)
     ctx = r.get("context", {})
     s = ctx.get("samples", {})
+    extra = (rows or {}).get(ctx.get("sampler"), {})
+    paper = next((p for p in extra.get("paper", []) if p.get("steps") == s.get("steps")), {})
     return {
-        "sampler": ctx.get("sampler"), "model": ctx.get("model"), "method": s.get("method"), "steps": s.get("steps"),
+        "label": extra.get("label") or ctx.get("sampler"), "sampler": ctx.get("sampler"), "model": ctx.get("model"),
+        "experiment": ctx.get("experiment"), "paper_nfe": paper.get("nfe"), "paper_fid": paper.get("fid"),
+        "paper_source": paper.get("source"), "quantize": s.get("quantize"), "method": s.get("method"), "steps": s.get("steps"),
         "nfe": s.get("nfe"), "fid": r.get("fid"), "is": r.get("is_mean"), "is_std": r.get("is_std"),
         "kid": r.get("kid_mean"), "kid_std": r.get("kid_std"), "precision": r.get("precision"),
         "recall": r.get("recall"), "num_samples": r.get("num_samples"), "seed": s.get("seed"),
@@ -60,6 +69,7 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("table")
     t.add_argument("--evals", nargs="+", required=True)
+    t.add_argument("--rows", default="{}", help="JSON: sampler -> {label, paper: [{steps, nfe, fid, source}]}")
     t.add_argument("--out", required=True)
     f = sub.add_parser("fid-vs-nfe")
     f.add_argument("--evals", nargs="+", required=True)
@@ -70,10 +80,16 @@ def main(argv=None) -> int:
     g.add_argument("--shard", required=True)
     g.add_argument("--size", type=int, default=10)
     g.add_argument("--out", required=True)
+    r = sub.add_parser("rows-grid", help="one row of images per shard (a model's samples), like the paper's figure 1")
+    r.add_argument("--shards", nargs="+", required=True)
+    r.add_argument("--labels", nargs="+", required=True)
+    r.add_argument("--per-row", type=int, default=8)
+    r.add_argument("--out", required=True)
     a = p.parse_args(argv)
 
     if a.cmd == "table":
-        df = pd.DataFrame([row(e) for e in a.evals], columns=COLUMNS)
+        rows = json.loads(a.rows)
+        df = pd.DataFrame([row(e, rows) for e in a.evals], columns=COLUMNS)
         atomic_csv(df, Path(a.out))
         with pd.option_context("display.width", 200, "display.max_columns", 12):
             log(f"{a.out}:\n{df[['sampler', 'model', 'method', 'steps', 'nfe', 'fid', 'is', 'kid', 'precision', 'recall']]}")
@@ -84,6 +100,16 @@ def main(argv=None) -> int:
             label = f"{r['sampler']} ({r['method']}, {r['model']})"
             series.setdefault(label, []).append((r["nfe"], r[a.metric]))
         plot_fid_vs_nfe(series, a.out, title=a.title, metric=a.metric.upper() if a.metric != "is" else "IS")
+        log(f"wrote {a.out}")
+    elif a.cmd == "rows-grid":
+        if len(a.labels) != len(a.shards):
+            raise SystemExit(f"{len(a.shards)} shards but {len(a.labels)} labels")
+        rows = []
+        for path in a.shards:
+            with np.load(path) as z:
+                imgs = z["images"][: a.per_row]
+            rows.append(np.repeat(imgs, 3, axis=1) if imgs.shape[1] == 1 else imgs)
+        save_labelled_rows(rows, a.labels, a.out)
         log(f"wrote {a.out}")
     else:
         with np.load(a.shard) as z:

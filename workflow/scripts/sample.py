@@ -60,6 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--num-samples", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--ae-kwargs", default="{}", help="JSON keyword arguments of the autoencoder (weights file, ...)")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -68,8 +69,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-REQUEST_KEYS = ("checkpoint_sha256", "method", "steps", "options", "guidance", "weights", "seed", "shard",
-                "samples_per_shard", "num_samples", "first_index", "count")
+REQUEST_KEYS = ("checkpoint_sha256", "method", "steps", "options", "guidance", "weights", "quantize", "seed",
+                "shard", "samples_per_shard", "num_samples", "first_index", "count")
 
 
 def existing_shard_matches(out: Path, request: dict) -> bool:
@@ -144,7 +145,8 @@ def main(argv=None) -> int:
     request = {
         "checkpoint_sha256": sha256_file(a.checkpoint), "method": spec["method"], "steps": a.steps,
         "options": spec.get("options") or {}, "guidance": guidance, "weights": spec.get("weights", "ema"),
-        "seed": a.seed, "shard": a.shard, "samples_per_shard": a.samples_per_shard, "num_samples": a.num_samples,
+        "quantize": spec.get("quantize", "round"), "seed": a.seed, "shard": a.shard,
+        "samples_per_shard": a.samples_per_shard, "num_samples": a.num_samples,
         "first_index": indices.start, "count": len(indices),
     }
     if a.skip_existing and out.exists():
@@ -156,21 +158,26 @@ def main(argv=None) -> int:
     log(f"sampling images {indices.start}..{indices.stop - 1} ({spec['method']}, {a.steps} steps) -> {out}")
     net = build_network(ckpt, spec.get("weights", "ema"))
     ae_name = ckpt.get("autoencoder", "identity")
-    ae = get_autoencoder(ae_name, channels=ckpt["latent_shape"][0]) if ae_name == "identity" else get_autoencoder(ae_name)
+    ae_kwargs = json.loads(a.ae_kwargs)
+    if ae_name == "identity":
+        ae_kwargs.setdefault("channels", ckpt["latent_shape"][0])
+    ae = get_autoencoder(ae_name, **ae_kwargs).to(a.device)
     t0 = time.time()
     res = generate_images(
         net, indices, seed=a.seed, method=spec["method"], steps=a.steps, transport=ckpt["transport"],
         latent_shape=ckpt["latent_shape"], num_classes=ckpt["num_classes"], normalizer=checkpoint_normalizer(ckpt),
         decode=ae.decode, options=spec.get("options") or {}, guidance_scale=float(guidance.get("scale", 0.0)),
         guidance_interval=guidance.get("interval"), batch_size=a.batch_size, device=a.device,
+        quantize=request["quantize"],
     )
     seconds = time.time() - t0
     meta = {
         "checkpoint": os.path.abspath(a.checkpoint), "checkpoint_sha256": request["checkpoint_sha256"],
         "checkpoint_step": ckpt.get("step"), "method": spec["method"], "steps": a.steps, "nfe": res.nfe,
         "options": spec.get("options") or {}, "guidance": guidance, "weights": spec.get("weights", "ema"),
-        "seed": a.seed, "shard": a.shard, "samples_per_shard": a.samples_per_shard, "num_samples": a.num_samples,
-        "first_index": indices.start, "count": len(indices), "seconds": round(seconds, 3),
+        "quantize": request["quantize"], "seed": a.seed, "shard": a.shard, "samples_per_shard": a.samples_per_shard,
+        "num_samples": a.num_samples, "first_index": indices.start, "count": len(indices),
+        "seconds": round(seconds, 3),
     }
     buf = io.BytesIO()
     np.savez(buf, images=res.images, labels=res.labels, indices=res.indices, seeds=res.seeds,

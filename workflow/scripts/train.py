@@ -71,6 +71,7 @@ def parse_args(argv=None):
     p.add_argument("--state-dir", required=True, help="resumable state folder (kept outside workflow outputs)")
     p.add_argument("--init", default=None, help="checkpoint whose EMA weights start the online model and its EMA")
     p.add_argument("--teacher", default=None, help="checkpoint whose EMA weights the (frozen) teacher keeps")
+    p.add_argument("--ae-kwargs", default="{}", help="JSON keyword arguments of the autoencoder (weights file, ...)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None,
                    help="cuda or cpu (default: cuda if available; with several processes cuda:<local rank>)")
@@ -128,8 +129,10 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
     num_classes = int(info.get("num_classes") or get_dataset(dataset).num_classes)
 
     # -- model, objective, loader -------------------------------------------------------------------
-    model_kwargs = dict(input_size=latent_shape[1], in_channels=latent_shape[0], num_classes=num_classes,
-                        **spec.get("architecture_overrides", {}))
+    overrides = dict(spec.get("architecture_overrides", {}))
+    # a model may see fewer classes than the data has (num_classes 1: unconditional, as UCGM's CIFAR-10 EDM)
+    num_classes = int(overrides.pop("num_classes", num_classes))
+    model_kwargs = dict(input_size=latent_shape[1], in_channels=latent_shape[0], num_classes=num_classes, **overrides)
     # torch's default generator is seeded at random in each process: seed the initial weights so that
     # a rerun from scratch (and every rank) starts from the same model
     torch.manual_seed(int(spec["train"].get("seed", 0)))
@@ -146,7 +149,12 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
                              precision=t.get("precision", "fp32"), seeding=SEEDING, micro_batch=a.micro_batch)
     if settings.batch_size % env.world_size:
         raise SystemExit(f"train.batch_size {settings.batch_size} does not split over {env.world_size} processes")
-    normalizer = LatentNormalizer.from_stats(stats, data_cfg["latent_multiplier"], data_cfg["normalize_latents"])
+    if data_cfg.get("latent_stats") and data_cfg["normalize_latents"]:  # fixed statistics (e.g. EDM2's)
+        st = data_cfg["latent_stats"]
+        normalizer = LatentNormalizer(*(torch.tensor(st[k], dtype=torch.float32).reshape(1, -1, 1, 1)
+                                        for k in ("mean", "std")), data_cfg["latent_multiplier"])
+    else:
+        normalizer = LatentNormalizer.from_stats(stats, data_cfg["latent_multiplier"], data_cfg["normalize_latents"])
 
     ema = None
     if a.init:
@@ -177,8 +185,10 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
     if main_rank and not trainer.resumed and grid_dir.exists():
         shutil.rmtree(grid_dir)
 
-    decoder = get_autoencoder(data_cfg["autoencoder"], channels=latent_shape[0]) \
-        if data_cfg["autoencoder"] == "identity" else get_autoencoder(data_cfg["autoencoder"])
+    ae_kwargs = json.loads(a.ae_kwargs)
+    if data_cfg["autoencoder"] == "identity":
+        ae_kwargs.setdefault("channels", latent_shape[0])
+    decoder = get_autoencoder(data_cfg["autoencoder"], **ae_kwargs)
     grid_rows = min(10, num_classes) if num_classes > 1 else 8
     few_step = objective_cfg.consistency_ratio > 0
 
@@ -196,7 +206,19 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
     every = int(t.get("grid_every", 0) or 0)
     stop_at = None if a.stop_after is None else trainer.state.step + a.stop_after
 
+    snapshots = {int(k) for k in t.get("snapshots", [])}
+
+    def checkpoint_payload(net_online, net_ema, step: int, path: Path) -> None:
+        save_checkpoint(path, architecture=spec["architecture"], model_kwargs=model_kwargs,
+                        transport=objective_cfg.transport, num_classes=num_classes, latent_shape=latent_shape,
+                        normalizer=normalizer, autoencoder=data_cfg["autoencoder"], step=step,
+                        model=net_online, ema=net_ema,
+                        info={"spec": spec, "init": a.init, "teacher": a.teacher, "state": str(trainer.state_path)})
+
     def on_step(tr: Trainer) -> None:
+        if main_rank and tr.state.step in snapshots:  # kept beside the resumable state: survives failed jobs
+            checkpoint_payload(model, tr.ema.module, tr.state.step,
+                               state_dir / "snapshots" / f"step-{tr.state.step:07d}.pt")
         if main_rank and every and tr.state.step % every == 0:
             grid(grid_dir / f"step_{tr.state.step:07d}.png", tr.ema.module)
         if stop_at is not None and tr.state.step >= stop_at:
@@ -217,11 +239,7 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
 
     # -- outputs (rank 0) ------------------------------------------------------------------------------
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out_dir / "checkpoint.pt", architecture=spec["architecture"], model_kwargs=model_kwargs,
-                    transport=objective_cfg.transport, num_classes=num_classes, latent_shape=latent_shape,
-                    normalizer=normalizer, autoencoder=data_cfg["autoencoder"], step=state.step,
-                    model=model, ema=trainer.ema.module,
-                    info={"spec": spec, "init": a.init, "teacher": a.teacher, "state": str(trainer.state_path)})
+    checkpoint_payload(model, trainer.ema.module, state.step, out_dir / "checkpoint.pt")
     tmp = out_dir / ".loss.csv.tmp"
     with open(tmp, "w") as f:
         f.write("step,loss,images_per_second\n")

@@ -1,0 +1,153 @@
+"""The paper's tables as targets: `snakemake -n --profile profiles/slurm results/table_in1k256.csv` (and 512)
+plans the full DAG at paper scale, and its rows are the rows of the paper's tables (docs: ucgm_method.md, 5).
+
+Only ImageNet itself is swapped: the experiment files name a placeholder path, so the plan points
+``data.source`` at an empty file the test makes (nothing runs; the dry run only needs it to exist).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ucgm_core.workflow_config import load_workflow
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = os.path.dirname(sys.executable)
+IMAGENET_EXPERIMENTS = ["in1k256_e2evavae", "in1k256_vavae", "in1k256_sdvae", "in1k512_sdvae", "in1k512_dcae",
+                        "in1k512_edm2"]
+
+# (paper NFE, paper FID) of every row of the README's three tables (ucgm_method.md 5.1-5.3), by resolution;
+# acceleration rows come in pairs: the original sampler at its NFE and UCGM-S.
+PAPER_ROWS = {
+    "in1k256": {
+        # 5.1 acceleration: REPA-E, Lightning-DiT, DDT (250x2 -> UCGM-S)
+        (500, 1.26), (80, 1.06), (500, 1.35), (100, 1.21), (100, 1.27),
+        # 5.2 tuning to 2 steps: Lightning-DiT, REPA, REPA-E, DDT
+        (2, 2.06), (2, 1.95), (2, 1.39), (2, 1.90),
+        # 5.3 unified training, VA-VAE: 30 steps and 2 steps
+        (30, 1.21), (2, 1.42),
+    },
+    "in1k512": {
+        # 5.1 acceleration: EDM2-S/L/XXL (63 NFE -> UCGM-S), DDT 512 (250x2 -> 150x2, v-old and v-new)
+        (63, 2.56), (40, 2.53), (63, 2.06), (50, 2.04), (63, 1.91), (40, 1.88), (500, 1.28), (300, 1.24),
+        (300, 1.18),
+        # 5.3 unified training, DC-AE: 40 steps and 2 steps
+        (40, 1.48), (2, 1.75),
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def overlay(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("plan")
+    tar = tmp / "ILSVRC2012_img_train.tar"
+    tar.write_bytes(b"")
+    path = tmp / "overlay.yaml"
+    path.write_text(yaml.safe_dump({"experiment_overrides": {e: {"data": {"source": str(tar)}}
+                                                             for e in IMAGENET_EXPERIMENTS}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workflow_config(overlay):
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg.update(yaml.safe_load(overlay.read_text()))
+    return load_workflow(cfg, "config/config.yaml", base_dir=ROOT)
+
+
+def dry_run(overlay: Path, target: str, tmp: Path) -> str:
+    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+    cmd = [os.path.join(BIN, "snakemake"), "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp),
+           "--profile", str(ROOT / "profiles" / "slurm"), target,
+           "--configfile", str(ROOT / "config" / "config.yaml"), str(overlay)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, f"{' '.join(cmd)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return run.stdout + run.stderr
+
+
+def planned(text: str) -> list:
+    """Every planned job as {rule, wildcards: {...}, resources: {...}} from a dry run's listing."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        if not m:
+            continue
+        wc = re.search(r"^\s+wildcards: (.+)$", block, re.M)
+        res = re.search(r"^\s+resources: (.+)$", block, re.M)
+        parse = lambda s: dict(kv.split("=", 1) for kv in s.split(", ") if "=" in kv)  # noqa: E731
+        jobs.append({"rule": m.group(1), "wildcards": parse(wc.group(1)) if wc else {},
+                     "resources": parse(res.group(1)) if res else {}})
+    return jobs
+
+
+@pytest.mark.parametrize("table", ["in1k256", "in1k512"])
+def test_plan_holds_every_paper_row(table, overlay, workflow_config, tmp_path):
+    wf = workflow_config
+    jobs = planned(dry_run(overlay, f"results/table_{table}.csv", tmp_path))
+    rules = {j["rule"] for j in jobs}
+    # the whole chain, from data to table: ImageNet shards, latents per VAE, released weights converted,
+    # TiT-XL trained and tuned, reference batch, samples, evaluations, figures
+    for rule in ("shards", "latents", "fetch", "pretrained", "train", "tune", "reference", "extractor_inception",
+                 "sample", "evaluate", "table", "table_figure", "table_samples"):
+        assert rule in rules, f"{rule} not planned for {table}"
+
+    evaluated = {(j["wildcards"]["sampler"], int(j["wildcards"]["steps"])) for j in jobs if j["rule"] == "evaluate"}
+    expected = {(s, n) for s in wf.tables[table] for n in wf.samplers[s]["steps"]}
+    assert evaluated == expected
+
+    # each row of the paper's tables is one planned evaluation, with the paper's number beside it
+    paper = {(p["nfe"], p["fid"]): (s, p["steps"]) for s in wf.tables[table] for p in wf.samplers[s]["paper"]}
+    missing = PAPER_ROWS[table] - set(paper)
+    assert not missing, f"paper rows without a planned evaluation: {sorted(missing)}"
+    for key in PAPER_ROWS[table]:
+        assert paper[key] in evaluated
+
+    # paper scale: 50,000 samples (50 per class) in shards, the ADM reference batch, 8-GPU training
+    for s, n in evaluated:
+        ev = wf.of("sampler", s)["evaluation"]
+        assert ev["num_samples"] == 50000 and ev["reference_batch"]["source"].endswith(".npz")
+        shards = [j for j in jobs if j["rule"] == "sample" and j["wildcards"]["sampler"] == s
+                  and int(j["wildcards"]["steps"]) == n]
+        assert len(shards) == 50000 // ev["samples_per_shard"]
+    for j in jobs:
+        if j["rule"] in ("train", "tune"):
+            spec = wf.models[j["wildcards"]["model"]]["train"]
+            assert int(j["resources"]["gpu"]) == spec["gpus"] >= 1
+            assert int(j["resources"]["runtime"]) == int(60 * spec["hours"])
+            assert spec["batch_size"] in (512, 1024, 128)
+        if j["rule"] in ("sample", "evaluate", "latents", "reference"):
+            assert int(j["resources"]["gpu"]) == 1
+    trained = [j["wildcards"]["model"] for j in jobs if j["rule"] == "train"]
+    assert trained and all(wf.models[m]["train"]["gpus"] == 8 for m in trained)
+
+
+def test_experiments_are_reachable_from_the_default_config():
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    wf = load_workflow(cfg, "config/config.yaml", base_dir=ROOT)
+    assert {"in1k256", "in1k512", "cifar10", "readme_acceleration", "readme_tuning", "readme_unified",
+            "fmnist"} <= set(wf.tables)
+    # every sampler of an experiment is in some table, and the default's `all` is the default's own
+    in_tables = {s for rows in wf.tables.values() for s in rows}
+    assert set(wf.samplers) == in_tables
+    assert wf.main == "fmnist"
+
+
+def test_cifar10_matches_the_original_debug_config():
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    wf = load_workflow(cfg, "config/config.yaml", base_dir=ROOT)
+    tuned = [m for m, spec in wf.models.items() if wf.experiment_of[("model", m)] == "cifar10" and spec.get("init")]
+    assert len(tuned) == 1
+    spec = wf.models[tuned[0]]
+    obj, train = spec["objective"], spec["train"]
+    assert (obj["transport"], obj["consistency_ratio"], obj["enhanced_ratio"], obj["time_dist"]) == \
+        ("EDM", 1.0, -0.45, [3.5, 3.5, 1.2])
+    assert (train["steps"], train["batch_size"], train["optimizer"], train["ema_decay"]) == (5000, 128, "RAdam", 0.999)
+    rows = [(s, p) for s in wf.tables["cifar10"] for p in wf.samplers[s]["paper"]]
+    assert any(abs(p["fid"] - 6.196598243763958) < 1e-12 and p["steps"] == 1 for _, p in rows)
