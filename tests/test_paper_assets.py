@@ -171,10 +171,10 @@ def test_inception_weights_with_logits(assets):
     fe = FeatureExtractorInceptionV3(EXTRACTOR_NAME, ["2048", "logits_unbiased"],
                                      feature_extractor_weights_path=str(path))  # strict load: same keys/shapes
     with np.load(assets.ref_batch_256) as z:
-        imgs = torch.from_numpy(z["arr_0"][:4]).permute(0, 3, 1, 2).contiguous()
+        imgs = torch.from_numpy(z["arr_0"][:2]).permute(0, 3, 1, 2).contiguous()
     with torch.no_grad():
         feats, logits = fe(imgs)
-    assert feats.shape == (4, 2048) and logits.shape == (4, 1008)
+    assert feats.shape == (2, 2048) and logits.shape == (2, 1008)
     assert torch.isfinite(feats).all() and torch.isfinite(logits).all()
     assert feats.min() >= 0 and 0.05 < feats.mean() < 5  # pool features of O(1), as the real ones
     assert (feats[0] - feats[1]).abs().max() > 1e-3  # image dependent
@@ -210,18 +210,33 @@ def test_external_network_converts_and_runs(assets, name):
     t = torch.rand(10, generator=g)
     y = torch.randint(0, net.num_classes, (10,), generator=g)
     with torch.no_grad():
-        model(x[:2], t[:2], y[:2])  # warm-up
         t0 = time.perf_counter()
         out = model(x, t, y)
         seconds = time.perf_counter() - t0
-        out_t = model(x, 1 - t, y)
-        out_null = model(x, t, torch.full_like(y, net.num_classes))
-    print(f"{name}: forward of 10 in {seconds * 1e3:.0f} ms")
+        # rows 0-1 again with t -> 1 - t, rows 2-3 with the null label (= num_classes)
+        y2 = torch.cat([y[:2], torch.full_like(y[2:4], net.num_classes)])
+        out2 = model(x[:4], torch.cat([1 - t[:2], t[2:4]]), y2)
+    print(f"{name}: forward of 10 in {seconds * 1e3:.0f} ms (first call)")
     assert out.shape == x.shape and torch.isfinite(out).all() and out.std() > 0.05
-    assert (out_t - out).abs().max() > 1e-3  # depends on t
+    assert (out2[:2] - out[:2]).abs().max() > 1e-3  # depends on t
     if net.num_classes > 1:
-        assert (out_null - out).abs().max() > 1e-4  # and on the label (null label = num_classes)
-    assert seconds < 2.0  # generous: the machine may be shared (typically 10-120 ms)
+        assert (out2[2:4] - out[2:4]).abs().max() > 1e-4  # and on the label
+    # tiny: a forward of 10 takes milliseconds to ~0.1 s on 2 idle cores (wall time is not asserted: the
+    # machine may be shared), and the parameter count bounds the cost
+    assert sum(p.numel() for p in model.parameters()) < 500_000
+
+
+def test_networks_through_workflow_entry_point(assets):
+    """``convert_pretrained`` (what the workflow's pretrained rule runs) reads every file to the same weights."""
+    from ucgm_core.models.pretrained import convert_pretrained, model_kwargs_for
+
+    for name, net in assets.networks.items():
+        c, s, _ = net.latent_shape
+        kwargs = model_kwargs_for(net.architecture, input_size=s, in_channels=c, num_classes=net.num_classes,
+                                  **net.overrides)
+        model = convert_pretrained(net.architecture, net.path, kwargs, allow_unsafe_pickle=net.path.suffix == ".pkl")
+        want, got = convert_external(net), model.state_dict()
+        assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want), name
 
 
 def test_network_overrides_are_needed(assets):
@@ -246,16 +261,17 @@ def test_autoencoder_roundtrip(assets, name):
     assert (ae.latent_channels, ae.stride) == (spec.latent_channels, spec.stride)
     sizes = (256, 512) if name in ("sdvae_ema_f8c4", "dcae_f32c32") else (256,)  # the 512 px autoencoders
     for res in sizes:
-        x = torch.rand(4, 3, res, res, generator=torch.Generator().manual_seed(res)) * 2 - 1
+        x = torch.rand(2, 3, res, res, generator=torch.Generator().manual_seed(res)) * 2 - 1
         t0 = time.perf_counter()
         z = ae.encode(x)
         img = ae.decode(z)
         seconds = time.perf_counter() - t0
-        print(f"{name} @ {res}: encode+decode of 4 in {seconds:.2f} s")
-        assert z.shape == (4, spec.latent_channels, res // spec.stride, res // spec.stride)
+        print(f"{name} @ {res}: encode+decode of 2 in {seconds:.2f} s")
+        assert z.shape == (2, spec.latent_channels, res // spec.stride, res // spec.stride)
         assert torch.isfinite(z).all() and z.std() > 1e-3
-        assert img.shape == (4, 3, res, res) and img.min() >= 0 and img.max() <= 1 and img.std() > 1e-3
-        assert seconds < 5.0  # generous: the machine may be shared (typically 0.1-0.6 s, VA-VAE about 1 s)
+        assert img.shape == (2, 3, res, res) and img.min() >= 0 and img.max() <= 1 and img.std() > 1e-3
+    # tiny (wall time is not asserted: the machine may be shared)
+    assert sum(p.numel() for p in ae.parameters()) < 600_000
 
 
 def test_autoencoder_weight_formats(assets):

@@ -188,7 +188,7 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
     ae_kwargs = json.loads(a.ae_kwargs)
     if data_cfg["autoencoder"] == "identity":
         ae_kwargs.setdefault("channels", latent_shape[0])
-    decoder = get_autoencoder(data_cfg["autoencoder"], **ae_kwargs)
+    decoder = get_autoencoder(data_cfg["autoencoder"], **ae_kwargs).to(device)
     grid_rows = min(10, num_classes) if num_classes > 1 else 8
     few_step = objective_cfg.consistency_ratio > 0
 
