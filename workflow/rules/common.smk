@@ -121,6 +121,8 @@ def dataset_inputs(exp):
 
     d = exp["data"]
     spec = get_dataset(d["dataset"])
+    if d.get("source"):  # a local copy (any dataset): read in place, nothing downloaded
+        return [local_file(d["source"], f"experiment {exp['name']}: data.source")]
     if spec.on_disk:
         if not d.get("source"):
             raise WorkflowError(f"experiment {exp['name']}: data.source is not set; dataset {d['dataset']!r} "
@@ -133,7 +135,7 @@ def raw_location(exp):
     d = exp["data"]
     from ucgm_core.data.datasets import get_dataset
 
-    return d["source"] if get_dataset(d["dataset"]).on_disk else f"results/raw/{d['dataset']}"
+    return d["source"] if d.get("source") else f"results/raw/{d['dataset']}"
 
 
 def experiment_for_data(dataset, resolution, autoencoder=None):
