@@ -58,6 +58,7 @@ __all__ = [
     "build_external",
     "load_autoencoder",
     "NETWORK_SPECS",
+    "MINI_RESOLUTION",
     "AUTOENCODER_SPECS",
     "INCEPTION_FILENAME",
 ]
@@ -335,17 +336,20 @@ _DDT_TINY = dict(num_groups=2, hidden_size=32, num_blocks=2, num_encoder_blocks=
 _EDM2_TINY = dict(model_channels=8, num_blocks=1, attn_resolutions=[16], channels_per_head=8)
 
 #: name -> (architecture, overrides, latent shape (C, S, S), conditional?, file name).
+#: The miniature runs ImageNet "256" at 64 px and "512" at 128 px (tests/test_paper_mini.py): the networks'
+#: latent shapes below are those of the tiny VAEs at these sizes (f16 -> 4x4, f8 -> 8x8 / 16x16).
+MINI_RESOLUTION = {256: 64, 512: 128}
+
 NETWORK_SPECS: Dict[str, Tuple[str, Dict[str, Any], Tuple[int, int, int], bool, str]] = {
-    "sit_xl1_repae_256": ("SiT-XL/1-REPAE", dict(_DIT_TINY), (32, 16, 16), True, "sit-xl1-repae-256.pt"),
-    "sit_xl2_repa_256": ("SiT-XL/2-REPA", dict(_DIT_TINY), (4, 32, 32), True, "sit-xl2-repa-256.pt"),
-    "lightningdit_xl1_256": ("LightningDiT-XL/1", dict(_DIT_TINY), (32, 16, 16), True, "lightningdit-xl1-256.pt"),
-    "ddt_xl2_256": ("DDT-XL/2", dict(_DDT_TINY), (4, 32, 32), True, "ddt-xl2-256.pt"),
-    "ddt_xl2_512": ("DDT-XL/2", dict(_DDT_TINY), (4, 64, 64), True, "ddt-xl2-512.pt"),
-    # EDM2: three sizes (widths 8/16/16, 8/16/24, 8/16/32 at levels 64, 32, 16; attention at 16 and in the
-    # bottleneck, 8 channels per head); the 64x64 level is what costs time on the CPU, so it stays 8 wide
-    "edm2_s_512": ("EDM2-S", dict(_EDM2_TINY, channel_mult=[1, 2, 2]), (4, 64, 64), True, "edm2-img512-s.pt"),
-    "edm2_l_512": ("EDM2-L", dict(_EDM2_TINY, channel_mult=[1, 2, 3]), (4, 64, 64), True, "edm2-img512-l.pt"),
-    "edm2_xxl_512": ("EDM2-XXL", dict(_EDM2_TINY, channel_mult=[1, 2, 4]), (4, 64, 64), True,
+    "sit_xl1_repae_256": ("SiT-XL/1-REPAE", dict(_DIT_TINY), (32, 4, 4), True, "sit-xl1-repae-256.pt"),
+    "sit_xl2_repa_256": ("SiT-XL/2-REPA", dict(_DIT_TINY), (4, 8, 8), True, "sit-xl2-repa-256.pt"),
+    "lightningdit_xl1_256": ("LightningDiT-XL/1", dict(_DIT_TINY), (32, 4, 4), True, "lightningdit-xl1-256.pt"),
+    "ddt_xl2_256": ("DDT-XL/2", dict(_DDT_TINY), (4, 8, 8), True, "ddt-xl2-256.pt"),
+    "ddt_xl2_512": ("DDT-XL/2", dict(_DDT_TINY), (4, 16, 16), True, "ddt-xl2-512.pt"),
+    # EDM2: three sizes (widths 8/16/16, 8/16/24, 8/16/32 at levels 16, 8, 4; 8 channels per head)
+    "edm2_s_512": ("EDM2-S", dict(_EDM2_TINY, channel_mult=[1, 2, 2]), (4, 16, 16), True, "edm2-img512-s.pt"),
+    "edm2_l_512": ("EDM2-L", dict(_EDM2_TINY, channel_mult=[1, 2, 3]), (4, 16, 16), True, "edm2-img512-l.pt"),
+    "edm2_xxl_512": ("EDM2-XXL", dict(_EDM2_TINY, channel_mult=[1, 2, 4]), (4, 16, 16), True,
                      "edm2-img512-xxl.pt"),
     # EDM's CIFAR-10 DDPM++ (unconditional: num_classes 1, no label map), levels 32, 16 with attention at 16
     "songunet_cifar10": ("SongUNet-CIFAR10", dict(model_channels=16, channel_mult=[1, 2], channel_mult_emb=2,

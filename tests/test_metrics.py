@@ -367,3 +367,21 @@ def test_inception_fid_halves(inception_assets, tmp_path):
     if not has_logits:
         with pytest.raises(fid_mod.MetricUnavailableError):
             evaluate(x[:12], ref, spec, metrics=("isc",), cache_dir=str(tmp_path), on_unavailable="raise")
+
+
+@pytest.mark.parametrize("n, d", [(10, 64), (30, 256), (5, 2048)])
+def test_low_rank_frechet_distance_equals_the_full_one(n, d):
+    """With fewer samples than feature dimensions, FID through the n x n eigenproblem equals
+    torch-fidelity's d x d sqrtm (the non-zero spectra of S_ref A A^T and A^T S_ref A agree)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric, KEY_METRIC_FID
+
+    from ucgm_core.metrics.fidelity import frechet_distance_low_rank
+
+    rng = np.random.default_rng(n + d)
+    gen = rng.normal(0.3, 1.0, (n, d))
+    ref = rng.normal(0.0, 1.2, (4 * d, d)) @ (np.eye(d) + 0.1 * rng.normal(size=(d, d)))
+    stats_ref = fid_features_to_statistics(torch.from_numpy(ref))
+    stats_gen = fid_features_to_statistics(torch.from_numpy(gen))
+    full = float(fid_statistics_to_metric(stats_gen, stats_ref, False)[KEY_METRIC_FID])
+    low = frechet_distance_low_rank(gen, stats_ref["mu"], stats_ref["sigma"])
+    assert low == pytest.approx(full, rel=1e-6, abs=1e-6)

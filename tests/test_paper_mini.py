@@ -1,8 +1,8 @@
 """A miniature of every paper table, run for real: the paper's experiment files and rules, with sizes swapped
 by an overlay (`experiment_overrides`) that this test writes.
 
-What the overlay swaps, and nothing else: ImageNet (a 4-class ILSVRC-format tar at 256 and ImageFolder at
-512, made by tests/paper_assets.py), CIFAR-10 (a tiny tarball in the real format), the released weights
+What the overlay swaps, and nothing else: ImageNet (a 4-class ILSVRC-format tar for the 256 experiments
+and an ImageFolder for the 512 ones, made by tests/paper_assets.py, cropped to 64 and 128 pixels), CIFAR-10 (a tiny tarball in the real format), the released weights
 (tiny networks in their released formats: the UCGM repo's ``{model, ema}`` .pt, EDM's pickle), the VAE weights
 (tiny, in their original formats), the ADM reference batches (tiny, in guided-diffusion's format), the
 Inception weights (random, torch-fidelity's layout), the model sizes, the training and tuning lengths
@@ -28,7 +28,7 @@ import yaml
 from ucgm_core.workflow_config import load_workflow, split_model_ref
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper_assets import make_paper_assets  # noqa: E402
+from paper_assets import MINI_RESOLUTION, make_paper_assets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = os.path.dirname(sys.executable)
@@ -54,18 +54,20 @@ def overlay_for(assets) -> dict:
         if "data" not in exp:
             continue
         data, over = exp["data"], {}
+        resolution = data["resolution"]
         if data["dataset"] == "imagenet":
-            src = assets.imagenet_train_tar if data["resolution"] == 256 else assets.imagenet_folder
-            over["data"] = {"source": str(src), "num_classes": assets.num_classes}
+            src = assets.imagenet_train_tar if resolution == 256 else assets.imagenet_folder
+            resolution = MINI_RESOLUTION[resolution]
+            over["data"] = {"source": str(src), "num_classes": assets.num_classes, "resolution": resolution}
         else:
             over["data"] = {"source": str(assets.cifar10_tarball)}
         ae = data["autoencoder"]
         if ae != "identity":
             tiny = assets.autoencoders[ae]
             over["autoencoders"] = {ae: {"source": str(tiny.path), "sha256": None, "kwargs": tiny.kwargs}}
-            latent_size = data["resolution"] // tiny.stride
+            latent_size = resolution // tiny.stride
         else:
-            latent_size = data["resolution"]
+            latent_size = resolution
         over["extractor"] = {"weights": str(assets.inception_weights)}
         ev = {"num_samples": 10, "samples_per_shard": 10, "batch_size": 10, "grid_size": 3}
         if exp["evaluation"].get("reference_batch"):
@@ -152,10 +154,10 @@ def test_every_row_and_column_of_the_real_table(mini, table):
 def test_the_chain_ran_through_each_stage(mini):
     work, wf = mini["work"], mini["wf"]
     res = work / "results"
-    # ImageNet from the ILSVRC tar (256) and the ImageFolder (512), ADM centre crop to each resolution
+    # ImageNet from the ILSVRC tar ("256") and the ImageFolder ("512"), ADM centre crop to each resolution
     from ucgm_core.data.shards import load_images
 
-    for size in (256, 512):
+    for size in MINI_RESOLUTION.values():
         images, labels = load_images(res / "shards" / f"imagenet_{size}", "train")
         assert images.shape[1:] == (size, size, 3) and set(labels.tolist()) == set(range(4))
     # latents of every VAE, statistics beside them

@@ -62,6 +62,7 @@ __all__ = [
     "reference_statistics",
     "extract_features",
     "reference_compute_count",
+    "frechet_distance_low_rank",
     "default_metrics_cache_dir",
     "ALL_METRICS",
 ]
@@ -429,6 +430,25 @@ def reference_statistics(reference: ReferenceSet, extractor: FeatureExtractorSpe
     return _load_stats(stats_path), source, int(len(feats[layer]))
 
 
+def frechet_distance_low_rank(features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray) -> float:
+    """FID of ``features`` ``[n, d]`` against (``mu_ref``, ``sigma_ref``), exact when n - 1 < d.
+
+    FID = |mu - mu_ref|^2 + tr(S) + tr(S_ref) - 2 tr sqrt(S_ref S), with S = A A^T, A = (X - mu)^T / sqrt(n - 1)
+    (the unbiased covariance, as torch-fidelity's). The non-zero eigenvalues of S_ref A A^T are those of the
+    n x n symmetric PSD matrix A^T S_ref A, so the trace of the square root needs an n x n eigendecomposition
+    instead of a d x d ``sqrtm`` (seconds instead of tens of seconds for d = 2048 on one core).
+    """
+    x = np.asarray(features, np.float64)
+    n = x.shape[0]
+    mu = x.mean(0)
+    a = (x - mu).T / np.sqrt(n - 1)  # [d, n]
+    m = a.T @ np.asarray(sigma_ref, np.float64) @ a  # [n, n]
+    eig = np.linalg.eigvalsh((m + m.T) / 2)
+    tr_sqrt = float(np.sqrt(np.clip(eig, 0, None)).sum())
+    diff = mu - np.asarray(mu_ref, np.float64)
+    return float(diff @ diff + (a * a).sum() + np.trace(sigma_ref) - 2 * tr_sqrt)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # evaluation
 
@@ -534,6 +554,10 @@ def evaluate(
                 res.num_reference = int(n_ref)
             if n_gen < 2:
                 unavailable("fid", "FID needs at least 2 generated samples")
+            elif n_gen <= gen[layers["fid"]].shape[1] // 4:  # few samples: the exact low-rank form, fast
+                res.fid = frechet_distance_low_rank(gen[layers["fid"]].double().numpy(), stats_ref["mu"],
+                                                    stats_ref["sigma"])
+                settings["fid_method"] = "low-rank"
             else:
                 stats_gen = fid_features_to_statistics(gen[layers["fid"]].double())
                 stats_gen = {k: np.asarray(v, np.float64) for k, v in stats_gen.items()}
