@@ -257,7 +257,7 @@ def test_slurm_run_submits_the_cluster_rules(local_and_slurm):
 
 def test_slurm_run_uses_the_local_runs_threads(local_and_slurm):
     local, slurm = job_threads(local_and_slurm["local_log"]), job_threads(local_and_slurm["log"])
-    assert len(local) == 29 and set(local) == set(slurm), (sorted(local), sorted(slurm))
+    assert len(local) == 33 and set(local) == set(slurm), (sorted(local), sorted(slurm))
     differ = {job: (local[job], slurm[job]) for job in local if local[job] != slurm[job]}
     assert not differ, f"threads (local, SLURM) differ; update set-threads in profiles/slurm-local: {differ}"
 

@@ -4,6 +4,7 @@
 # data, extractor and evaluation settings of the experiment that defines it.
 import json
 import os
+import shlex
 from pathlib import Path
 
 from ucgm_core.workflow_config import ConfigError, load_workflow, split_model_ref
@@ -61,9 +62,10 @@ def is_url(source):
 
 
 def fetched(kind, key, entry):
-    """Where a configured source lands: URLs are downloaded (rule fetch), local files used in place."""
+    """Where a configured source lands: URLs are downloaded (rule fetch), and so are local files with a
+    sha256 (a verified copy); other local files are used in place."""
     src = entry["source"]
-    if is_url(src):
+    if is_url(src) or entry.get("sha256"):
         name = src.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "file"
         return f"results/downloads/{kind}/{key}/{name}"
     return src
@@ -96,7 +98,9 @@ def local_file(path, key):
 
 def source_file(kind, key, entry, config_key):
     path = fetched(kind, key, entry)
-    return path if is_url(entry["source"]) else local_file(path, config_key)
+    if not is_url(entry["source"]):
+        local_file(entry["source"], config_key)
+    return path
 
 
 def autoencoder_inputs(exp):

@@ -15,15 +15,15 @@ def pretrained_args(wc, input):
     exp = model_experiment(wc.model)
     d, spec = exp["data"], MODELS[wc.model]
     args = [f"--architecture {spec['architecture']}",
-            f"--overrides '{json.dumps(spec.get('architecture_overrides') or {}, sort_keys=True)}'",
+            f"--overrides {shlex.quote(json.dumps(spec.get('architecture_overrides') or {}, sort_keys=True))}",
             f"--dataset {d['dataset']} --resolution {d['resolution']} --autoencoder {d['autoencoder']}",
-            f"--ae-kwargs '{autoencoder_kwargs(exp)}'", f"--multiplier {d['latent_multiplier']}"]
+            f"--ae-kwargs {shlex.quote(autoencoder_kwargs(exp))}", f"--multiplier {d['latent_multiplier']}"]
     if d.get("num_classes"):
         args.append(f"--num-classes {d['num_classes']}")
     if not d["normalize_latents"]:
         args.append("--no-normalize")
     elif d.get("latent_stats"):
-        args.append(f"--latent-stats '{json.dumps(d['latent_stats'])}'")
+        args.append(f"--latent-stats {shlex.quote(json.dumps(d['latent_stats']))}")
     else:
         args.append(f"--stats {input.stats}")
     if spec["pretrained"].get("sha256"):

@@ -22,7 +22,7 @@ def launcher(wc):
 
 def training_args(wc, input):
     exp = model_experiment(wc.model)
-    args = [f"--latents {latents_dir(exp)}", f"--stats {input.stats}", f"--ae-kwargs '{autoencoder_kwargs(exp)}'"]
+    args = [f"--latents {latents_dir(exp)}", f"--stats {input.stats}", f"--ae-kwargs {shlex.quote(autoencoder_kwargs(exp))}"]
     if "init" in input.keys():
         args.append(f"--init {input.init}")
     if "teacher" in input.keys():

@@ -10,7 +10,8 @@ not depend on the shard size, the batch size or the number of jobs. Standalone::
         --shard 0 --samples-per-shard 1000 --num-samples 2000 --seed 0 --out shard-0000.npz
 
 Output (``.npz``, written atomically): ``images`` uint8 ``[n, C, H, W]``, ``labels``, ``indices``, ``seeds``
-(int64 ``[n]``) and ``meta`` (a JSON string: checkpoint and its sha256, sampler and all its knobs, NFE).
+(int64 ``[n]``) and ``meta`` (a JSON string: checkpoint and its sha256, sampler and all its knobs, NFE counted
+as the papers do: twice per evaluation with classifier-free guidance, e.g. 40 steps -> 80).
 
 Interruptions: the shard is written to a hidden ``.<name>.tmp<pid>`` file, flushed to disk and renamed
 onto ``--out``, so a killed job leaves either nothing or the complete file under the output name; the
@@ -173,7 +174,9 @@ def main(argv=None) -> int:
     seconds = time.time() - t0
     meta = {
         "checkpoint": os.path.abspath(a.checkpoint), "checkpoint_sha256": request["checkpoint_sha256"],
-        "checkpoint_step": ckpt.get("step"), "method": spec["method"], "steps": a.steps, "nfe": res.nfe,
+        "checkpoint_step": ckpt.get("step"), "method": spec["method"], "steps": a.steps,
+        # the papers' convention: with classifier-free guidance each evaluation counts twice ("40 x 2")
+        "nfe": res.nfe * (2 if float(guidance.get("scale", 0.0)) > 0 else 1), "sampler_evaluations": res.nfe,
         "options": spec.get("options") or {}, "guidance": guidance, "weights": spec.get("weights", "ema"),
         "quantize": request["quantize"], "seed": a.seed, "shard": a.shard, "samples_per_shard": a.samples_per_shard,
         "num_samples": a.num_samples, "first_index": indices.start, "count": len(indices),

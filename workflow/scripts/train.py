@@ -130,8 +130,11 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
 
     # -- model, objective, loader -------------------------------------------------------------------
     overrides = dict(spec.get("architecture_overrides", {}))
-    # a model may see fewer classes than the data has (num_classes 1: unconditional, as UCGM's CIFAR-10 EDM)
-    num_classes = int(overrides.pop("num_classes", num_classes))
+    # a model may ignore the data's classes: num_classes 1 is unconditional (UCGM's CIFAR-10 EDM network)
+    data_classes, num_classes = num_classes, int(overrides.pop("num_classes", num_classes))
+    if num_classes not in (1, data_classes):
+        raise SystemExit(f"architecture_overrides.num_classes {num_classes}: expected 1 (unconditional) or the "
+                         f"data's {data_classes} classes")
     model_kwargs = dict(input_size=latent_shape[1], in_channels=latent_shape[0], num_classes=num_classes, **overrides)
     # torch's default generator is seeded at random in each process: seed the initial weights so that
     # a rerun from scratch (and every rank) starts from the same model
@@ -171,6 +174,8 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
 
     t0 = time.time()
     data = load_latent_arrays(latents, "train")
+    if num_classes == 1 < data_classes:
+        data.labels.zero_()  # unconditional: every image is class 0 (the null label 1 stays for dropout)
     loader = LatentLoader(data, settings.batch_size // env.world_size, seed=settings.seed, normalizer=normalizer,
                           device=device, rank=env.rank, world_size=env.world_size)
     log_main(f"loaded {len(data)} latents {tuple(latent_shape)} in {time.time() - t0:.1f}s; "
