@@ -151,3 +151,17 @@ def test_cifar10_matches_the_original_debug_config():
     assert (train["steps"], train["batch_size"], train["optimizer"], train["ema_decay"]) == (5000, 128, "RAdam", 0.999)
     rows = [(s, p) for s in wf.tables["cifar10"] for p in wf.samplers[s]["paper"]]
     assert any(abs(p["fid"] - 6.196598243763958) < 1e-12 and p["steps"] == 1 for _, p in rows)
+
+
+def test_missing_imagenet_is_named_with_its_file_and_key(tmp_path):
+    """Without the overlay the experiment files' placeholder path is used: the plan stops, naming the key."""
+    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+    missing = tmp_path / "no-imagenet.tar"
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"experiment_overrides": {"in1k256_e2evavae": {"data": {"source": str(missing)}}}}))
+    cmd = [os.path.join(BIN, "snakemake"), "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--cores", "1", "results/table_in1k256.csv", "--configfile", str(ROOT / "config" / "config.yaml"),
+           str(overlay)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode != 0
+    assert f"in1k256_e2evavae.yaml: data.source: '{missing}' does not exist" in run.stdout + run.stderr

@@ -274,7 +274,8 @@ class Workflow:
     ``models`` / ``samplers`` / ``tables``: name -> entry, over all experiments (names are unique);
     ``experiment_of``: ``("model" | "sampler" | "table", name)`` -> experiment name;
     ``autoencoders``: registry name -> weights entry (``source``, ``sha256``, ``kwargs``);
-    ``main``: the main experiment's name (``rule all`` builds its tables only).
+    ``main``: the main experiment's name (``rule all`` builds its tables only);
+    ``files``: experiment name -> the config file it came from (for messages).
     """
 
     main: str
@@ -284,6 +285,7 @@ class Workflow:
     tables: Dict[str, list] = field(default_factory=dict)
     experiment_of: Dict[tuple, str] = field(default_factory=dict)
     autoencoders: Dict[str, dict] = field(default_factory=dict)
+    files: Dict[str, str] = field(default_factory=dict)  # experiment name -> its config file
 
     def of(self, kind: str, name: str) -> dict:
         """The config of the experiment that defines ``kind`` ``name``."""
@@ -345,6 +347,7 @@ def load_workflow(config: Dict[str, Any], source: str = "<config>", base_dir: os
             problems.append(f"{path}: name: experiment {exp!r} is defined twice")
             continue
         wf.experiments[exp] = cfg
+        wf.files[exp] = path
         for kind, plural in (("model", "models"), ("sampler", "samplers")):
             for n, entry in cfg.get(plural, {}).items():
                 if (kind, n) in wf.experiment_of:

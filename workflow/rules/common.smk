@@ -91,8 +91,8 @@ for _name, _exp in WF.experiments.items():
 def local_file(path, key):
     """A local input named in the config: a clear error naming the key when it does not exist."""
     if not os.path.exists(path):
-        raise WorkflowError(f"{key}: {path!r} does not exist; set it in the experiment's config file "
-                            "(see config/README.md)")
+        raise WorkflowError(f"{key}: {path!r} does not exist; edit it there, or override it with "
+                            "experiment_overrides (see config/README.md)")
     return path
 
 
@@ -126,12 +126,10 @@ def dataset_inputs(exp):
     d = exp["data"]
     spec = get_dataset(d["dataset"])
     if d.get("source"):  # a local copy (any dataset): read in place, nothing downloaded
-        return [local_file(d["source"], f"experiment {exp['name']}: data.source")]
+        return [local_file(d["source"], f"{WF.files[exp['name']]}: data.source")]
     if spec.on_disk:
-        if not d.get("source"):
-            raise WorkflowError(f"experiment {exp['name']}: data.source is not set; dataset {d['dataset']!r} "
-                                "is read from disk (a folder or the ILSVRC2012 train tar)")
-        return [local_file(d["source"], f"experiment {exp['name']}: data.source")]
+        raise WorkflowError(f"{WF.files[exp['name']]}: data.source is not set; dataset {d['dataset']!r} "
+                            "is read from disk (a folder or the ILSVRC2012 train tar)")
     return [f"results/raw/{d['dataset']}/{f.name}" for f in spec.files]
 
 
