@@ -151,3 +151,91 @@ def test_snakemake_refuses_bad_config_before_any_job(tmp_path):
     assert run.returncode != 0
     assert "models.multistep.train.steps" in out and "minimum of 1" in out, out[-2000:]
     assert not (tmp_path / "results").exists()
+
+
+# --- experiments: several files, one namespace ------------------------------------------------------------
+
+
+def _experiment(tmp_path: Path, name: str, edit=None) -> str:
+    """A copy of the smoke config as experiment ``name`` (model/sampler/table names prefixed), as a file."""
+    cfg = raw(SMOKE)
+    cfg["name"] = name
+    cfg["models"] = {f"{name}_{m}": spec for m, spec in cfg["models"].items()}
+    for spec in cfg["models"].values():
+        for role in ("init", "teacher"):
+            if spec.get(role):
+                spec[role] = f"{name}_{spec[role]}"
+    cfg["samplers"] = {f"{name}_{s}": {**spec, "model": f"{name}_{spec['model']}"} for s, spec in cfg["samplers"].items()}
+    cfg["tables"] = {name: list(cfg["samplers"])}
+    if edit:
+        edit(cfg)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _workflow_problems(cfg) -> list:
+    from ucgm_core.workflow_config import load_workflow
+
+    with pytest.raises(ConfigError) as e:
+        load_workflow(cfg, "main.yaml", base_dir=ROOT)
+    return e.value.problems
+
+
+def test_experiments_merge_into_one_namespace(tmp_path):
+    from ucgm_core.workflow_config import load_workflow
+
+    cfg = raw(SMOKE)
+    tables_only = tmp_path / "tables.yaml"
+    tables_only.write_text(yaml.safe_dump({"name": "both", "tables": {"both": ["ucgm", "exp_a_ucgm"]}}))
+    cfg["experiments"] = [_experiment(tmp_path, "exp_a"), str(tables_only)]
+    wf = load_workflow(cfg, "main.yaml", base_dir=ROOT)
+    assert wf.main == "smoke" and set(wf.experiments) == {"smoke", "exp_a", "both"}
+    assert wf.experiment_of[("model", "exp_a_multistep")] == "exp_a"
+    assert wf.tables["both"] == ["ucgm", "exp_a_ucgm"]  # a table may name samplers of any experiment
+    assert wf.of("sampler", "exp_a_ucgm")["evaluation"] == wf.experiments["exp_a"]["evaluation"]
+
+
+def test_experiment_problems_name_the_file_and_key(tmp_path):
+    cfg = raw(SMOKE)
+    # the same model name in two files
+    cfg["experiments"] = [_experiment(tmp_path, "exp_a", lambda c: c["models"].update(multistep=c["models"]["exp_a_multistep"]))]
+    assert any("models.multistep: already defined by experiment 'smoke'" in p for p in _workflow_problems(cfg))
+    # an override for an experiment that does not exist
+    cfg = raw(SMOKE)
+    cfg["experiments"] = [_experiment(tmp_path, "exp_b")]
+    cfg["experiment_overrides"] = {"exp_c": {"data": {"resolution": 32}}}
+    assert any("experiment_overrides: no experiment named 'exp_c'" in p for p in _workflow_problems(cfg))
+    # a missing file
+    cfg = raw(SMOKE)
+    cfg["experiments"] = [str(tmp_path / "nowhere.yaml")]
+    assert any("nowhere.yaml' not found" in p for p in _workflow_problems(cfg))
+
+
+def test_overrides_reach_the_experiment(tmp_path):
+    from ucgm_core.workflow_config import load_workflow
+
+    cfg = raw(SMOKE)
+    cfg["experiments"] = [_experiment(tmp_path, "exp_a")]
+    cfg["experiment_overrides"] = {"exp_a": {"evaluation": {"num_samples": 20}, "models": {"exp_a_multistep": {"train": {"steps": 3}}}}}
+    wf = load_workflow(cfg, "main.yaml", base_dir=ROOT)
+    assert wf.experiments["exp_a"]["evaluation"]["num_samples"] == 20
+    assert wf.models["exp_a_multistep"]["train"]["steps"] == 3
+    assert wf.models["exp_a_multistep"]["train"]["batch_size"] == raw(SMOKE)["models"]["multistep"]["train"]["batch_size"]
+
+
+def test_pretrained_and_snapshot_references_are_checked():
+    cfg = raw(SMOKE)
+    cfg["models"]["fewstep"]["init"] = "multistep@5"  # not a kept snapshot
+    assert any("'multistep@5' names step 5 of 'multistep', which is not in models.multistep.train.snapshots" in p
+               for p in problems(cfg))
+    cfg["models"]["multistep"]["train"]["snapshots"] = [5]
+    validate_config(cfg, "test.yaml")
+    cfg = raw(SMOKE)
+    cfg["models"]["released"] = {"architecture": "UNet-S", "pretrained": {"source": "weights.pt"},
+                                 "objective": cfg["models"]["multistep"]["objective"]}
+    assert any("models.released.pretrained: a pretrained model is imported, not trained; remove objective" in p
+               for p in problems(cfg))
+    cfg = raw(SMOKE)
+    cfg["evaluation"]["reference_batch"] = {"source": "VIRTUAL_imagenet256_labeled.npz"}
+    assert any("reference_batch" in p and "inception" in p for p in problems(cfg))
