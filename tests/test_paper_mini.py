@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from ucgm_core.data.download import file_digest
 from ucgm_core.workflow_config import load_workflow, split_model_ref
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,7 +65,9 @@ def overlay_for(assets) -> dict:
         ae = data["autoencoder"]
         if ae != "identity":
             tiny = assets.autoencoders[ae]
-            over["autoencoders"] = {ae: {"source": str(tiny.path), "sha256": None, "kwargs": tiny.kwargs}}
+            # one weights file with its sha256: it goes through the fetch rule (a verified copy)
+            digest = file_digest(tiny.path) if ae == "e2evavae_f16d32" else None
+            over["autoencoders"] = {ae: {"source": str(tiny.path), "sha256": digest, "kwargs": tiny.kwargs}}
             latent_size = resolution // tiny.stride
         else:
             latent_size = resolution
@@ -160,6 +163,9 @@ def test_the_chain_ran_through_each_stage(mini):
     for size in MINI_RESOLUTION.values():
         images, labels = load_images(res / "shards" / f"imagenet_{size}", "train")
         assert images.shape[1:] == (size, size, 3) and set(labels.tolist()) == set(range(4))
+    # a weights file with a configured sha256 was copied and verified by the fetch rule
+    tiny = mini["assets"].autoencoders["e2evavae_f16d32"]
+    assert file_digest(res / "downloads" / "autoencoders" / "e2evavae_f16d32" / tiny.path.name) == file_digest(tiny.path)
     # latents of every VAE, statistics beside them
     for ae in ("e2evavae_f16d32", "vavae_f16d32", "sdvae_ema_f8c4", "dcae_f32c32"):
         assert list((res / "latents" / ae).glob("imagenet_*/stats.pt")), ae

@@ -165,3 +165,21 @@ def test_missing_imagenet_is_named_with_its_file_and_key(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode != 0
     assert f"in1k256_e2evavae.yaml: data.source: '{missing}' does not exist" in run.stdout + run.stderr
+
+
+def test_fetch_refuses_a_file_whose_sha256_differs(tmp_path):
+    """A configured checksum is checked: the fetch job fails and leaves no file under results/downloads."""
+    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+    weights = tmp_path / "e2evavae_f16d32.ckpt"
+    weights.write_bytes(b"not the released weights")
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"experiment_overrides": {"in1k256_e2evavae": {"autoencoders": {
+        "e2evavae_f16d32": {"source": str(weights), "sha256": "0" * 64}}}}}))
+    target = "results/downloads/autoencoders/e2evavae_f16d32/e2evavae_f16d32.ckpt"
+    cmd = [os.path.join(BIN, "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--cores", "1", target, "--configfile", str(ROOT / "config" / "config.yaml"), str(overlay)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode != 0
+    log = (tmp_path / "results" / "logs" / "fetch" / "autoencoders" / "e2evavae_f16d32" / "e2evavae_f16d32.ckpt.log")
+    assert "sha256" in log.read_text().lower()
+    assert not (tmp_path / target).exists()

@@ -75,17 +75,17 @@ def reference_batch_key(entry):
     return Path(entry["source"].rstrip("/").rsplit("/", 1)[-1].split("?")[0]).stem
 
 
-FETCH = {}  # output path -> (config key, entry)
+FETCH = {}  # output path of the fetch rule -> the configured entry (source, sha256)
 for _m, _spec in MODELS.items():
     if _spec.get("pretrained"):
-        FETCH[fetched("models", _m, _spec["pretrained"])] = (f"models.{_m}.pretrained", _spec["pretrained"])
+        FETCH[fetched("models", _m, _spec["pretrained"])] = _spec["pretrained"]
 for _ae, _entry in WF.autoencoders.items():
     if _entry.get("source"):
-        FETCH[fetched("autoencoders", _ae, _entry)] = (f"autoencoders.{_ae}", _entry)
-for _name, _exp in WF.experiments.items():
+        FETCH[fetched("autoencoders", _ae, _entry)] = _entry
+for _exp in WF.experiments.values():
     _ref = _exp.get("evaluation", {}).get("reference_batch")
     if _ref:  # one download per batch, whichever experiments share it
-        FETCH[fetched("references", reference_batch_key(_ref), _ref)] = (f"{_name}: evaluation.reference_batch", _ref)
+        FETCH[fetched("references", reference_batch_key(_ref), _ref)] = _ref
 
 
 def local_file(path, key):
@@ -140,14 +140,14 @@ def raw_location(exp):
     return d["source"] if d.get("source") else f"results/raw/{d['dataset']}"
 
 
-def experiment_for_data(dataset, resolution, autoencoder=None):
+def experiment_for_data(dataset, resolution=None, autoencoder=None):
     """An experiment with this data (the first one; data settings that shape files are in the path)."""
     for exp in WF.experiments.values():
         d = exp.get("data")
-        if d and d["dataset"] == dataset and int(d["resolution"]) == int(resolution) and \
+        if d and d["dataset"] == dataset and (resolution is None or int(d["resolution"]) == int(resolution)) and \
                 (autoencoder is None or d["autoencoder"] == autoencoder):
             return exp
-    raise WorkflowError(f"no experiment has data {dataset} at {resolution}" +
+    raise WorkflowError(f"no experiment has data {dataset}" + (f" at {resolution}" if resolution else "") +
                         (f" with autoencoder {autoencoder}" if autoencoder else ""))
 
 

@@ -13,17 +13,10 @@ def _remote_file(dataset, name):
 
 def _download_args(wc):
     f = _remote_file(wc.dataset, wc.file)
-    mirrors = experiment_for_data_name(wc.dataset)["data"]["mirrors"]
+    mirrors = experiment_for_data(wc.dataset)["data"]["mirrors"]
     urls = " ".join(f"--url {m}" for m in f.sources(mirrors))
     sums = (f" --sha256 {f.sha256}" if f.sha256 else "") + (f" --md5 {f.md5}" if f.md5 else "")
     return f"{urls} --name {f.name}{sums}"
-
-
-def experiment_for_data_name(dataset):
-    for exp in WF.experiments.values():
-        if exp.get("data", {}).get("dataset") == dataset:
-            return exp
-    raise WorkflowError(f"no experiment uses dataset {dataset!r}")
 
 
 rule download:
@@ -49,9 +42,8 @@ rule fetch:
     benchmark:
         "results/benchmarks/fetch/{kind}/{key}/{file}.tsv"
     params:
-        url=lambda wc, output: FETCH[output[0]][1]["source"],
-        sha256=lambda wc, output: (f"--sha256 {FETCH[output[0]][1]['sha256']}" if FETCH[output[0]][1].get("sha256")
-                                   else ""),
+        url=lambda wc, output: FETCH[output[0]]["source"],
+        sha256=lambda wc, output: f"--sha256 {FETCH[output[0]]['sha256']}" if FETCH[output[0]].get("sha256") else "",
         out_dir=lambda wc, output: os.path.dirname(output[0]),
     shell:
         "{PY} -m ucgm_core.data.download --url {params.url:q} --name {wildcards.file:q} {params.sha256}"
