@@ -61,18 +61,22 @@ def is_url(source):
     return "://" in source
 
 
+def source_name(source):
+    """The file name of a URL or path (query string dropped)."""
+    return source.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "file"
+
+
 def fetched(kind, key, entry):
     """Where a configured source lands: URLs are downloaded (rule fetch), and so are local files with a
     sha256 (a verified copy); other local files are used in place."""
     src = entry["source"]
     if is_url(src) or entry.get("sha256"):
-        name = src.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "file"
-        return f"results/downloads/{kind}/{key}/{name}"
+        return f"results/downloads/{kind}/{key}/{source_name(src)}"
     return src
 
 
 def reference_batch_key(entry):
-    return Path(entry["source"].rstrip("/").rsplit("/", 1)[-1].split("?")[0]).stem
+    return Path(source_name(entry["source"])).stem
 
 
 FETCH = {}  # output path of the fetch rule -> the configured entry (source, sha256)
@@ -135,8 +139,6 @@ def dataset_inputs(exp):
 
 def raw_location(exp):
     d = exp["data"]
-    from ucgm_core.data.datasets import get_dataset
-
     return d["source"] if d.get("source") else f"results/raw/{d['dataset']}"
 
 
@@ -227,6 +229,15 @@ def reference_marker(exp):
     if ev.get("reference_batch"):
         return f"results/reference/{reference_batch_key(ev['reference_batch'])}-{exp['extractor']['kind']}.json"
     return f"results/reference/{data_id(exp)}-{ev['reference_split']}-{exp['extractor']['kind']}.json"
+
+
+def reference_args(exp):
+    """The evaluate.py arguments naming an experiment's reference: an ADM batch or a split of its shards."""
+    ev = exp["evaluation"]
+    if ev.get("reference_batch"):
+        return "--reference-batch " + fetched("references", reference_batch_key(ev["reference_batch"]),
+                                              ev["reference_batch"])
+    return f"--images {shards_dir(exp)} --split {ev['reference_split']}"
 
 
 def table_evaluations(table):

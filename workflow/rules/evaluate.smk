@@ -8,21 +8,13 @@ def evaluate_inputs(wc):
             "reference": reference_marker(exp)}
 
 
-def reference_args(wc):
-    exp = sampler_experiment(wc.sampler)
-    ev = exp["evaluation"]
-    if ev.get("reference_batch"):
-        return "--reference-batch " + fetched("references", reference_batch_key(ev["reference_batch"]), ev["reference_batch"])
-    return f"--images {shards_dir(exp)} --split {ev['reference_split']}"
-
-
 def evaluation_context(wc):
     exp = sampler_experiment(wc.sampler)
     s, ev = SAMPLERS[wc.sampler], exp["evaluation"]
     return json.dumps({"sampler": wc.sampler, "model": s["model"], "experiment": exp["name"],
                        "contract": {"num_samples": ev["num_samples"], "seed": ev["seed"],
                                     "quantize": ev["quantize"], "labels": "image i has class i mod num_classes",
-                                    "reference": reference_args(wc).split(" ", 1)[1],
+                                    "reference": reference_args(exp).split(" ", 1)[1],
                                     "extractor": exp["extractor"]["kind"]}}, sort_keys=True)
 
 
@@ -38,7 +30,7 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate/{sampler}/steps{steps}.tsv"
     params:
-        reference=reference_args,
+        reference=lambda wc: reference_args(sampler_experiment(wc.sampler)),
         kind=lambda wc: sampler_experiment(wc.sampler)["extractor"]["kind"],
         metrics=lambda wc: " ".join(evaluation_of(wc.sampler)["metrics"]),
         context=evaluation_context,

@@ -70,12 +70,6 @@ def _reference_inputs(wc, marker):
     return out
 
 
-def _reference_args(input, exp):
-    if "batch" in input.keys():
-        return f"--reference-batch {input.batch}"
-    return f"--images {shards_dir(exp)} --split {exp['evaluation']['reference_split']}"
-
-
 rule reference:
     input:
         unpack(lambda wc: _reference_inputs(wc, f"results/reference/{wc.ref}.json")),
@@ -86,7 +80,7 @@ rule reference:
     benchmark:
         "results/benchmarks/reference/{ref}.tsv"
     params:
-        args=lambda wc, input: _reference_args(input, _reference_experiment(f"results/reference/{wc.ref}.json")),
+        args=lambda wc: reference_args(_reference_experiment(f"results/reference/{wc.ref}.json")),
         kind=lambda wc: _reference_experiment(f"results/reference/{wc.ref}.json")["extractor"]["kind"],
     shell:
         "{PY} {SCRIPTS}/evaluate.py reference {params.args} --extractor {params.kind}"
