@@ -24,20 +24,69 @@ def _torch_threads():
     yield
 
 
-def _fixtures_root() -> Path:
-    env = os.environ.get("UCGM_FIXTURES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ON_CI = os.environ.get("CI", "").lower() == "true"
 
+
+def require_file(path: Path, what: str = "fixture") -> Path:
+    """``path`` if it is a file; otherwise the test fails naming it. The parity fixtures are part of the
+    repository (tests/fixtures/README.md), so a missing one is a broken checkout, never a reason to skip."""
+    if not Path(path).is_file():
+        pytest.fail(f"{what} {path} is missing (tests/fixtures/README.md lists every file)", pytrace=False)
+    return Path(path)
+
+
+
+def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise distance in float32 units in the last place (0 when equal, also for +0 / -0); a NaN
+    on either side gives the largest int64, so a NaN never passes an ulp bound."""
+    def ordered(x: torch.Tensor) -> torch.Tensor:
+        bits = x.detach().to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
+        return torch.where(bits < 0, -(bits & 0x7FFFFFFF), bits)  # monotone in the float's value
+
+    dist = (ordered(a) - ordered(b)).abs()
+    nan = torch.isnan(a) | torch.isnan(b)
+    return torch.where(nan, torch.full_like(dist, torch.iinfo(torch.int64).max), dist)
+
+
+def assert_ulps(actual: torch.Tensor, expected: torch.Tensor, max_ulps: int, msg: str = "") -> None:
+    """``actual`` equals ``expected`` in shape and, elementwise, within ``max_ulps`` float32 ulps."""
+    assert actual.shape == expected.shape, f"{msg}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    dist = ulp_distance(actual, expected)
+    worst = int(dist.max()) if dist.numel() else 0
+    assert worst <= max_ulps, f"{msg}: {worst} ulps apart (at most {max_ulps} allowed)"
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """The reference fixtures (../shared/fixtures next to the checkout, or $UCGM_FIXTURES)."""
-    root = _fixtures_root()
-    if not (root / "ucgm_reference").is_dir():
-        pytest.skip(f"reference fixtures not found at {root} (set UCGM_FIXTURES)")
-    return root
+    """The parity fixtures made with the original implementations: tests/fixtures in this repository."""
+    for sub in ("ucgm_reference", "external_models", "baseline_samplers"):
+        if not (FIXTURES / sub).is_dir():
+            pytest.fail(f"parity fixtures folder {FIXTURES / sub} is missing (tests/fixtures/README.md)",
+                        pytrace=False)
+    return FIXTURES
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With CI=true a skip is a failure: on CI every asset, dataset and service is installed by .ci/run,
+    so a skip means something is missing, and the report names it. Off CI, skips stay (with -rs reasons)
+    for what a user may lack (SLURM, root, the Fashion-MNIST package)."""
+    outcome = yield
+    report = outcome.get_result()
+    if ON_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which allows no skips: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module skipped at collection (a module-level ``pytest.skip``)."""
+    outcome = yield
+    report = outcome.get_result()
+    if ON_CI and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"module skipped under CI=true, which allows no skips: {report.longrepr}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_file
+from diffusers import AutoencoderDC, AutoencoderKL
 
 from ucgm_core.autoencoders import available_autoencoders, get_autoencoder
 from ucgm_core.models.convert import CheckpointError, load_layout, save_state_dict
-
-diffusers = pytest.importorskip("diffusers")
-from diffusers import AutoencoderDC, AutoencoderKL  # noqa: E402
-
-from ucgm_core.autoencoders.vavae import (  # noqa: E402
+from ucgm_core.autoencoders.vavae import (
     VAVAE_F16D32_DDCONFIG,
     diffusers_to_ldm_key,
     diffusers_to_ldm_state_dict,
@@ -226,9 +224,7 @@ def test_vavae_tiny_ldm_roundtrip(tmp_path, tiny_ldm_vae):
 
 
 def test_vavae_f16d32_full_layout_on_meta(fixtures_dir):
-    path = fixtures_dir / "external_models" / "vavae_f16d32_full_keys.json"
-    if not path.is_file():
-        pytest.skip(f"fixture {path} not found")
+    path = require_file(fixtures_dir / "external_models" / "vavae_f16d32_full_keys.json")
     info = json.loads(path.read_text())
     assert ldm_vae_config_to_diffusers(VAVAE_F16D32_DDCONFIG, 32) == info["diffusers_mapping_check"]["config"]
     layout = load_layout(path)
@@ -248,9 +244,7 @@ def test_vavae_f16d32_full_layout_on_meta(fixtures_dir):
 
 
 def test_vavae_reproduces_ldm_fixture(tmp_path, fixtures_dir):
-    path = fixtures_dir / "external_models" / "vavae_ldm_tiny.pt"
-    if not path.is_file():
-        pytest.skip(f"fixture {path} not found")
+    path = require_file(fixtures_dir / "external_models" / "vavae_ldm_tiny.pt")
     blob = torch.load(path, weights_only=True)
     ckpt = tmp_path / "vavae_tiny.safetensors"
     save_state_dict(blob["state_dict"], ckpt)

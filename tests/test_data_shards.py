@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import webdataset as wds
 from PIL import Image
 
 from ucgm_core.data import shards as sh
@@ -267,7 +268,6 @@ def test_shard_roundtrip(tmp_path, fmt):
 
 
 def test_shards_readable_by_webdataset(tmp_path):
-    wds = pytest.importorskip("webdataset")
     data = _write_idx_dataset(tmp_path / "raw", n_train=12)
     src = get_dataset("fashion_mnist").read(tmp_path / "raw", "train")
     info = write_image_shards(src, tmp_path / "sh", "train", resolution=28, samples_per_shard=5, num_classes=10)

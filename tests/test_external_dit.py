@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_file
 
 from ucgm_core.models import MODELS, build_model
 from ucgm_core.models.convert import CheckpointError, load_layout
@@ -31,10 +32,7 @@ FAMILIES = {
 
 
 def _ext(fixtures_dir: Path, name: str) -> Path:
-    path = fixtures_dir / "external_models" / name
-    if not path.is_file():
-        pytest.skip(f"external-model fixture {path} not found (see /work/shared/fixtures/external_models/README.md)")
-    return path
+    return require_file(fixtures_dir / "external_models" / name)
 
 
 def _kwargs(fam: str, blob: dict) -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_file
 from torch import nn
 
 from ucgm_core.models import MODELS, build_model
@@ -50,17 +51,11 @@ SONGUNET_ORIGINAL_PARAMS = {1: 55_733_891, 10: 55_735_299}
 
 @pytest.fixture(scope="module")
 def ext_dir(fixtures_dir: Path) -> Path:
-    d = fixtures_dir / "external_models"
-    if not d.is_dir():
-        pytest.skip(f"external-model fixtures not found at {d}")
-    return d
+    return fixtures_dir / "external_models"
 
 
 def _need(ext_dir: Path, name: str) -> Path:
-    p = ext_dir / name
-    if not p.is_file():
-        pytest.skip(f"fixture {name} not found in {ext_dir}")
-    return p
+    return require_file(ext_dir / name)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +160,10 @@ def test_songunet_tiny_all_variants(song_blob, variant):
         w = 2.0
         want = o["F_no_label"] + w * (o["F"] - o["F_no_label"])
         out = guided(net, y, 10, w, [0.0, 1.0])(u["inputs"]["x_t"], u["inputs"]["t"])
-        _close(out, want, "conditional: guided inside the interval")
+        # Guidance sums the two outputs with weights (1 - w, w): each output is within TOL of the
+        # original, so the guided one is within (|1 - w| + |w|) TOL = 3 TOL. Measured: 1.00e-5 (AVX-512),
+        # 1.05e-5 (AVX2), 0.98e-5 (scalar "default" kernels), the outputs themselves 3.9-4.5e-6.
+        _close(out, want, "conditional: guided inside the interval", tol=(abs(1 - w) + abs(w)) * TOL)
         out = guided(net, y, 10, w, [0.0, float(u["inputs"]["t"][0]) - 0.01])(u["inputs"]["x_t"], u["inputs"]["t"])
         _close(out, o["F"], "conditional: guided outside the interval")
 

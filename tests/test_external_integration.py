@@ -12,7 +12,7 @@ the fixture weights through the family's converter, then:
 (b) one ``UCGMObjective`` step (lambda = 1, frozen teacher, enhanced_ratio 1.5, ``fc-vs-xz``, train
     mode) gives a finite loss whose gradient reaches the parameters.
 
-Fixtures: ``external_models/*_tiny.pt`` (skipped when absent).
+Fixtures: ``tests/fixtures/external_models/*_tiny.pt``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Callable, Dict, Tuple
 
 import pytest
 import torch
+from conftest import require_file
 from torch import nn
 
 from ucgm_core.models import MODELS, build_model
@@ -93,8 +94,7 @@ _BLOBS: Dict[str, dict] = {}
 
 def _blob(fixtures_dir: Path, file: str) -> dict:
     path = fixtures_dir / "external_models" / file
-    if not path.is_file():
-        pytest.skip(f"external-model fixture {path} not found (see the fixtures' external_models/README.md)")
+    require_file(path)
     if file not in _BLOBS:
         _BLOBS[file] = torch.load(path, weights_only=True)
     return _BLOBS[file]

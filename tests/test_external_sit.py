@@ -4,11 +4,11 @@ original code's outputs, converter checks on the full-size released layouts, par
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_file
 
 from ucgm_core.models import MODELS, build_model
 from ucgm_core.models.convert import CheckpointError
@@ -30,16 +30,12 @@ TOTAL_PARAMS = {"repa": 683_242_512, "repae": 683_279_392}
 
 
 @pytest.fixture(scope="module")
-def ext_dir() -> Path:
-    root = Path(os.environ.get("UCGM_FIXTURES") or Path(__file__).resolve().parents[2] / "shared" / "fixtures")
-    folder = root / "external_models"
-    if not (folder / "sit_repa_tiny.pt").is_file():
-        pytest.skip(f"external-model fixtures not found at {folder} (set UCGM_FIXTURES to the fixtures root)")
-    return folder
+def ext_dir(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "external_models"
 
 
 def _tiny(ext_dir: Path, variant: str) -> dict:
-    return torch.load(ext_dir / f"{FILES[variant]}_tiny.pt", weights_only=True)
+    return torch.load(require_file(ext_dir / f"{FILES[variant]}_tiny.pt"), weights_only=True)
 
 
 def _full(ext_dir: Path, variant: str) -> dict:

@@ -1,6 +1,6 @@
 """UCGM-T objective against the official implementation's recorded training steps.
 
-Fixture: ../shared/fixtures/ucgm_reference/trainer_loss_{a..g}_*.pt (README Sec. 3). Each file
+Fixture: tests/fixtures/ucgm_reference/trainer_loss_{a..g}_*.pt (tests/fixtures/README.md). Each file
 records one official ``training_step`` + backward on the tiny TiT: the draws (t, z), every model
 call, the target, per-sample loss, loss and gradients. Tolerances follow that README.
 """
@@ -110,10 +110,14 @@ def test_tit_step_matches_official(ref_dir, name, fuse):
     out = objective(model, rec["x"], rec["c"], t=rec["t"], z=rec["z"])
     out.loss.backward()
     lam = rec["config"]["consistc_ratio"]
-    # Fusing the t+eps / t-eps forwards into one batch changes float32 summation order (~1e-6 in
-    # f); the x100 central difference times alpha*W/D (up to 4) turns that into up to ~7e-4 on a
-    # few target entries. Losses and gradients stay within the README's tolerances either way.
-    target_atol, loss_rtol = ((1e-3, 3e-5) if fuse else (5e-4, 1e-5)) if lam else (2e-5, 1e-5)
+    # For lambda != 0 the target holds a x100 central difference of f (t +- eps); times alpha*W/D (up
+    # to 4) it turns a ~1e-6 float32 difference in f into up to ~1e-3 on a few target entries. Such a
+    # difference comes from fusing the two forwards into one batch (another summation order) and from
+    # the CPU kernels (matmul, exp, rsqrt differ in the last bits between AVX-512, AVX2 and the scalar
+    # "default" kernels). Measured worst target entry, separate / fused: 3.4e-4 / 6.8e-4 on AVX2 and
+    # AVX-512, 7.3e-4 / 7.3e-4 with ATEN_CPU_CAPABILITY=default. Losses and gradients stay within the
+    # README's tolerances either way.
+    target_atol, loss_rtol = ((1e-3, 3e-5) if fuse else (1e-3, 1e-5)) if lam else (2e-5, 1e-5)
     torch.testing.assert_close(out.target, rec["loss_trace"]["target"], atol=target_atol, rtol=0)
     torch.testing.assert_close(out.per_sample, rec["loss_trace"]["per_sample"], rtol=loss_rtol, atol=2e-6)
     assert out.loss.item() == pytest.approx(rec["loss"], rel=1e-5)

@@ -13,7 +13,9 @@ from typing import Dict, List
 
 import pytest
 import torch
+from conftest import assert_ulps
 
+from ucgm_core.models.tit import TiT
 from ucgm_core.sampling import ReplayNoise, guided, ucgm_sample
 from ucgm_core.transports import orient
 
@@ -32,6 +34,13 @@ SAMPLER_CASES = [
 NULL_LABEL = 10  # tiny TiT: num_classes = 10
 STATE_ATOL = 1e-4  # replayed sampler states (observed floor: 2.4e-7, README self-check)
 SAMPLE_ATOL = 1e-4  # real-network samples (README: "sampler outputs: atol 1e-4, except s2")
+# Time grids go through the Kumaraswamy warp, 1 - (1 - u^a)^b in float32: torch's float32 ``pow`` gives
+# other last bits on its AVX-512, AVX2 and scalar ("default") kernels, and the two powers and the 1 - x
+# around them carry that into the grid. Measured against the fixtures (made on AVX2, where they are
+# equal): at most 4 ulps on AVX-512 and on ATEN_CPU_CAPABILITY=default (the 60- and 150-step grids), 0 on
+# AVX2. The bound doubles that for kernels not measured here (aarch64); 8 ulps of a time in (0, 1] is
+# under 1e-6, far below anything sampling can see.
+GRID_ULPS = 8
 
 
 def _load(path: Path) -> Dict:
@@ -77,16 +86,16 @@ class ReplayModel:
         self.tr = orient(rec["transport"])
         self.rec = rec
         self.used = 0
-        self.max_state_err = 0.0
+        self.state_errs: List[torch.Tensor] = []
 
     def _next(self, x: torch.Tensor, t_native: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         assert self.used < len(self.calls), "more network calls than recorded"
         call = self.calls[self.used]
         self.used += 1
         assert x.dtype == torch.float32 and x.shape == call["x_t"].shape
-        self.max_state_err = max(self.max_state_err, (x - call["x_t"]).abs().max().item())
+        self.state_errs.append((x - call["x_t"]).abs().max())  # a tensor: a NaN is kept, not hidden
         expected_t = self.tr.network_time(call["t"]).expand(x.shape[0])
-        assert torch.equal(t_native, expected_t), (t_native, expected_t)  # times are exact
+        assert_ulps(t_native, expected_t, GRID_ULPS, f"time of call {self.used - 1}")
         assert torch.equal(y, call["kw_y"])
         F = call["F"]
         return F if self.tr.noise_at_one else -F
@@ -112,8 +121,9 @@ def test_replay_sampler_logic(ref_dir: Path, case: str):
     )
     assert model.used == len(rec["calls"]) == res.nfe
     assert noises.used == len(rec["noises"])
-    assert model.max_state_err <= STATE_ATOL, model.max_state_err
-    assert torch.equal(res.t_grid, rec["t_grid"])
+    worst = torch.stack(model.state_errs).max()
+    assert worst <= STATE_ATOL, worst  # False for NaN
+    assert_ulps(res.t_grid, rec["t_grid"], GRID_ULPS, "t_grid")
     n = z.shape[0]
     samples = rec["samples"][:, :n]
     assert res.trajectory is not None and res.trajectory.shape == samples.shape
@@ -123,9 +133,8 @@ def test_replay_sampler_logic(ref_dir: Path, case: str):
 
 @pytest.fixture(scope="module")
 def tiny_tit(ref_dir: Path):
-    tit = pytest.importorskip("ucgm_core.models.tit")
     weights = _load(ref_dir / "tiny_tit_weights.pt")
-    model = tit.TiT(**weights["config"])
+    model = TiT(**weights["config"])
     model.load_state_dict(weights["online"])
     return model.eval()
 
@@ -153,9 +162,9 @@ def test_real_network_samples(ref_dir: Path, tiny_tit, case: str):
         # The sampler itself is bit-exact here (see the replay test); compare relative to the
         # scale of each step's output instead.
         for k in range(samples.shape[0]):
-            scale = samples[k].abs().max().item()
-            err = (res.trajectory[k] - samples[k]).abs().max().item()
-            assert err <= SAMPLE_ATOL + 1e-5 * scale, (k, err, scale)
+            scale = samples[k].abs().max()
+            err = (res.trajectory[k] - samples[k]).abs().max()
+            assert err <= SAMPLE_ATOL + 1e-5 * scale, (k, err, scale)  # tensors: False for NaN
         return
     torch.testing.assert_close(res.trajectory, samples, atol=SAMPLE_ATOL, rtol=0)
     torch.testing.assert_close(res.sample, out, atol=SAMPLE_ATOL, rtol=0)
@@ -166,7 +175,7 @@ def _grid_entries(ref_dir: Path):
 
 
 def test_time_grids(ref_dir: Path):
-    """Every shipped setting: the walked grid and the times fed to the model, exactly (float32)."""
+    """Every shipped setting: the walked grid and the times fed to the model (float32, GRID_ULPS)."""
     entries = _grid_entries(ref_dir)
     assert len(entries) == 13
     for name, e in entries.items():
@@ -190,9 +199,9 @@ def test_time_grids(ref_dir: Path):
             time_warp=e["time_dist_ctrl"],
             end_gaps=gaps,
         )
-        assert torch.equal(res.t_grid, e["t_grid"]), name
+        assert_ulps(res.t_grid, e["t_grid"], GRID_ULPS, name)
         assert res.nfe == e["t_model_calls"].numel(), name
-        assert torch.equal(torch.stack(fed), e["t_model_calls"]), name
+        assert_ulps(torch.stack(fed), e["t_model_calls"], GRID_ULPS, f"{name}: model times")
 
 
 def test_order2_at_pure_noise_end_raises():
