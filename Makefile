@@ -1,6 +1,7 @@
 # Two entry points, both self-contained on a fresh machine:
 #   make run   - set up .venv and build the embedded default (Fashion-MNIST) with Snakemake
-#   make test  - set up .venv and run the test suite
+#   make test  - set up .venv and run the test suite (skip reasons listed; with CI=true a skip fails)
+#   make test-kernels - the parity tests again under torch's other CPU kernels than this machine's own
 PYTHON ?= python3
 VENV ?= .venv
 # torch/torchvision pair known to install and import together on CPU-only machines (see docs);
@@ -8,7 +9,7 @@ VENV ?= .venv
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 
-.PHONY: setup run test bench
+.PHONY: setup run test test-kernels bench
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
@@ -21,7 +22,18 @@ run: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --profile profiles/default --cores $(CORES)
 
 test: setup
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -rs tests
+
+# float32 kernels (pow, exp, matmul, reductions) differ in the last bits between AVX-512, AVX2 and the
+# scalar "default" kernels: rerun the tests that compare with tests/fixtures under each kernel below
+# this machine's own, so a kernel-dependent comparison fails here rather than on someone else's machine.
+test-kernels: setup
+	@native=$$($(VENV)/bin/python -c "import torch; print(torch.backends.cpu.get_cpu_capability().lower())"); \
+	caps=default; [ "$$native" = avx512 ] && caps="avx2 default"; \
+	for cap in $$caps; do \
+	  echo "parity tests with ATEN_CPU_CAPABILITY=$$cap (this machine: $$native)"; \
+	  ATEN_CPU_CAPABILITY=$$cap $(VENV)/bin/python -m pytest -q -rs -m parity -p no:cacheprovider tests || exit 1; \
+	done
 
 bench: setup
 	$(VENV)/bin/python benchmarks/train_step.py

@@ -66,6 +66,15 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that reads tests/fixtures (the ``fixtures_dir`` fixture, directly or through another
+    fixture) is a parity test: ``pytest -m parity`` selects them, e.g. to rerun them under other CPU
+    kernels (``ATEN_CPU_CAPABILITY=default``, as .ci/run does)."""
+    for item in items:
+        if "fixtures_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.parity)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """With CI=true a skip is a failure: on CI every asset, dataset and service is installed by .ci/run,

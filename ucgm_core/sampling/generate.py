@@ -8,7 +8,7 @@ are split into shards, batches or processes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -59,12 +59,14 @@ def generate_images(
     batch_size: int = 250,
     device: str | torch.device = "cpu",
     quantize: str = "truncate",
+    on_batch: Optional[Callable[[int, int], None]] = None,
 ) -> GenerationResult:
     """Sample images ``indices`` with sampler ``method`` and decode them (``decode``: latents -> [0, 1]),
     quantised to uint8 by ``quantize`` ("truncate" as the original, or "round"; see ``to_uint8``).
 
     ``model`` is called ``model(x, t, labels)`` (and ``forward_with_cfg`` when ``guidance_scale > 0``);
-    the null label is ``num_classes``.
+    the null label is ``num_classes``. ``on_batch(done, total)``, when given, is called after each batch
+    with the number of images done so far (progress logs; tests use it as the event "generating").
     """
     indices = np.asarray(list(indices), dtype=np.int64)
     sampler = get_sampler(method)
@@ -82,5 +84,7 @@ def generate_images(
         x = normalizer.denormalize(res.sample.to(torch.float32))
         out.append(to_uint8(decode(x), quantize).cpu().numpy())
         nfe = res.nfe
+        if on_batch is not None:
+            on_batch(hi, len(indices))
     images = np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.uint8)
     return GenerationResult(images, labels, indices, seeds, int(nfe))

@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         latent_shape=ckpt["latent_shape"], num_classes=ckpt["num_classes"], normalizer=checkpoint_normalizer(ckpt),
         decode=ae.decode, options=spec.get("options") or {}, guidance_scale=float(guidance.get("scale", 0.0)),
         guidance_interval=guidance.get("interval"), batch_size=a.batch_size, device=a.device,
-        quantize=request["quantize"],
+        quantize=request["quantize"], on_batch=lambda done, total: log(f"generated {done}/{total} images"),
     )
     seconds = time.time() - t0
     meta = {
