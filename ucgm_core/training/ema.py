@@ -3,7 +3,10 @@
 Two averages appear in UCGM-T (method doc, Sec. 1.2):
 
 * :class:`EMA` - the *evaluation* average (``train.ema_decay``: 0.9999 training, 0.99 tuning),
-  updated after every optimizer step; samples and FID always use it.
+  updated after every optimizer step; samples and FID always use it. As in the original it starts
+  as a copy of the weights the run starts from (``init="initial"``): after step 1 it is
+  ``d * W_0 + (1 - d) * W_1``. ``init="first_step"`` instead copies the weights after the first
+  optimizer step (``W_1``), then decays.
 * the *teacher* average inside the objective (see :mod:`ucgm_core.training.teacher`), with its
   own warm-up schedule (:func:`teacher_decay_schedule`).
 
@@ -55,36 +58,43 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return clone
 
 
+EMA_INITS = ("initial", "first_step")
+
+
 class EMA:
     """Evaluation EMA with exact resume.
 
     Args:
-        model: the online model (wrappers are stripped).
+        model: the online model (wrappers are stripped); the average starts as its copy.
         decay: per-step decay, e.g. 0.9999.
-        from_scratch: when True the first :meth:`update` copies the weights (decay 0), as the
-            original does when a run does not start from a checkpoint.
+        init: ``"initial"`` (default, the original): every update, the first included, decays the
+            copy of the starting weights, so after step 1 the average is ``decay * W_0 +
+            (1 - decay) * W_1``. ``"first_step"``: the first update copies the weights (decay 0),
+            the average after step 1 is ``W_1``.
     """
 
-    def __init__(self, model: nn.Module, decay: float, from_scratch: bool = True):
+    def __init__(self, model: nn.Module, decay: float, init: str = "initial"):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must lie in [0, 1), got {decay}")
+        if init not in EMA_INITS:
+            raise ValueError(f"EMA init {init!r} is unknown; expected one of {EMA_INITS}")
         self.decay = float(decay)
+        self.init = init
         self.module = frozen_copy(model).eval()
         self.updates = 0
-        self._copy_first = from_scratch
 
     def update(self, model: nn.Module) -> None:
-        decay = 0.0 if (self._copy_first and self.updates == 0) else self.decay
+        decay = 0.0 if (self.init == "first_step" and self.updates == 0) else self.decay
         ema_update_(self.module, model, decay)
         self.updates += 1
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"module": self.module.state_dict(), "decay": self.decay, "updates": self.updates}
+        return {"module": self.module.state_dict(), "decay": self.decay, "updates": self.updates, "init": self.init}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.module.load_state_dict(state["module"])
         self.decay = float(state.get("decay", self.decay))
-        self.updates = int(state.get("updates", 1))
+        self.updates = int(state.get("updates", 1))  # ``init`` stays the constructor's: it only acts on update 1
 
 
 def teacher_decay_schedule(previous: float, target: float) -> float:

@@ -68,12 +68,13 @@ class TrainSettings:
 
     steps: int
     batch_size: int
-    optimizer: str = "AdamW"
+    optimizer: str = "AdamW"  # the original's AdamW (see .optim); "TorchAdamW" for torch's
     lr: float = 2e-4
     betas: Sequence[float] = (0.9, 0.95)
     weight_decay: float = 0.0
     max_grad_norm: Optional[float] = None
     ema_decay: float = 0.9999
+    ema_init: str = "initial"  # evaluation EMA starts from the starting weights (original) or "first_step"
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
@@ -154,8 +155,8 @@ class Trainer:
         settings: :class:`TrainSettings`.
         state_path: the resumable state file (kept outside declared workflow outputs).
         log: a ``print``-like callable for progress lines.
-        ema: the evaluation EMA (default: a fresh one copying the weights at the first update;
-            pass ``EMA(model, decay, from_scratch=False)`` when starting from a checkpoint).
+        ema: the evaluation EMA (default: ``EMA(model, settings.ema_decay, settings.ema_init)``,
+            a copy of ``model``'s weights as they are when the trainer is built).
         rank, world_size: this process in the process group (``world_size > 1`` needs an
             initialised group and ``seeding="step"``; the loader must give this rank's
             ``batch_size / world_size`` slice of each global batch).
@@ -172,7 +173,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, settings.optimizer, settings.lr, settings.betas,
                                          settings.weight_decay)
-        self.ema = ema if ema is not None else EMA(model, settings.ema_decay, from_scratch=True)
+        self.ema = ema if ema is not None else EMA(model, settings.ema_decay, init=settings.ema_init)
         self.state = TrainState()
         self.resumed = False
         exists = self.state_path.exists()
