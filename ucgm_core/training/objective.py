@@ -253,7 +253,8 @@ class UCGMObjective:
             drop: optional bool [B]: the samples whose label becomes the null class. None (default)
                 keeps the original rule (the last ``round(p * B)`` labels of this batch); the
                 multi-process trainer passes its slice of a mask drawn over the global batch.
-            advance_teacher: advance the teacher by one step (default). Gradient accumulation
+            advance_teacher: advance the teacher by one step (default; only when lambda != 0 or
+                zeta != 0, as in the original). Gradient accumulation
                 passes False for every micro-batch but the first, so the teacher moves once per
                 optimizer step.
         """
@@ -289,10 +290,14 @@ class UCGMObjective:
         F, x_hat, z_hat = self._predict(model, x_t, t, labels)  # the only forward with grad
         nfe = 1
 
+        teacher = None
+        if self.zeta != 0.0 or cfg.consistency_ratio != 0.0:
+            # as in the original, the teacher advances whenever lambda != 0 or zeta != 0, also when only
+            # the enhancement (zeta != 0) evaluates it: its EMA / frozen copy is part of the saved state
+            teacher = self._teacher_network(online, advance_teacher)
         x_tilde, z_tilde = x, z
         if self.zeta != 0.0:
-            x_tilde, z_tilde, used = self._enhance(online, x, z, x_t, t, labels, conditional, x_hat, z_hat, fuse, rng,
-                                                   advance_teacher)
+            x_tilde, z_tilde, used = self._enhance(teacher, x, z, x_t, t, labels, conditional, x_hat, z_hat, fuse, rng)
             nfe += used
         target = tp.target(x_tilde, z_tilde, t)
 
@@ -316,10 +321,10 @@ class UCGMObjective:
             return not _has_stochastic_layers(online)
         return bool(self.fuse_forwards)
 
-    def _enhance(self, online, x, z, x_t, t, labels, conditional, x_hat, z_hat, fuse, rng, advance_teacher=True):
-        """Enhanced endpoints x~, z~ (method doc, Sec. 1.2 step 8). Returns (x~, z~, extra NFE)."""
+    def _enhance(self, teacher, x, z, x_t, t, labels, conditional, x_hat, z_hat, fuse, rng):
+        """Enhanced endpoints x~, z~ (method doc, Sec. 1.2 step 8) with the (advanced) ``teacher``.
+        Returns (x~, z~, extra NFE)."""
         cfg = self.config
-        teacher = self._teacher_network(online, advance_teacher)
         null = torch.full_like(labels, cfg.num_classes)
         style = cfg.enhanced_style
         if style == "ft-vs-fe":  # P: online conditional (detached), R: teacher with null label

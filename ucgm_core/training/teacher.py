@@ -1,5 +1,10 @@
 """The teacher / target network theta^- of UCGM-T (method doc, Sec. 1.2 step 7).
 
+As in the original, the objective advances it at every step whenever lambda != 0 or zeta != 0,
+even where only lambda != 0 and nothing evaluates it (the consistency term uses the online
+weights): its weights and warm-up decay are then still part of the saved state, as the original's
+checkpoint holds them. With lambda = zeta = 0 it is never built.
+
 Its behaviour is set by ``ema_decay_rate`` delta:
 
 * ``0 < delta < 1``: an EMA of the online weights, updated at every step *before* it is used,
