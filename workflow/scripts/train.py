@@ -57,7 +57,6 @@ from ucgm_core.data.shards import read_manifest  # noqa: E402
 from ucgm_core.figures import class_rows, plot_loss_curve, save_grid  # noqa: E402
 from ucgm_core.models import build_model  # noqa: E402
 from ucgm_core.sampling.generate import generate_images  # noqa: E402
-from ucgm_core.training import EMA  # noqa: E402
 from ucgm_core.training.loop import Preempted, Trainer, TrainSettings  # noqa: E402
 from ucgm_core.training.objective import UCGMConfig, UCGMObjective  # noqa: E402
 
@@ -82,11 +81,16 @@ def parse_args(argv=None):
 
 
 SEEDING = "step"  # per-step draws: the same updates for any number of processes (part of the fingerprint)
+# what the trainer does beyond the spec (part of the fingerprint, so a state written before a change of
+# semantics is not resumed under the new ones): 2 = the original's AdamW, EMA from the starting weights,
+# teacher kept whenever lambda != 0 or zeta != 0
+SEMANTICS = 2
 
 
 def fingerprint(spec: dict, files) -> str:
     h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     h.update(f"seeding={SEEDING}".encode())
+    h.update(f"semantics={SEMANTICS}".encode())
     for f in files:
         if f is not None:
             h.update(sha256_file(f).encode())
@@ -147,7 +151,8 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
     settings = TrainSettings(steps=t["steps"], batch_size=t["batch_size"], optimizer=t.get("optimizer", "AdamW"),
                              lr=t.get("lr", 2e-4), betas=tuple(t.get("betas", (0.9, 0.95))),
                              weight_decay=t.get("weight_decay", 0.0), max_grad_norm=t.get("max_grad_norm"),
-                             ema_decay=t.get("ema_decay", 0.9999), seed=t.get("seed", 0),
+                             ema_decay=t.get("ema_decay", 0.9999), ema_init=t.get("ema_init", "initial"),
+                             seed=t.get("seed", 0),
                              log_every=t.get("log_every", 50), checkpoint_every=t.get("checkpoint_every", 500),
                              precision=t.get("precision", "fp32"), seeding=SEEDING, micro_batch=a.micro_batch)
     if settings.batch_size % env.world_size:
@@ -159,13 +164,11 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
     else:
         normalizer = LatentNormalizer.from_stats(stats, data_cfg["latent_multiplier"], data_cfg["normalize_latents"])
 
-    ema = None
     if a.init:
         init = load_checkpoint(a.init)
         if init["architecture"] != spec["architecture"]:
             raise ValueError(f"--init {a.init}: a {init['architecture']}, expected {spec['architecture']}")
         model.load_state_dict(init["ema"])  # the paper's tuning starts from the multi-step EMA
-        ema = EMA(model, settings.ema_decay, from_scratch=False)
     if a.teacher:
         teacher = load_checkpoint(a.teacher)
         teacher_net = build_model(teacher["architecture"], **teacher["model_kwargs"])
@@ -184,7 +187,8 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
              + (f", micro-batch {a.micro_batch}" if a.micro_batch else ""))
 
     state_dir = Path(a.state_dir) / fingerprint(spec, [stats, a.init, a.teacher])
-    trainer = Trainer(model, objective, loader, settings, state_dir / "state.pt", log=log_main, device=device, ema=ema,
+    # the evaluation EMA starts as a copy of the starting weights (the initialisation or --init's EMA)
+    trainer = Trainer(model, objective, loader, settings, state_dir / "state.pt", log=log_main, device=device,
                       rank=env.rank, world_size=env.world_size)
     grid_dir = out_dir / "grids"
     if main_rank and not trainer.resumed and grid_dir.exists():
