@@ -114,7 +114,9 @@ def test_adamw_effective_eps_at_step_one():
 
 def test_adamw_reproduces_the_recorded_official_step(fixtures_dir):
     """Fixture (a) records W1 = the official AdamW(2e-4, (0.9, 0.95), wd 0) step from W0 on the step-1
-    gradients: ours gives it bit for bit; torch's AdamW does not."""
+    gradients. Ours gives it bit for bit with this machine's AVX512 kernels, and within 3.0e-8 (769 of
+    182,584 entries differ, the largest by 1.5e-4 of that entry's step) under ATEN_CPU_CAPABILITY=default,
+    whose scalar kernels round some multiply-adds differently. Torch's AdamW is off by up to 7.2e-5, 0.36 lr."""
     from ucgm_core.models.tit import TiT
 
     ref = fixtures_dir / "ucgm_reference"
@@ -133,8 +135,8 @@ def test_adamw_reproduces_the_recorded_official_step(fixtures_dir):
         opt.step()
         got = model.state_dict()
         diffs[name] = max((got[n] - v).abs().max().item() for n, v in w1.items())
-    assert diffs["AdamW"] == 0.0
-    assert diffs["TorchAdamW"] > 1e-5  # measured 7.2e-5 (the step is 2e-4)
+    assert diffs["AdamW"] <= 1e-3 * LR, diffs
+    assert diffs["TorchAdamW"] > 0.3 * LR, diffs
 
 
 def test_adamw_resumes_exactly():
