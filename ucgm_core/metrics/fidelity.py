@@ -21,10 +21,16 @@ precision/recall need the reference *features*, which are cached too. A :class:`
 name an ``.npz`` with precomputed ``mu``/``sigma`` (e.g. the original's ``*_fid_ref.npz``): FID only.
 
 Runs on the CPU with ``cuda=False`` and ``save_cpu_ram=True`` (no worker processes) unless a GPU is present.
+
+Memory: the generated images may be a :class:`ChunkedImages` (e.g. sample shards opened with
+:func:`ucgm_core.metrics.sample_shards.open_sample_shards`): torch-fidelity's extraction loop then reads them
+one bounded block at a time, so only the features (N x D floats) grow with the number of samples. The
+batches, hence the features and every metric, are the same as for the same images in one tensor.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import json
@@ -55,6 +61,7 @@ __all__ = [
     "to_uint8",
     "FeatureExtractorSpec",
     "ReferenceSet",
+    "ChunkedImages",
     "EvaluationResult",
     "MetricUnavailableError",
     "evaluate",
@@ -235,6 +242,54 @@ def _json_default(o):
 
 # --------------------------------------------------------------------------------------------------------------
 # datasets and feature extraction
+
+
+class ChunkedImages(Dataset):
+    """Images stored as consecutive chunks that are loaded on demand, at most one chunk in memory at a time.
+
+    ``chunks``: a sequence of ``(length, load)``; ``load()`` returns that chunk's images as a uint8 (or [0, 1]
+    float) array or tensor ``[length, C, H, W]`` (or ``[length, H, W]``). Item ``i`` is image ``i`` of the
+    concatenation, as a tensor ``[C, H, W]``. Access in index order (what torch-fidelity's data loader does)
+    loads each chunk once; other orders are correct but may load a chunk several times. A data-loader worker
+    process keeps its own current chunk, so memory is bounded by (workers + 1) chunks, whatever the total.
+    """
+
+    def __init__(self, chunks: Sequence[tuple[int, Callable[[], Any]]]):
+        self._lengths = [int(n) for n, _ in chunks]
+        self._loads = [load for _, load in chunks]
+        if any(n < 0 for n in self._lengths):
+            raise ValueError("chunk lengths must be >= 0")
+        self._starts = np.concatenate([[0], np.cumsum(self._lengths, dtype=np.int64)]).tolist()
+        self._current: int | None = None
+        self._images: torch.Tensor | None = None
+        self.loads = 0  # chunks loaded so far (in this process)
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def _chunk(self, k: int) -> torch.Tensor:
+        if self._current != k:
+            self._current, self._images = None, None  # release the previous chunk before reading the next
+            x = self._loads[k]()
+            if isinstance(x, np.ndarray):
+                x = torch.from_numpy(x)
+            if not torch.is_tensor(x):
+                raise TypeError(f"chunk {k} loaded a {type(x).__name__}, expected an array or a tensor")
+            if len(x) != self._lengths[k]:
+                raise ValueError(f"chunk {k} has {len(x)} images, declared {self._lengths[k]}")
+            self._current, self._images = k, x
+            self.loads += 1
+        return self._images
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        n = len(self)
+        i = int(i)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"image {i} of {n}")
+        k = bisect.bisect_right(self._starts, i) - 1
+        return self._chunk(k)[i - self._starts[k]]
 
 
 class _RGBUint8Dataset(Dataset):
@@ -475,7 +530,8 @@ def evaluate(
     """Compute ``metrics`` (subset of ``("fid", "isc", "kid", "prc")``) for ``generated`` against ``reference``.
 
     ``generated``: uint8 [N,C,H,W] (C = 1 or 3), float [N,C,H,W] in [0,1] (quantised with :func:`to_uint8`),
-    or a Dataset of such [C,H,W] items. KID's subset size is reduced to min(kid_subset_size, N, N_ref).
+    or a Dataset of such [C,H,W] items (a :class:`ChunkedImages` keeps only one chunk of images in memory).
+    KID's subset size is reduced to min(kid_subset_size, N, N_ref).
     Precision/recall (k-NN, k = ``prc_neighborhood``) use a fixed random subset of the reference features of
     size ``prc_reference_size``: "match" (default: as many as generated samples, the usual equal-size
     setting; its cost is quadratic, e.g. minutes on a CPU for 60k references), an int, or None (all).

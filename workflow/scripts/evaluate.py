@@ -10,6 +10,9 @@
 The reference features are computed once per (reference images, extractor weights) and cached in
 ``--cache-dir``. The result JSON carries the evaluation contract: sample count, seeds, extractor and
 its weights' sha256, reference set, and the samples' checkpoint, sampler and knobs (from the shards).
+The shards must agree on checkpoint, sampler and knobs (a mixed set is refused, naming the shard and
+the key); their images are streamed in blocks (``--block-mb``), so memory does not grow with the
+number of samples beyond their features.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from _common import load_spec, log, set_threads  # noqa: E402
 
 from ucgm_core.data.shards import load_images  # noqa: E402
 from ucgm_core.metrics.imageutil import sha256_file  # noqa: E402
+from ucgm_core.metrics.sample_shards import open_sample_shards  # noqa: E402
 from ucgm_core.metrics.fidelity import (FeatureExtractorSpec, ReferenceSet, evaluate,  # noqa: E402
                                         reference_features, _default_layer)
 
@@ -55,20 +59,6 @@ def reference_set(images_dir: str, split: str) -> ReferenceSet:
                         images=lambda: torch.from_numpy(load_images(images_dir, split)[0]).permute(0, 3, 1, 2))
 
 
-def load_shards(paths):
-    images, seeds, indices, metas = [], [], [], []
-    for p in paths:
-        with np.load(p) as z:
-            images.append(z["images"])
-            seeds.append(z["seeds"])
-            indices.append(z["indices"])
-            metas.append(json.loads(str(z["meta"])))
-    idx = np.concatenate(indices)
-    if len(np.unique(idx)) != len(idx):
-        raise ValueError(f"sample shards overlap: {len(idx) - len(np.unique(idx))} repeated image indices")
-    return np.concatenate(images), np.concatenate(seeds), idx, metas
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("mode", choices=["reference", "samples"])
@@ -82,6 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--metrics", nargs="+", default=["fid", "isc", "kid", "prc"])
     p.add_argument("--context", default="{}", help="JSON: extra contract fields (sampler name, model, ...)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--block-mb", type=int, default=64,
+                   help="samples mode: read the shards' images in blocks of at most this many MiB")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     set_threads(a.threads)
@@ -106,16 +98,14 @@ def main(argv=None) -> int:
 
     if not a.shards:
         raise SystemExit("samples mode needs --shards")
-    images, seeds, indices, metas = load_shards(a.shards)
-    first = dict(metas[0])
-    for key in ("count", "shard", "first_index", "seconds"):
-        first.pop(key, None)
-    context = {**load_spec(a.context), "samples": first, "num_shards": len(metas),
-               "seed_range": [int(indices.min()), int(indices.max())],
-               "sampling_seconds": round(sum(m.get("seconds", 0.0) for m in metas), 3)}
-    res = evaluate(torch.from_numpy(images), ref, spec, a.metrics, cache_dir=a.cache_dir, context=context)
+    shards = open_sample_shards(a.shards)  # metadata and indices only; refuses a mixed set of shards
+    context = {**load_spec(a.context), "samples": shards.meta, "num_shards": len(shards.paths),
+               "seed_range": [int(shards.indices.min()), int(shards.indices.max())],
+               "sampling_seconds": shards.sampling_seconds}
+    # the images are read a block at a time while torch-fidelity extracts their features
+    res = evaluate(shards.images(a.block_mb << 20), ref, spec, a.metrics, cache_dir=a.cache_dir, context=context)
     res.save(out)
-    log(f"{len(images)} samples: FID {res.fid} IS {res.is_mean} KID {res.kid_mean} "
+    log(f"{len(shards)} samples: FID {res.fid} IS {res.is_mean} KID {res.kid_mean} "
         f"P {res.precision} R {res.recall} ({res.seconds:.1f}s) -> {out}")
     return 0
 
