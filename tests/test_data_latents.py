@@ -218,3 +218,113 @@ def test_loader_normalisation_modes_and_ranks(tmp_path):
     ids0 = torch.cat([x[:, 0, 0, 1] for x, _ in _take(r0, 5)])
     ids1 = torch.cat([x[:, 0, 0, 1] for x, _ in _take(r1, 5)])
     assert len(set(ids0.tolist()) | set(ids1.tolist())) == 50
+
+
+# ---------------------------------------------------------------------------------------------
+# A split in K parts (data.prep_jobs): the same latents, manifest and statistics whatever K
+# ---------------------------------------------------------------------------------------------
+
+
+def _files(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _cli_one(root, out, *extra) -> None:
+    """One job, as the workflow's latents rule runs it with data.prep_jobs = 1."""
+    assert lt.main(["--image-dir", str(root), "--out-dir", str(out), "--autoencoder", "identity", "--splits", "train",
+                    "--batch-size", "7", "--stats-out", str(out / "stats.pt"), *extra]) == 0
+
+
+def _cli_parts(root, out, parts, *extra, order=None) -> None:
+    """K part jobs (any order) and the merge, as the workflow's latents and latents_merge rules run them."""
+    d = [out / "parts" / f"{k:04d}-of-{parts:04d}" for k in range(parts)]
+    for k in order or range(parts):
+        assert lt.main(["--image-dir", str(root), "--out-dir", str(out), "--autoencoder", "identity", "--splits",
+                        "train", "--batch-size", "7", "--part", str(k), "--parts", str(parts),
+                        "--part-manifest", str(d[k] / "train.json"), "--part-stats", str(d[k] / "stats.pt"),
+                        *extra]) == 0
+    assert lt.main(["--out-dir", str(out), "--splits", "train", "--merge-parts", *[str(p / "train.json") for p in d],
+                    "--merge-stats", *[str(p / "stats.pt") for p in d], "--stats-out", str(out / "stats.pt"),
+                    *extra]) == 0
+
+
+@pytest.mark.parametrize("stats_samples", [20, 10000])
+def test_parts_give_the_same_latents_manifest_and_stats(image_shards, tmp_path, stats_samples):
+    """K = 1 against K = 3 (one image shard each, run in reverse) and K = 5 (two parts without a shard):
+    byte-identical latent shards, manifest and stats.pt; 10000 > 45 samples takes them all."""
+    root, _ = image_shards
+    extra = ["--stats-samples", str(stats_samples)]
+    _cli_one(root, tmp_path / "one", *extra)
+    one = _files(tmp_path / "one")
+    assert sorted(one) == sorted(["stats.pt", "train.json", "train-000000.tar", "train-000001.tar", "train-000002.tar"])
+    for parts, order in ((3, [2, 1, 0]), (5, None)):
+        out = tmp_path / f"k{parts}"
+        _cli_parts(root, out, parts, *extra, order=order)
+        assert _files(out) == one, f"K={parts}"
+    stats = torch.load(tmp_path / "one" / "stats.pt", weights_only=True)
+    assert stats["num_samples"] == min(stats_samples, N_TRAIN)
+    reference = compute_latent_stats(tmp_path / "one", "train", max_samples=stats_samples, seed=0)
+    assert torch.equal(stats["mean"], reference["mean"]) and torch.equal(stats["std"], reference["std"])
+
+
+class _NoisyAE(Autoencoder):
+    """A stochastic encoder like VA-VAE's posterior.sample(): x + 0.1 eps, eps from a seeded CPU generator."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.latent_channels, self.stride = C, 1
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def encode(self, images):
+        return images + 0.1 * torch.randn(images.shape, generator=self.generator)
+
+    def decode(self, latents):
+        return latents
+
+
+def test_sampling_encoder_gives_the_same_latents_whatever_k_and_resume(image_shards, tmp_path):
+    root, _ = image_shards
+    kw = dict(batch_size=5, autoencoder_name="noisy", log=lambda m: None)
+    encode_split(root, tmp_path / "one", "train", _NoisyAE(7), **kw)
+    one = _files(tmp_path / "one")
+    out = tmp_path / "two"
+    made = []
+
+    def factory():
+        made.append(1)
+        return _NoisyAE(7)
+
+    d = [out / "parts" / str(k) for k in range(2)]
+    for k in (1, 0):
+        lt.encode_part(root, out, "train", factory, part=k, parts=2, part_manifest=d[k] / "m.json",
+                       part_stats=d[k] / "s.pt", **kw)
+    lt.merge_latent_parts(out, "train", [p / "m.json" for p in d], [p / "s.pt" for p in d])
+    assert _files(out) == one and len(made) == 2
+    # resumed: one shard lost, the part re-encodes it alone (and the others without loading the encoder)
+    (out / "train-000002.tar").unlink()
+    lt.encode_part(root, out, "train", factory, part=1, parts=2, part_manifest=d[1] / "m.json",
+                   part_stats=d[1] / "s.pt", **kw)
+    lt.encode_part(root, out, "train", factory, part=0, parts=2, part_manifest=d[0] / "m.json",
+                   part_stats=d[0] / "s.pt", **kw)
+    assert len(made) == 3
+    lt.merge_latent_parts(out, "train", [p / "m.json" for p in d], [p / "s.pt" for p in d])
+    assert _files(out) == one
+    # the noise is there, and the encoder's seed decides it
+    encode_split(root, tmp_path / "seed8", "train", _NoisyAE(8), **kw)
+    assert _files(tmp_path / "seed8")["train-000000.tar"] != one["train-000000.tar"]
+    z = next(iter_latents(tmp_path / "one", "train"))[1]
+    assert 0 < np.abs(z - images_to_tensor(image_shards[1]["train"][0][:1]).numpy()[0]).max() < 1
+
+
+def test_part_merge_checks(image_shards, tmp_path):
+    root, _ = image_shards
+    ae = IdentityAutoencoder(C)
+    d = [tmp_path / "parts" / str(k) for k in range(2)]
+    for k in range(2):
+        lt.encode_part(root, tmp_path, "train", ae, part=k, parts=2, part_manifest=d[k] / "m.json",
+                       part_stats=d[k] / "s.pt", stats_samples=20 + k, log=lambda m: None)
+    with pytest.raises(ValueError, match="differs from part 0"):
+        lt.merge_latent_parts(tmp_path, "train", [p / "m.json" for p in d], [p / "s.pt" for p in d])
+    with pytest.raises(ValueError, match="give the parts in order"):
+        lt.merge_latent_parts(tmp_path, "train", [p / "m.json" for p in d[::-1]], [p / "s.pt" for p in d])
+    assert not (tmp_path / "train.json").exists()

@@ -307,3 +307,107 @@ def test_real_fashion_mnist_offline(tmp_path):
     assert train.images.shape == (60000, 28, 28, 1) and test.images.shape == (10000, 28, 28, 1)
     assert np.bincount(train.labels, minlength=10).tolist() == [6000] * 10
     assert np.bincount(test.labels, minlength=10).tolist() == [1000] * 10
+
+
+# ---------------------------------------------------------------------------------------------
+# A split in K parts (data.prep_jobs): the same shards and manifest whatever K
+# ---------------------------------------------------------------------------------------------
+
+
+def _files(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _cli_parts(raw: Path, out: Path, split: str, parts: int, *extra: str, order=None) -> None:
+    manifests = [str(out / "parts" / f"{k:04d}-of-{parts:04d}" / f"{split}.json") for k in range(parts)]
+    for k in order or range(parts):  # independent: any order (side by side on a cluster)
+        assert sh.main(["--dataset", "fashion_mnist", "--raw-dir", str(raw), "--out-dir", str(out), "--splits", split,
+                        "--part", str(k), "--parts", str(parts), "--part-manifest", manifests[k], *extra]) == 0
+    assert sh.main(["--out-dir", str(out), "--splits", split, "--merge-parts", *manifests]) == 0
+
+
+def test_parts_give_the_same_shards_and_manifest_whatever_k(tmp_path):
+    """K = 1 (one job, as the workflow's default) against K = 3, 5 and 10 (more parts than the 7 shards: some
+    write nothing): byte-identical shards and manifest, parts run in any order, with workers."""
+    _write_idx_dataset(tmp_path / "raw", n_train=67, n_test=10)
+    raw, common = tmp_path / "raw", ["--samples-per-shard", "10", "--resolution", "32"]
+    assert sh.main(["--dataset", "fashion_mnist", "--raw-dir", str(raw), "--out-dir", str(tmp_path / "one"),
+                    "--splits", "train", *common]) == 0
+    one = _files(tmp_path / "one")
+    assert sorted(one) == sorted(["train.json"] + [f"train-{i:06d}.tar" for i in range(7)])
+    for parts, order in ((3, [2, 0, 1]), (5, None), (10, [9, 3, 0, 1, 2, 4, 5, 6, 7, 8])):
+        out = tmp_path / f"k{parts}"
+        _cli_parts(raw, out, "train", parts, *common, "--workers", "2" if parts == 3 else "1", order=order)
+        assert _files(out) == one, f"K={parts}"
+        assert not list(out.glob(".*"))
+    sizes = [json.loads((tmp_path / "k10" / "parts" / f"{k:04d}-of-0010" / "train.json").read_text())["manifest"]
+             for k in range(10)]
+    assert [0 if m is None else m["num_samples"] for m in sizes] == [0, 10, 10, 0, 10, 10, 0, 10, 10, 7]
+    # with --limit too
+    _cli_parts(raw, tmp_path / "lim", "train", 2, *common, "--limit", "25")
+    assert read_manifest(tmp_path / "lim", "train")["num_samples"] == 25
+    write_image_shards(get_dataset("fashion_mnist").read(raw, "train"), tmp_path / "lim1", "train", resolution=32,
+                       samples_per_shard=10, num_classes=10, limit=25, extra_info={"dataset": "fashion_mnist"})
+    assert _files(tmp_path / "lim") == _files(tmp_path / "lim1")
+
+
+def test_part_rerun_and_merge_checks(tmp_path):
+    _write_idx_dataset(tmp_path / "raw", n_train=40, n_test=10)
+    raw, out = tmp_path / "raw", tmp_path / "sh"
+    src = get_dataset("fashion_mnist").read(raw, "train")
+    # an earlier, larger run left shards the new split does not have: the merge removes them
+    write_image_shards(src, out, "train", resolution=28, samples_per_shard=5, num_classes=10)
+    assert len(list(out.glob("train-*.tar"))) == 8
+    kw = dict(resolution=28, samples_per_shard=10, num_classes=10)
+    paths = [out / "parts" / f"{k}.json" for k in range(2)]
+    for k in range(2):
+        sh.write_image_shards_part(src, out, "train", part=k, parts=2, part_manifest=paths[k], **kw)
+    assert not (out / "train.json").exists()  # a part never writes the split's manifest
+    with pytest.raises(ValueError, match="give the parts in order"):
+        sh.merge_image_parts(out, "train", paths[::-1])
+    with pytest.raises(ValueError, match="expected"):
+        sh.merge_image_parts(out, "train", paths[:1])
+    info = sh.merge_image_parts(out, "train", paths)
+    assert info == write_image_shards(src, tmp_path / "one", "train", **kw)
+    assert sorted(p.name for p in out.glob("train-*.tar")) == [f"train-{i:06d}.tar" for i in range(4)]
+    # a rerun of one part (killed job: a half-written temporary file) rewrites only its own shards
+    (out / ".train-000003.tar.tmp").write_bytes(b"half")
+    before = {n: b for n, b in _files(out).items() if n.endswith(".tar")}
+    mtime0 = (out / "train-000000.tar").stat().st_mtime_ns
+    sh.write_image_shards_part(src, out, "train", part=1, parts=2, part_manifest=paths[1], **kw)
+    assert not (out / ".train-000003.tar.tmp").exists() and (out / "train-000000.tar").stat().st_mtime_ns == mtime0
+    sh.merge_image_parts(out, "train", paths)
+    assert {n: b for n, b in _files(out).items() if n.endswith(".tar")} == before
+    with pytest.raises(ValueError, match="is not in"):
+        sh.write_image_shards_part(src, out, "train", part=2, parts=2, part_manifest=paths[1], **kw)
+
+
+def test_sources_read_a_range_without_the_images_before_it(tmp_path, monkeypatch):
+    """iter_range of every source equals slicing its iteration, and decodes only the images in the range."""
+    import ucgm_core.data.datasets as datasets
+
+    _image_folder(tmp_path / "if")
+    folder = read_image_folder(tmp_path / "if", "train")
+    rng = np.random.default_rng(4)
+    outer = tmp_path / "ILSVRC2012_img_train.tar"
+    with tarfile.open(outer, "w") as tf:
+        for c, n in (("n01", 3), ("n02", 1), ("n03", 4)):
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as inner:
+                for i in range(n):
+                    _add(inner, f"{c}_{i}.JPEG", _png(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)))
+            _add(tf, f"{c}.tar", buf.getvalue())
+    ilsvrc = read_ilsvrc_train_tar(outer, "train")
+    arrays = datasets.ArraySource(rng.integers(0, 256, (9, 4, 4, 1), dtype=np.uint8), np.arange(9) % 3, 3)
+    for src in (folder, ilsvrc, arrays):
+        everything = list(src)
+        for start, stop in ((0, 2), (2, 5), (3, 4), (4, 8), (8, 8), (7, 100)):
+            got = list(sh.iter_source_range(src, start, stop))
+            assert [lab for _, lab in got] == [lab for _, lab in everything[start:stop]]
+            for (a, _), (b, _) in zip(got, everything[start:stop]):
+                np.testing.assert_array_equal(a, b)
+    decoded = []
+    real = datasets._decode_image
+    monkeypatch.setattr(datasets, "_decode_image", lambda data, ch: decoded.append(1) or real(data, ch))
+    assert len(list(sh.iter_source_range(ilsvrc, 5, 7))) == 2 and len(decoded) == 2
+    assert len(list(sh.iter_source_range(folder, 6, 100))) == 3 and len(decoded) == 5

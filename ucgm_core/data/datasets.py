@@ -95,7 +95,11 @@ class ArraySource:
         return len(self.labels)
 
     def __iter__(self) -> Iterator[Tuple[np.ndarray, int]]:
-        for img, lab in zip(self.images, self.labels):
+        return self.iter_range(0, None)
+
+    def iter_range(self, start: int, stop: Optional[int]) -> Iterator[Tuple[np.ndarray, int]]:
+        """Items ``start .. stop - 1`` of the iteration order (``stop`` None: to the end)."""
+        for img, lab in zip(self.images[start:stop], self.labels[start:stop]):
             yield img, int(lab)
 
 
@@ -122,7 +126,11 @@ class FileListSource:
         return len(self.items)
 
     def __iter__(self) -> Iterator[Tuple[np.ndarray, int]]:
-        for path, lab in self.items:
+        return self.iter_range(0, None)
+
+    def iter_range(self, start: int, stop: Optional[int]) -> Iterator[Tuple[np.ndarray, int]]:
+        """Items ``start .. stop - 1`` of the iteration order; only those images are decoded."""
+        for path, lab in self.items[start:stop]:
             yield _decode_image(path, self.channels), lab
 
 
@@ -159,11 +167,27 @@ class IlsvrcTarSource:
             raise ValueError(f"{self.path}: no per-class tars or class folders with images found")
         return groups
 
-    def _iter_items(self, decode: bool) -> Iterator[Tuple[Optional[np.ndarray], int]]:
+    def _iter_items(self, decode: bool, start: int = 0,
+                    stop: Optional[int] = None) -> Iterator[Tuple[Optional[np.ndarray], int]]:
+        """Items ``start .. stop - 1`` of the iteration order; the others are neither read nor decoded."""
         groups = self._index()
         cls_index = {c: i for i, c in enumerate(self.class_names)}
+        index = 0
         with tarfile.open(self.path, "r:*") as tf:
+
+            def items(fobj_of, members, label: int) -> Iterator[Tuple[Optional[np.ndarray], int]]:
+                nonlocal index
+                for m in members:
+                    if stop is not None and index >= stop:
+                        return
+                    if index >= start:
+                        data = fobj_of(m).read() if decode else None
+                        yield (_decode_image(data, self.channels) if decode else None), label
+                    index += 1
+
             for cname in sorted(groups):
+                if stop is not None and index >= stop:
+                    return
                 if cname not in cls_index:
                     raise ValueError(f"{self.path}: class {cname!r} not in the class list")
                 label = cls_index[cname]
@@ -176,13 +200,9 @@ class IlsvrcTarSource:
                             (m for m in inner.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_EXTENSIONS)),
                             key=lambda m: m.name,
                         )
-                        for m in imgs:
-                            data = inner.extractfile(m).read() if decode else None  # type: ignore[union-attr]
-                            yield (_decode_image(data, self.channels) if decode else None), label
+                        yield from items(inner.extractfile, imgs, label)
                 else:
-                    for m in members:
-                        data = tf.extractfile(m).read() if decode else None  # type: ignore[union-attr]
-                        yield (_decode_image(data, self.channels) if decode else None), label
+                    yield from items(tf.extractfile, members, label)
 
     def __len__(self) -> int:
         if self._count is None:
@@ -190,7 +210,12 @@ class IlsvrcTarSource:
         return self._count
 
     def __iter__(self) -> Iterator[Tuple[np.ndarray, int]]:
-        for img, lab in self._iter_items(decode=True):
+        return self.iter_range(0, None)
+
+    def iter_range(self, start: int, stop: Optional[int]) -> Iterator[Tuple[np.ndarray, int]]:
+        """Items ``start .. stop - 1`` of the iteration order; only those images are read and decoded
+        (the images before ``start`` cost a tar header each)."""
+        for img, lab in self._iter_items(True, start, stop):
             yield img, lab  # type: ignore[misc]
 
 

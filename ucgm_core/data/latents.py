@@ -6,17 +6,30 @@ does the same and lets the loader pick one of the two at random), so latent shar
 shard ``{split}-{i:06d}.tar`` holds exactly the samples of image shard ``{split}-{i:06d}.tar``,
 so an interrupted run resumes by skipping the shards already written.
 
+An encoder that samples (VA-VAE's ``posterior.sample()`` from a seeded ``generator``) has its generator
+reseeded from (seed, split, shard index) before each shard, so every shard's latents are the same
+whichever job encodes it and whether or not the run was resumed.
+
+A split can also be encoded by K independent jobs (``--part k --parts K``), each taking a contiguous
+range of the image shards and keeping the statistics samples among them; a merge (``--merge-parts``)
+then writes the split's manifest and the statistics. Shards, manifest and statistics are identical to
+those of one job, whatever K.
+
 Statistics: per-channel ``mean`` and ``std`` of shape ``[1, C, 1, 1]`` over up to 10,000
 un-flipped training latents chosen with a fixed seed (``torch.randperm`` of the sample indices),
-reduced over samples and spatial positions (``std`` unbiased, as ``torch.std``). Saved as a
-``.pt`` dict ``{mean, std, num_samples, seed, split}`` (or ``.json`` with nested lists),
-written atomically.
+reduced over samples and spatial positions in float64 on one thread (``std`` unbiased, as
+``torch.std``). Saved as a ``.pt`` dict ``{mean, std, num_samples, seed, split}`` (or ``.json`` with
+nested lists), written atomically.
 
 CLI::
 
     python -m ucgm_core.data.latents --image-dir resources/shards/fashion_mnist_28 \\
         --out-dir resources/latents/identity/fashion_mnist_28 --autoencoder identity \\
         --stats-out resources/latents/identity/fashion_mnist_28/stats.pt
+    # the same in 3 jobs (run side by side), then the merge:
+    python -m ucgm_core.data.latents ... --splits train --part 0 --parts 3 --part-manifest p0.json --part-stats p0.pt
+    python -m ucgm_core.data.latents --out-dir ... --splits train --merge-parts p0.json p1.json p2.json \\
+        --merge-stats p0.pt p1.pt p2.pt --stats-out .../stats.pt
 """
 
 from __future__ import annotations
@@ -27,8 +40,9 @@ import json
 import os
 import sys
 import time
+import zlib
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -40,7 +54,9 @@ from .shards import (
     decode_field,
     encode_field,
     iter_samples,
+    part_shards,
     read_manifest,
+    read_part_manifests,
     shard_paths,
     write_manifest,
 )
@@ -48,6 +64,8 @@ from .shards import (
 __all__ = [
     "images_to_tensor",
     "encode_split",
+    "encode_part",
+    "merge_latent_parts",
     "iter_latents",
     "compute_latent_stats",
     "save_latent_stats",
@@ -69,16 +87,164 @@ def _encode_batch(ae: Autoencoder, images: List[np.ndarray], device: torch.devic
     return z.float().cpu().numpy(), zf.float().cpu().numpy()
 
 
-def _count_shard(path: Path, num_classes: int) -> Tuple[int, np.ndarray, Tuple[int, ...]]:
+def _count_shard(path: Path, num_classes: int, pick: Optional[set] = None,
+                 first_index: int = 0) -> Tuple[int, np.ndarray, Tuple[int, ...], List[Tuple[int, np.ndarray]]]:
+    """Samples, class counts and latent shape of a latent shard, plus the plain latents of the samples
+    whose index (``first_index`` + position) is in ``pick``."""
     counts = np.zeros(num_classes, dtype=np.int64)
     shape: Tuple[int, ...] = ()
+    picked: List[Tuple[int, np.ndarray]] = []
     n = 0
     for s in iter_samples([path]):
         counts[decode_field("cls", s["cls"])] += 1
         if not shape:
             shape = tuple(decode_field("npy", s["latent.npy"]).shape)
+        if pick is not None and first_index + n in pick:
+            picked.append((first_index + n, decode_field("npy", s["latent.npy"])))
         n += 1
-    return n, counts, shape
+    return n, counts, shape, picked
+
+
+class _ShardNoise:
+    """Per-shard noise of an encoder that samples (VA-VAE's ``posterior.sample()`` from its seeded
+    ``generator``): the generator is reseeded from (its seed, split, shard index) before each shard, so
+    a shard's latents depend neither on the shards encoded before it in the same job nor on how the
+    split is divided among jobs or resumed. Deterministic encoders (no ``generator``) are untouched."""
+
+    def __init__(self, autoencoder: Autoencoder):
+        gen = getattr(autoencoder, "generator", None)
+        self.generator = gen if isinstance(gen, torch.Generator) else None
+        self.base = self.generator.initial_seed() if self.generator is not None else 0
+
+    def reseed(self, split: str, index: int) -> None:
+        if self.generator is not None:
+            words = np.random.SeedSequence([self.base, zlib.crc32(split.encode()), index]).generate_state(2, np.uint32)
+            self.generator.manual_seed((int(words[0]) << 31) ^ int(words[1]))
+
+    def restore(self) -> None:
+        if self.generator is not None:
+            self.generator.manual_seed(self.base)
+
+
+def _encode_shards(
+    image_dir: Path,
+    out_dir: Path,
+    split: str,
+    own: Sequence[int],
+    autoencoder: Autoencoder | Callable[[], Autoencoder],
+    *,
+    batch_size: int,
+    device: torch.device,
+    np_dtype: np.dtype,
+    resume: bool,
+    log,
+    pick: Optional[set] = None,
+) -> Dict[str, Any]:
+    """Encode the image shards at positions ``own`` of the split's manifest into the latent shards of the
+    same names (skipping those already written when ``resume``); sample indices count from the split's
+    start (shard ``i`` of a manifest starts at ``i * samples_per_shard``). ``autoencoder`` may be a
+    function making one, called only when a shard has to be encoded. Returns shards, counts, shape, total
+    and the plain latents ``[(index, latent)]`` of the samples whose index is in ``pick``."""
+    src = read_manifest(image_dir, split)
+    num_classes, sps = int(src["num_classes"]), int(src["samples_per_shard"])
+    inputs = shard_paths(image_dir, split)
+    counts = np.zeros(num_classes, dtype=np.int64)
+    shards: List[str] = []
+    picked: List[Tuple[int, np.ndarray]] = []
+    latent_shape: Tuple[int, ...] = ()
+    total = 0
+    ae: Optional[Autoencoder] = None
+    noise: Optional[_ShardNoise] = None
+    try:
+        for position in own:
+            path = inputs[position]
+            name = path.name
+            index = int(name[len(split) + 1 : -len(".tar")])
+            first = position * sps
+            target = out_dir / name
+            if resume and target.is_file():
+                n, c, shape, p = _count_shard(target, num_classes, pick, first)
+                counts += c
+                total += n
+                latent_shape = latent_shape or shape
+                picked += p
+                shards.append(name)
+                log(f"[latents] {name}: already encoded ({n} samples), skipped")
+                continue
+            if ae is None:
+                ae = autoencoder if isinstance(autoencoder, Autoencoder) else autoencoder()
+                ae = ae.to(device).eval()
+                noise = _ShardNoise(ae)
+            noise.reseed(split, index)  # type: ignore[union-attr]
+            t0 = time.time()
+            n_before = total
+            with TarShardWriter(out_dir, split, samples_per_shard=1 << 62, start_index=index) as w:
+                keys: List[str] = []
+                imgs: List[np.ndarray] = []
+                labels: List[int] = []
+
+                def flush() -> None:
+                    nonlocal latent_shape
+                    z, zf = _encode_batch(ae, imgs, device)  # type: ignore[arg-type]
+                    latent_shape = latent_shape or tuple(z.shape[1:])
+                    for k, a, b, lab in zip(keys, z, zf, labels):
+                        a = a.astype(np_dtype)
+                        if pick is not None and first + w.count in pick:
+                            picked.append((first + w.count, a))
+                        w.write(k, {
+                            "latent.npy": encode_field("npy", a),
+                            "latent_flip.npy": encode_field("npy", b.astype(np_dtype)),
+                            "cls": encode_field("cls", lab),
+                        })
+                    keys.clear(), imgs.clear(), labels.clear()
+
+                for s in iter_samples([path]):
+                    field = "png" if "png" in s else "npy"
+                    img = decode_field(field, s[field])
+                    lab = decode_field("cls", s["cls"])
+                    keys.append(s["__key__"])
+                    imgs.append(img[..., None] if img.ndim == 2 else img)
+                    labels.append(lab)
+                    counts[lab] += 1
+                    total += 1
+                    if len(imgs) >= batch_size:
+                        flush()
+                if imgs:
+                    flush()
+            shards.extend(w.shards)
+            n = total - n_before
+            if pick is not None and position < len(inputs) - 1 and n != sps:
+                raise ValueError(f"{path}: {n} samples, but every shard before the last must hold {sps}")
+            elapsed = time.time() - t0
+            log(f"[latents] {name}: {n} samples encoded in {elapsed:.1f}s ({n / max(elapsed, 1e-9):.0f} images/s)")
+    finally:
+        if noise is not None:
+            noise.restore()
+    return {"shards": shards, "counts": counts, "latent_shape": latent_shape, "total": total, "picked": picked}
+
+
+def _latents_manifest(src: Dict[str, Any], image_dir: Path, total: int, shards: List[str], latent_shape, np_dtype,
+                      counts, autoencoder_name: str, autoencoder_kwargs: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    return {
+        "kind": "latents",
+        "num_samples": total,
+        "shards": shards,
+        "samples_per_shard": src.get("samples_per_shard"),
+        "latent_shape": list(latent_shape),
+        "latent_dtype": np.dtype(np_dtype).name,
+        "num_classes": int(src["num_classes"]),
+        "class_counts": [int(c) for c in counts],
+        "autoencoder": autoencoder_name,
+        "autoencoder_kwargs": autoencoder_kwargs or {},
+        "source": {k: src.get(k) for k in ("dataset", "resolution", "channels", "image_format")},
+        "source_dir": str(image_dir),
+    }
+
+
+def _remove_latent_shards(out_dir: Path, split: str, keep) -> None:
+    for old in [*out_dir.glob(f"{split}-*.tar"), *out_dir.glob(f".{split}-*.tar.tmp")]:
+        if not keep(old):
+            old.unlink(missing_ok=True)
 
 
 def encode_split(
@@ -99,87 +265,165 @@ def encode_split(
 
     Returns the latent manifest dict (``kind == "latents"``, ``latent_shape == [C, h, w]``).
     """
-    device = torch.device(device)
     np_dtype = np.dtype(dtype)
     image_dir, out_dir = Path(image_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     src = read_manifest(image_dir, split)
-    num_classes = int(src["num_classes"])
-    autoencoder = autoencoder.to(device).eval()
-    counts = np.zeros(num_classes, dtype=np.int64)
-    shards: List[str] = []
-    latent_shape: Tuple[int, ...] = ()
-    total = 0
-    inputs = shard_paths(image_dir, split)
     (out_dir / f"{split}.json").unlink(missing_ok=True)
-    wanted = {p.name for p in inputs}
-    for old in [*out_dir.glob(f"{split}-*.tar"), *out_dir.glob(f".{split}-*.tar.tmp")]:
-        if not resume or old.name not in wanted:
-            old.unlink()
-    for path in inputs:
-        name = path.name
-        index = int(name[len(split) + 1 : -len(".tar")])
-        target = out_dir / name
-        if resume and target.is_file():
-            n, c, shape = _count_shard(target, num_classes)
-            counts += c
-            total += n
-            latent_shape = latent_shape or shape
-            shards.append(name)
-            log(f"[latents] {name}: already encoded ({n} samples), skipped")
-            continue
-        t0 = time.time()
-        n_before = total
-        with TarShardWriter(out_dir, split, samples_per_shard=1 << 62, start_index=index) as w:
-            keys: List[str] = []
-            imgs: List[np.ndarray] = []
-            labels: List[int] = []
-
-            def flush() -> None:
-                nonlocal latent_shape
-                z, zf = _encode_batch(autoencoder, imgs, device)
-                latent_shape = latent_shape or tuple(z.shape[1:])
-                for k, a, b, lab in zip(keys, z, zf, labels):
-                    w.write(k, {
-                        "latent.npy": encode_field("npy", a.astype(np_dtype)),
-                        "latent_flip.npy": encode_field("npy", b.astype(np_dtype)),
-                        "cls": encode_field("cls", lab),
-                    })
-                keys.clear(), imgs.clear(), labels.clear()
-
-            for s in iter_samples([path]):
-                field = "png" if "png" in s else "npy"
-                img = decode_field(field, s[field])
-                lab = decode_field("cls", s["cls"])
-                keys.append(s["__key__"])
-                imgs.append(img[..., None] if img.ndim == 2 else img)
-                labels.append(lab)
-                counts[lab] += 1
-                total += 1
-                if len(imgs) >= batch_size:
-                    flush()
-            if imgs:
-                flush()
-        shards.extend(w.shards)
-        log(f"[latents] {name}: {total - n_before} samples encoded in {time.time() - t0:.1f}s")
-    if total != int(src["num_samples"]):
-        raise RuntimeError(f"encoded {total} samples but {image_dir}/{split}.json lists {src['num_samples']}")
-    info = {
-        "kind": "latents",
-        "num_samples": total,
-        "shards": shards,
-        "samples_per_shard": src.get("samples_per_shard"),
-        "latent_shape": list(latent_shape),
-        "latent_dtype": np_dtype.name,
-        "num_classes": num_classes,
-        "class_counts": counts.tolist(),
-        "autoencoder": autoencoder_name,
-        "autoencoder_kwargs": autoencoder_kwargs or {},
-        "source": {k: src.get(k) for k in ("dataset", "resolution", "channels", "image_format")},
-        "source_dir": str(image_dir),
-    }
+    wanted = set(src["shards"])
+    _remove_latent_shards(out_dir, split, keep=lambda old: resume and old.name in wanted)
+    done = _encode_shards(image_dir, out_dir, split, range(len(src["shards"])), autoencoder, batch_size=batch_size,
+                          device=torch.device(device), np_dtype=np_dtype, resume=resume, log=log)
+    if done["total"] != int(src["num_samples"]):
+        raise RuntimeError(f"encoded {done['total']} samples but {image_dir}/{split}.json lists {src['num_samples']}")
+    info = _latents_manifest(src, image_dir, done["total"], done["shards"], done["latent_shape"], np_dtype,
+                             done["counts"], autoencoder_name, autoencoder_kwargs)
     write_manifest(out_dir, split, info)
     return info
+
+
+def _stats_indices(num_samples: int, max_samples: int, seed: int) -> List[int]:
+    """The samples the statistics use: ``torch.randperm(N, generator=manual_seed(seed))[:max_samples]``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(num_samples, generator=g)[: min(max_samples, num_samples)].tolist()
+
+
+def encode_part(
+    image_dir: os.PathLike | str,
+    out_dir: os.PathLike | str,
+    split: str,
+    autoencoder: Autoencoder | Callable[[], Autoencoder],
+    *,
+    part: int,
+    parts: int,
+    part_manifest: os.PathLike | str,
+    part_stats: os.PathLike | str,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    resume: bool = True,
+    autoencoder_name: str = "",
+    autoencoder_kwargs: Optional[Dict[str, Any]] = None,
+    stats_samples: int = 10000,
+    seed: int = 0,
+    log=print,
+) -> Dict[str, Any]:
+    """Part ``part`` of ``parts`` of :func:`encode_split`: the image shards of
+    :func:`~ucgm_core.data.shards.part_shards` of the split, into the latent shards of the same names
+    (resumable shard by shard), plus the part manifest ``part_manifest`` and ``part_stats``: the plain
+    latents of this part's samples among the statistics sample (:func:`compute_latent_stats`'s
+    ``stats_samples`` indices drawn with ``seed``), with their indices. ``autoencoder`` may be a function
+    making one, called only when a shard must be encoded (an empty or finished part never loads weights).
+    :func:`merge_latent_parts` writes the split's manifest and the statistics from all the parts.
+    Returns the part manifest dict.
+    """
+    np_dtype = np.dtype(dtype)
+    image_dir, out_dir = Path(image_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = read_manifest(image_dir, split)
+    own = part_shards(len(src["shards"]), part, parts)
+    (out_dir / f"{split}.json").unlink(missing_ok=True)
+    for name in (src["shards"][i] for i in own):  # the other parts' shards may be being written right now
+        (out_dir / f".{name}.tmp").unlink(missing_ok=True)
+        if not resume:
+            (out_dir / name).unlink(missing_ok=True)
+    pick = set(_stats_indices(int(src["num_samples"]), stats_samples, seed))
+    done = _encode_shards(image_dir, out_dir, split, own, autoencoder, batch_size=batch_size,
+                          device=torch.device(device), np_dtype=np_dtype, resume=resume, log=log, pick=pick)
+    sps = int(src["samples_per_shard"])
+    expected = min(own.stop * sps, int(src["num_samples"])) - own.start * sps if len(own) else 0
+    if done["total"] != expected:
+        raise RuntimeError(f"encoded {done['total']} samples of shards {own.start}..{own.stop - 1}, expected {expected} "
+                           f"({image_dir}/{split}.json: {src['num_samples']} in shards of {sps})")
+    picked = sorted(done["picked"], key=lambda item: item[0])
+    buf = io.BytesIO()
+    torch.save({
+        "indices": torch.tensor([i for i, _ in picked], dtype=torch.int64),
+        "latents": torch.from_numpy(np.stack([z for _, z in picked])) if picked else torch.zeros(0),
+        "total_samples": int(src["num_samples"]), "max_samples": stats_samples, "seed": seed, "split": split,
+    }, buf)
+    atomic_write_bytes(part_stats, buf.getvalue())
+    info = {
+        "kind": "latents-part",
+        "split": split,
+        "part": part,
+        "parts": parts,
+        "first_shard": own.start,
+        "manifest": _latents_manifest(src, image_dir, done["total"], done["shards"], done["latent_shape"], np_dtype,
+                                      done["counts"], autoencoder_name, autoencoder_kwargs),
+        "source_manifest": {k: src[k] for k in ("num_samples", "shards", "samples_per_shard")},
+        "source_dir": str(image_dir),
+        "latent_dtype": np_dtype.name,
+        "autoencoder": autoencoder_name,
+        "autoencoder_kwargs": autoencoder_kwargs or {},
+        "stats": {"max_samples": stats_samples, "seed": seed},
+    }
+    atomic_write_bytes(part_manifest, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode())
+    return info
+
+
+def merge_latent_parts(
+    out_dir: os.PathLike | str,
+    split: str,
+    part_manifests: Sequence[os.PathLike | str],
+    part_stats: Sequence[os.PathLike | str],
+    stats_out: Optional[os.PathLike | str] = None,
+) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+    """Write ``{split}.json`` from the parts of :func:`encode_part` (all K, in order) and, when ``stats_out``
+    is given, the statistics of their sampled latents there: the manifest and statistics of
+    :func:`encode_split` and :func:`compute_latent_stats` (same samples, same order, same arithmetic).
+    Latent shards of the split that are not among the image shards are deleted. Returns both."""
+    out_dir = Path(out_dir)
+    parts = read_part_manifests(part_manifests, "latents-part", split,
+                         ("source_manifest", "source_dir", "latent_dtype", "autoencoder", "autoencoder_kwargs",
+                                  "stats"))
+    if len(part_stats) != len(parts):
+        raise ValueError(f"{len(parts)} part manifests but {len(part_stats)} part statistics files")
+    src = parts[0]["source_manifest"]
+    shards: List[str] = []
+    counts: Optional[np.ndarray] = None
+    latent_shape: Optional[List[int]] = None
+    total = 0
+    for path, info in zip(part_manifests, parts):
+        m = info["manifest"]
+        if info["first_shard"] != len(shards):
+            raise ValueError(f"{path}: starts at shard {info['first_shard']}, the parts before end at {len(shards)}")
+        if m["shards"] != src["shards"][len(shards) : len(shards) + len(m["shards"])]:
+            raise ValueError(f"{path}: shards {m['shards']} are not the image shards at {len(shards)}")
+        if m["num_samples"]:
+            if latent_shape is not None and m["latent_shape"] != latent_shape:
+                raise ValueError(f"{path}: latents {m['latent_shape']}, the parts before have {latent_shape}")
+            latent_shape = m["latent_shape"]
+        shards += m["shards"]
+        total += m["num_samples"]
+        c = np.asarray(m["class_counts"], dtype=np.int64)
+        counts = c if counts is None else counts + c
+    if shards != src["shards"] or total != src["num_samples"] or latent_shape is None:
+        raise ValueError(f"split {split!r}: the parts hold {total} latents in {len(shards)} shards, the image "
+                         f"manifest {src['num_samples']} in {len(src['shards'])}")
+    info = dict(parts[0]["manifest"], num_samples=total, shards=shards, latent_shape=latent_shape,
+                class_counts=[int(c) for c in counts])  # type: ignore[union-attr]
+    wanted = set(shards)
+    _remove_latent_shards(out_dir, split, keep=lambda old: old.name in wanted)
+    write_manifest(out_dir, split, info)
+    read_manifest(out_dir, split)  # every shard is on disk
+    stats = None
+    if stats_out is not None:
+        indices, latents = [], []
+        for path in part_stats:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+            if (d["total_samples"], d["max_samples"], d["seed"], d["split"]) != \
+                    (total, parts[0]["stats"]["max_samples"], parts[0]["stats"]["seed"], split):
+                raise ValueError(f"{path}: statistics sample of another split, size or seed")
+            indices += d["indices"].tolist()
+            if len(d["indices"]):
+                latents.append(d["latents"])
+        want = _stats_indices(total, parts[0]["stats"]["max_samples"], parts[0]["stats"]["seed"])
+        if indices != sorted(want):
+            raise ValueError(f"the parts' statistics samples ({len(indices)}) are not the {len(want)} drawn ones")
+        stats = _stats_of(torch.cat(latents), parts[0]["stats"]["seed"], split)
+        save_latent_stats(stats_out, stats)
+    return info, stats
 
 
 def iter_latents(latent_dir: os.PathLike | str, split: str, flipped: bool = True) -> Iterator[Tuple[str, np.ndarray, Optional[np.ndarray], int]]:
@@ -197,16 +441,26 @@ def compute_latent_stats(
     The samples are ``torch.randperm(N, generator=manual_seed(seed))[:max_samples]``.
     """
     n = int(read_manifest(latent_dir, split)["num_samples"])
-    g = torch.Generator().manual_seed(seed)
-    chosen = set(torch.randperm(n, generator=g)[: min(max_samples, n)].tolist())
+    chosen = set(_stats_indices(n, max_samples, seed))
     picked = []
     for i, s in enumerate(iter_samples(shard_paths(latent_dir, split))):
         if i in chosen:
             picked.append(decode_field("npy", s["latent.npy"]))
-    z = torch.from_numpy(np.stack(picked)).double()
-    mean = z.mean(dim=(0, 2, 3), keepdim=True)
-    std = z.std(dim=(0, 2, 3), keepdim=True)
-    return {"mean": mean.float(), "std": std.float(), "num_samples": len(picked), "seed": seed, "split": split}
+    return _stats_of(torch.from_numpy(np.stack(picked)), seed, split)
+
+
+def _stats_of(z: torch.Tensor, seed: int, split: str) -> Dict[str, Any]:
+    """Per-channel mean and unbiased std of ``z [N, C, h, w]`` in float64, on one thread (so that the sums,
+    and the float32 results, do not depend on the thread count of the job that computes them)."""
+    z = z.double()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mean = z.mean(dim=(0, 2, 3), keepdim=True)
+        std = z.std(dim=(0, 2, 3), keepdim=True)
+    finally:
+        torch.set_num_threads(threads)
+    return {"mean": mean.float(), "std": std.float(), "num_samples": len(z), "seed": seed, "split": split}
 
 
 def save_latent_stats(path: os.PathLike | str, stats: Dict[str, Any]) -> Path:
@@ -240,7 +494,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ucgm_core.data.latents",
         description="Encode image shards with an autoencoder (plain + horizontally flipped) into "
-        "latent shards, and/or compute the per-channel latent statistics file.",
+        "latent shards, and/or compute the per-channel latent statistics file; or encode one part of a "
+        "split (--part/--parts), or merge the parts into the split's manifest and statistics (--merge-parts).",
     )
     p.add_argument("--image-dir", help="image shard folder (from ucgm_core.data.shards)")
     p.add_argument("--out-dir", required=True, help="latent shard folder to write (or read, with --stats-only)")
@@ -256,11 +511,41 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-samples", type=int, default=10000, help="latents used for statistics (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed choosing the statistics samples (default 0)")
     p.add_argument("--stats-only", action="store_true", help="skip encoding; compute statistics from --out-dir")
+    p.add_argument("--part", type=int, default=None, help="encode only part PART (0-based) of --parts (one split)")
+    p.add_argument("--parts", type=int, default=None, help="number of parts the split is encoded in")
+    p.add_argument("--part-manifest", default=None, help="where the part's manifest goes (with --part)")
+    p.add_argument("--part-stats", default=None,
+                   help="where the part's share of the statistics sample goes (.pt, with --part)")
+    p.add_argument("--merge-parts", nargs="+", default=None, metavar="PART_MANIFEST",
+                   help="write the split's manifest (and --stats-out) from these parts (0 .. K-1 in order; one split)")
+    p.add_argument("--merge-stats", nargs="+", default=None, metavar="PART_STATS",
+                   help="the parts' --part-stats files, in the same order (with --merge-parts and --stats-out)")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if (args.part is not None or args.merge_parts) and len(args.splits) != 1:
+        parser.error("--part and --merge-parts take exactly one split (--splits)")
+    if args.merge_parts:
+        if args.stats_out and (not args.merge_stats or args.stats_split != args.splits[0]):
+            parser.error("--merge-parts with --stats-out needs --merge-stats, and --stats-split equal to --splits")
+        t0 = time.time()
+        info, stats = merge_latent_parts(args.out_dir, args.splits[0], args.merge_parts, args.merge_stats or [],
+                                         args.stats_out)
+        if stats is not None and (stats["num_samples"], stats["seed"]) != \
+                (min(args.stats_samples, info["num_samples"]), args.seed):
+            parser.error(f"the parts drew {stats['num_samples']} statistics samples with seed {stats['seed']}, "
+                         f"not --stats-samples {args.stats_samples} --seed {args.seed}")
+        print(f"{args.splits[0]}: {info['num_samples']} latents {info['latent_shape']} in {len(info['shards'])} shards "
+              f"from {len(args.merge_parts)} parts -> {args.out_dir} ({time.time() - t0:.1f}s)")
+        if stats is not None:
+            print(f"stats ({stats['num_samples']} {args.splits[0]} latents): mean {stats['mean'].flatten().tolist()} "
+                  f"std {stats['std'].flatten().tolist()} -> {args.stats_out}")
+        return 0
+    if args.part is not None and not (args.parts and args.part_manifest and args.part_stats):
+        parser.error("--part needs --parts, --part-manifest and --part-stats")
     if not args.stats_only:
         if not args.image_dir:
             print("error: --image-dir is required unless --stats-only", file=sys.stderr)
@@ -268,11 +553,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         kwargs = json.loads(args.ae_kwargs)
         if args.autoencoder == "identity" and "channels" not in kwargs:
             kwargs["channels"] = int(read_manifest(args.image_dir, args.splits[0])["channels"])
-        ae = get_autoencoder(args.autoencoder, **kwargs)
         if args.device is None:
-            import torch
-
             args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if args.part is not None:
+            t0 = time.time()
+            part = encode_part(
+                args.image_dir, args.out_dir, args.splits[0], lambda: get_autoencoder(args.autoencoder, **kwargs),
+                part=args.part, parts=args.parts, part_manifest=args.part_manifest, part_stats=args.part_stats,
+                batch_size=args.batch_size, device=args.device, dtype=args.dtype, resume=not args.no_resume,
+                autoencoder_name=args.autoencoder, autoencoder_kwargs=kwargs, stats_samples=args.stats_samples,
+                seed=args.seed,
+            )
+            m = part["manifest"]
+            print(f"{args.splits[0]} part {args.part}/{args.parts}: {m['num_samples']} latents in {len(m['shards'])} "
+                  f"shards from shard {part['first_shard']} -> {args.out_dir} ({time.time() - t0:.1f}s)")
+            return 0
+        ae = get_autoencoder(args.autoencoder, **kwargs)
         for split in args.splits:
             t0 = time.time()
             info = encode_split(

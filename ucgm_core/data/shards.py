@@ -5,6 +5,11 @@ Layout of a shard folder (one per dataset x resolution, or per autoencoder for l
     <dir>/{split}-{index:06d}.tar     samples_per_shard samples each (the last may hold fewer)
     <dir>/{split}.json                manifest, written last: kind, counts, shard names, shapes
 
+A split can also be written by K independent jobs (``--part k --parts K``), each writing the shards of
+one contiguous range of shard indices (so of image indices) plus a part manifest, and a merge
+(``--merge-parts``) that checks the parts and writes ``{split}.json``; the shards and the manifest are
+byte-identical to those of one job, whatever K.
+
 Each sample is a group of consecutive tar members ``<key>.<field>`` sharing ``__key__`` =
 ``{split}-{sample_index:08d}``: ``png`` or ``npy`` (image, ``uint8 [H, W, C]``) and ``cls``
 (ASCII integer label) for image shards; ``latent.npy``, ``latent_flip.npy`` and ``cls`` for
@@ -16,6 +21,9 @@ CLI::
 
     python -m ucgm_core.data.shards --dataset fashion_mnist --raw-dir resources/raw/fashion_mnist \\
         --out-dir resources/shards/fashion_mnist_28 [--resolution 28] [--samples-per-shard 10000]
+    # the same split in 3 jobs (run side by side), then the merge:
+    python -m ucgm_core.data.shards ... --splits train --part 0 --parts 3 --part-manifest parts/0.json
+    python -m ucgm_core.data.shards --out-dir ... --splits train --merge-parts parts/0.json parts/1.json parts/2.json
 """
 
 from __future__ import annotations
@@ -47,6 +55,11 @@ __all__ = [
     "iter_images",
     "load_images",
     "write_image_shards",
+    "part_shards",
+    "iter_source_range",
+    "write_image_shards_part",
+    "merge_image_parts",
+    "read_part_manifests",
     "atomic_write_bytes",
     "iter_tar_files",
     "npy_bytes",
@@ -464,6 +477,92 @@ def _encode_sample(args: Tuple[np.ndarray, int, Optional[int], str]) -> Tuple[by
     return encode_field(fmt, img), encode_field("cls", label)
 
 
+def part_shards(num_shards: int, part: int, parts: int) -> range:
+    """Shard indices of part ``part`` of ``parts``: contiguous ranges covering ``0 .. num_shards - 1``
+    in order, of ``num_shards // parts`` or one more shards each (empty when ``parts > num_shards``)."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} is not in [0, {parts})")
+    return range(part * num_shards // parts, (part + 1) * num_shards // parts)
+
+
+def iter_source_range(source: Iterable[Tuple[np.ndarray, int]], start: int, stop: int) -> Iterator[Tuple[np.ndarray, int]]:
+    """Items ``start .. stop - 1`` of an image source, decoding only those where the source can
+    (``iter_range`` of :mod:`ucgm_core.data.datasets`' sources), else by skipping the first ones."""
+    iter_range = getattr(source, "iter_range", None)
+    if iter_range is not None:
+        return iter_range(start, stop)
+    import itertools
+
+    return itertools.islice(source, start, stop)
+
+
+def _remove_shards(out_dir: Path, split: str, keep=lambda index: False) -> None:
+    """Delete ``{split}-NNNNNN.tar`` shards (and their temporary files) whose index ``keep`` rejects."""
+    for path in [*out_dir.glob(f"{split}-*.tar"), *out_dir.glob(f".{split}-*.tar.tmp")]:
+        digits = path.name.lstrip(".")[len(split) + 1:].split(".", 1)[0]
+        if not (digits.isdigit() and keep(int(digits))):
+            path.unlink(missing_ok=True)
+
+
+def _write_images(
+    items: Iterable[Tuple[np.ndarray, int]],
+    out_dir: Path,
+    split: str,
+    *,
+    first_index: int,
+    resolution: Optional[int],
+    samples_per_shard: int,
+    image_format: str,
+    num_classes: int,
+    workers: int,
+) -> Tuple[List[str], np.ndarray, Optional[Tuple[int, ...]]]:
+    """Encode ``items`` (image indices ``first_index, first_index + 1, ...``; ``first_index`` a multiple of
+    ``samples_per_shard``) into shards from ``first_index // samples_per_shard`` on.
+    Returns the shard names, the class counts and the image shape (None when ``items`` was empty)."""
+    jobs = ((arr, int(lab), resolution, image_format) for arr, lab in items)
+    counts = np.zeros(num_classes, dtype=np.int64)
+    shape: Optional[Tuple[int, ...]] = None
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn" if sys.platform == "darwin" else "fork").Pool(workers)
+        encoded: Iterable[Tuple[bytes, bytes]] = pool.imap(_encode_sample, jobs, chunksize=64)
+    else:
+        encoded = map(_encode_sample, jobs)
+    try:
+        with TarShardWriter(out_dir, split, samples_per_shard, start_index=first_index // samples_per_shard) as w:
+            for i, (img_b, cls_b) in enumerate(encoded, start=first_index):
+                lab = int(cls_b)
+                if not 0 <= lab < num_classes:
+                    raise ValueError(f"sample {i}: label {lab} outside [0, {num_classes})")
+                counts[lab] += 1
+                if shape is None:
+                    shape = tuple(decode_field(image_format, img_b).shape)
+                w.write(f"{split}-{i:08d}", {image_format: img_b, "cls": cls_b})
+        return w.shards, counts, shape
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+
+def _images_manifest(counts: Sequence[int], samples_per_shard: int, shards: List[str], image_format: str,
+                     shape: Tuple[int, ...], num_classes: int, extra_info: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    return {
+        "kind": "images",
+        "num_samples": int(sum(counts)),
+        "samples_per_shard": samples_per_shard,
+        "shards": shards,
+        "image_format": image_format,
+        "resolution": int(shape[0]),
+        "channels": int(shape[2]),
+        "num_classes": int(num_classes),
+        "class_counts": [int(c) for c in counts],
+        **(extra_info or {}),
+    }
+
+
 def write_image_shards(
     source: Iterable[Tuple[np.ndarray, int]],
     out_dir: os.PathLike | str,
@@ -485,56 +584,128 @@ def write_image_shards(
     if image_format not in ("png", "npy"):
         raise ValueError("image_format must be 'png' or 'npy'")
     out_dir = Path(out_dir)
-    for stale in [*out_dir.glob(f"{split}-*.tar"), *out_dir.glob(f".{split}-*.tar.tmp")]:
-        stale.unlink()
+    _remove_shards(out_dir, split)
     manifest_path(out_dir, split).unlink(missing_ok=True)
-
-    def jobs() -> Iterator[Tuple[np.ndarray, int, Optional[int], str]]:
-        for i, (arr, lab) in enumerate(source):
-            if limit is not None and i >= limit:
-                return
-            yield arr, int(lab), resolution, image_format
-
-    counts = np.zeros(num_classes, dtype=np.int64)
-    shape: Optional[Tuple[int, ...]] = None
-    pool = None
-    if workers > 1:
-        import multiprocessing as mp
-
-        pool = mp.get_context("spawn" if sys.platform == "darwin" else "fork").Pool(workers)
-        encoded: Iterable[Tuple[bytes, bytes]] = pool.imap(_encode_sample, jobs(), chunksize=64)
-    else:
-        encoded = map(_encode_sample, jobs())
-    try:
-        with TarShardWriter(out_dir, split, samples_per_shard) as w:
-            for i, (img_b, cls_b) in enumerate(encoded):
-                lab = int(cls_b)
-                if not 0 <= lab < num_classes:
-                    raise ValueError(f"sample {i}: label {lab} outside [0, {num_classes})")
-                counts[lab] += 1
-                if shape is None:
-                    shape = tuple(decode_field(image_format, img_b).shape)
-                w.write(f"{split}-{i:08d}", {image_format: img_b, "cls": cls_b})
-        shards = w.shards
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+    items = iter(source) if limit is None else iter_source_range(source, 0, limit)
+    shards, counts, shape = _write_images(items, out_dir, split, first_index=0, resolution=resolution,
+                                          samples_per_shard=samples_per_shard, image_format=image_format,
+                                          num_classes=num_classes, workers=workers)
     if shape is None:
         raise ValueError(f"split {split!r}: the source yielded no images")
-    info = {
-        "kind": "images",
-        "num_samples": int(counts.sum()),
-        "samples_per_shard": samples_per_shard,
-        "shards": shards,
-        "image_format": image_format,
-        "resolution": int(shape[0]),
-        "channels": int(shape[2]),
-        "num_classes": int(num_classes),
-        "class_counts": counts.tolist(),
-        **(extra_info or {}),
-    }
+    info = _images_manifest(counts, samples_per_shard, shards, image_format, shape, num_classes, extra_info)
     write_manifest(out_dir, split, info)
+    return info
+
+
+def write_image_shards_part(
+    source: Iterable[Tuple[np.ndarray, int]],
+    out_dir: os.PathLike | str,
+    split: str,
+    *,
+    part: int,
+    parts: int,
+    part_manifest: os.PathLike | str,
+    resolution: Optional[int],
+    samples_per_shard: int = 10000,
+    image_format: str = "png",
+    num_classes: int,
+    limit: Optional[int] = None,
+    workers: int = 1,
+    extra_info: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """Part ``part`` of ``parts`` of :func:`write_image_shards`: the shards of :func:`part_shards` of the
+    split (image indices ``first * samples_per_shard`` up to the next part's), plus the part manifest
+    ``part_manifest`` (written atomically, last). ``source`` must be sized (``len``). The parts are
+    independent (run them side by side); :func:`merge_image_parts` then writes ``{split}.json``.
+    A rerun rewrites the part's shards. Returns the part manifest dict.
+    """
+    if image_format not in ("png", "npy"):
+        raise ValueError("image_format must be 'png' or 'npy'")
+    out_dir = Path(out_dir)
+    total = len(source)  # type: ignore[arg-type]
+    if limit is not None:
+        total = min(total, limit)
+    own = part_shards(-(-total // samples_per_shard), part, parts)
+    start, stop = own.start * samples_per_shard, min(own.stop * samples_per_shard, total)
+    manifest_path(out_dir, split).unlink(missing_ok=True)  # its shards are being rewritten
+    _remove_shards(out_dir, split, keep=lambda index: index not in own)
+    items = iter_source_range(source, start, stop) if start < stop else iter(())
+    shards, counts, shape = _write_images(items, out_dir, split,
+                                          first_index=start, resolution=resolution,
+                                          samples_per_shard=samples_per_shard, image_format=image_format,
+                                          num_classes=num_classes, workers=workers)
+    if int(counts.sum()) != stop - start:
+        raise ValueError(f"split {split!r}: the source yielded {int(counts.sum())} images for indices "
+                         f"{start}..{stop - 1} ({total} in all by its length)")
+    info = {
+        "kind": "images-part",
+        "split": split,
+        "part": part,
+        "parts": parts,
+        "total_samples": total,
+        "first_shard": own.start,
+        "manifest": None if shape is None else
+        _images_manifest(counts, samples_per_shard, shards, image_format, shape, num_classes, extra_info),
+        "samples_per_shard": samples_per_shard,
+        "image_format": image_format,
+        "num_classes": int(num_classes),
+        "extra_info": extra_info or {},
+    }
+    atomic_write_bytes(part_manifest, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode())
+    return info
+
+
+def read_part_manifests(paths: Sequence[os.PathLike | str], kind: str, split: str, same: Sequence[str]) -> List[Dict[str, Any]]:
+    """Read the part manifests ``paths`` (parts 0 .. K-1 in order) and check that they belong together."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    if not parts:
+        raise ValueError("no part manifests to merge")
+    for k, (path, info) in enumerate(zip(paths, parts)):
+        want = {"kind": kind, "split": split, "part": k, "parts": len(parts)}
+        got = {key: info.get(key) for key in want}
+        if got != want:
+            raise ValueError(f"{path}: part manifest {got}, expected {want} (give the parts in order)")
+        for key in same:
+            if info.get(key) != parts[0].get(key):
+                raise ValueError(f"{path}: {key} = {info.get(key)!r} differs from part 0's {parts[0].get(key)!r}")
+    return parts
+
+
+def merge_image_parts(out_dir: os.PathLike | str, split: str, part_manifests: Sequence[os.PathLike | str]) -> Dict[str, Any]:
+    """Write ``{split}.json`` from the part manifests of :func:`write_image_shards_part` (all K of them, in
+    order), after checking that their shards cover the split in order; shards of the split that no part
+    wrote (left by an earlier, larger run) are deleted. The manifest is the one :func:`write_image_shards`
+    writes. Returns it."""
+    out_dir = Path(out_dir)
+    parts = read_part_manifests(part_manifests, "images-part", split,
+                         ("total_samples", "samples_per_shard", "image_format", "num_classes", "extra_info"))
+    first = parts[0]
+    sps, total = int(first["samples_per_shard"]), int(first["total_samples"])
+    if total == 0:
+        raise ValueError(f"split {split!r}: the source yielded no images")
+    shards: List[str] = []
+    counts = np.zeros(int(first["num_classes"]), dtype=np.int64)
+    shape: Optional[Tuple[int, ...]] = None
+    for path, info in zip(part_manifests, parts):
+        if info["first_shard"] != len(shards):
+            raise ValueError(f"{path}: starts at shard {info['first_shard']}, the parts before end at {len(shards)}")
+        m = info["manifest"]
+        if m is None:
+            continue
+        part_shape = (m["resolution"], m["resolution"], m["channels"])
+        if shape is not None and part_shape != shape:
+            raise ValueError(f"{path}: images {part_shape}, part 0's are {shape}")
+        shape = part_shape
+        shards += m["shards"]
+        counts += np.asarray(m["class_counts"], dtype=np.int64)
+    if len(shards) != -(-total // sps) or int(counts.sum()) != total or shape is None:
+        raise ValueError(f"split {split!r}: the parts hold {int(counts.sum())} images in {len(shards)} shards, "
+                         f"expected {total} in {-(-total // sps)}")
+    info = _images_manifest(counts, sps, shards, first["image_format"], shape, first["num_classes"],
+                            first["extra_info"])
+    _remove_shards(out_dir, split, keep=lambda index: index < len(shards))
+    write_manifest(out_dir, split, info)
+    read_manifest(out_dir, split)  # every shard is on disk
     return info
 
 
@@ -542,10 +713,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ucgm_core.data.shards",
         description="Read a dataset's raw files and write webdataset image shards "
-        "({split}-{index:06d}.tar + {split}.json) with the ADM center crop.",
+        "({split}-{index:06d}.tar + {split}.json) with the ADM center crop; or one part of a split "
+        "(--part/--parts), or the merge of the parts (--merge-parts).",
     )
-    p.add_argument("--dataset", required=True, help="catalogue name: fashion_mnist, mnist, cifar10, imagenet, imagefolder")
-    p.add_argument("--raw-dir", "--source", dest="raw_dir", required=True,
+    p.add_argument("--dataset", help="catalogue name: fashion_mnist, mnist, cifar10, imagenet, imagefolder")
+    p.add_argument("--raw-dir", "--source", dest="raw_dir",
                    help="download folder (fashion_mnist, mnist, cifar10) or on-disk dataset (imagefolder, imagenet)")
     p.add_argument("--out-dir", required=True, help="shard folder to write")
     p.add_argument("--resolution", type=int, default=None, help="output size (default: the dataset's native size)")
@@ -556,13 +728,31 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="preprocessing processes (default 1)")
     p.add_argument("--num-classes", type=int, default=None,
                    help="class count to expect instead of the catalogue's (e.g. a subset of ImageNet)")
+    p.add_argument("--part", type=int, default=None, help="write only part PART (0-based) of --parts (one split)")
+    p.add_argument("--parts", type=int, default=None, help="number of parts the split is written in")
+    p.add_argument("--part-manifest", default=None, help="where the part's manifest goes (with --part)")
+    p.add_argument("--merge-parts", nargs="+", default=None, metavar="PART_MANIFEST",
+                   help="write {split}.json from these part manifests (parts 0 .. K-1 in order; one split)")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .datasets import get_dataset
 
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if (args.part is not None or args.merge_parts) and (not args.splits or len(args.splits) != 1):
+        parser.error("--part and --merge-parts take exactly one split (--splits)")
+    if args.merge_parts:
+        t0 = time.time()
+        info = merge_image_parts(args.out_dir, args.splits[0], args.merge_parts)
+        print(f"{args.splits[0]}: {info['num_samples']} images in {len(info['shards'])} shards from "
+              f"{len(args.merge_parts)} parts -> {args.out_dir} ({time.time() - t0:.1f}s)")
+        return 0
+    if (args.part is None) != (args.parts is None) or (args.part is not None and not args.part_manifest):
+        parser.error("--part, --parts and --part-manifest go together")
+    if not args.dataset or not args.raw_dir:
+        parser.error("--dataset and --raw-dir are required")
     ds = get_dataset(args.dataset)
     resolution = args.resolution or ds.image_size
     if resolution is None:
@@ -575,10 +765,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         t0 = time.time()
         source = ds.read(args.raw_dir, split) if args.num_classes is None else \
             ds.reader(Path(args.raw_dir), split, args.num_classes)
-        info = write_image_shards(
-            source,
-            args.out_dir,
-            split,
+        common = dict(
             resolution=resolution,
             samples_per_shard=args.samples_per_shard,
             image_format=args.image_format,
@@ -587,6 +774,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             workers=args.workers,
             extra_info={"dataset": ds.name},
         )
+        if args.part is not None:
+            part = write_image_shards_part(source, args.out_dir, split, part=args.part, parts=args.parts,
+                                           part_manifest=args.part_manifest, **common)
+            m = part["manifest"] or {"num_samples": 0, "shards": []}
+            rate = m["num_samples"] / max(time.time() - t0, 1e-9)
+            print(f"{split} part {args.part}/{args.parts}: {m['num_samples']} of {part['total_samples']} images in "
+                  f"{len(m['shards'])} shards from shard {part['first_shard']} -> {args.out_dir} "
+                  f"({time.time() - t0:.1f}s, {rate:.0f} images/s)")
+            continue
+        info = write_image_shards(source, args.out_dir, split, **common)
         print(
             f"{split}: {info['num_samples']} images {info['resolution']}x{info['resolution']}x{info['channels']} "
             f"in {len(info['shards'])} shards -> {args.out_dir} ({time.time() - t0:.1f}s)"
