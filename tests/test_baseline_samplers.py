@@ -448,3 +448,59 @@ def test_samplers_run_a_pipeline_model_through_the_adapter():
         res = sampler(net, src.initial(), MODELS[arch].transport, labels=torch.tensor([0, 2]), null_label=3,
                       noise_source=src, **opts)
         assert res.sample.shape == (2, 4, 8, 8) and torch.isfinite(res.sample).all(), method
+
+
+# --- the pipeline: generate_images and the config ------------------------------------------------------------
+
+def test_generate_images_runs_an_original_sampler_with_per_image_noise():
+    """``generate_images`` hands an original's sampler the model in its convention, the labels and the null
+    label; images depend only on their index (batch size 1 or 3 give the same), and it reports the measured
+    network rows per image; the workflow's own ``guidance`` is refused for these samplers."""
+    from ucgm_core.data.loader import LatentNormalizer
+    from ucgm_core.models import build_model
+    from ucgm_core.sampling.generate import generate_images
+
+    torch.manual_seed(0)
+    model = build_model("SiT-XL/1-REPAE", input_size=8, in_channels=4, num_classes=3, depth=1, hidden_size=32,
+                        num_heads=2)
+    kw = dict(seed=7, method="repae_sde", steps=6, transport="Linear", latent_shape=(4, 8, 8), num_classes=3,
+              normalizer=LatentNormalizer(), decode=lambda z: (z.clamp(-1, 1) + 1) / 2,
+              options={"cfg_scale": 2.5, "guidance_low": 0.0, "guidance_high": 0.75})
+    a = generate_images(model, range(3), batch_size=3, **kw)
+    b = generate_images(model, range(3), batch_size=1, **kw)
+    assert (a.images == b.images).all() and a.nfe == 6
+    # grid linspace(1, 0.04, 6) + [0]: the steps at t = 0.616, 0.424, 0.232 and 0.04 run the doubled batch
+    assert a.evaluations == 6 + 4 == b.evaluations
+    with pytest.raises(ValueError, match="own guidance"):
+        generate_images(model, range(1), guidance_scale=2.0, **kw)
+
+
+def test_the_config_names_the_originals_settings():
+    """Configs name an original's sampler and its settings under the original's names; the workflow's
+    ``guidance`` and EDM2's guide network are refused, as are options the sampler does not have."""
+    import yaml
+
+    from ucgm_core.workflow_config import ConfigError, validate_config
+
+    root = Path(__file__).resolve().parent.parent
+    base = yaml.safe_load((root / "config" / "smoke.yaml").read_text())
+
+    def problems(sampler: dict) -> List[str]:
+        cfg = yaml.safe_load(yaml.safe_dump(base))
+        cfg["samplers"]["orig"] = {"model": "multistep", "steps": [4], **sampler}
+        try:
+            validate_config(cfg, "test.yaml")
+        except ConfigError as e:
+            return e.problems
+        return []
+
+    assert problems({"method": "repae_sde", "options": {"cfg_scale": 2.5, "guidance_high": 0.75}}) == []
+    assert problems({"method": "edm2_heun", "options": {"sigma_min": 0.002, "sigma_max": 80, "rho": 7}}) == []
+    (msg,) = problems({"method": "lightningdit_euler", "guidance": {"scale": 6.7}})
+    assert msg.startswith("samplers.orig.guidance:") and "cfg_scale" in msg
+    (msg,) = problems({"method": "edm2_heun", "options": {"guidance": 1.4}})
+    assert msg.startswith("samplers.orig.options.guidance:") and "guide network" in msg
+    (msg,) = problems({"method": "ddt_euler", "options": {"t_max": 1.0}})
+    assert "unknown option 't_max'" in msg and "guidance_interval_min" in msg
+    for reserved in ("labels", "null_label", "guide_network"):
+        assert problems({"method": "edm2_heun", "options": {reserved: 1}})

@@ -24,8 +24,10 @@ __all__ = ["ConfigError", "SCHEMA_PATH", "load_config", "validate_config", "samp
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
-# keyword arguments of a sampler that the workflow itself provides
-_SAMPLER_RESERVED = {"network", "noise", "transport", "steps", "noise_source", "return_trajectory"}
+# keyword arguments of a sampler that the workflow itself provides (labels, null_label: the originals' samplers;
+# guide_network: EDM2's guide network, which the workflow does not provide)
+_SAMPLER_RESERVED = {"network", "noise", "transport", "steps", "noise_source", "return_trajectory", "labels",
+                     "null_label", "guide_network"}
 
 
 class ConfigError(ValueError):
@@ -91,6 +93,23 @@ def sampler_option_names(method: str) -> List[str]:
 
     params = inspect.signature(get_sampler(method)).parameters
     return sorted(p for p in params if p not in _SAMPLER_RESERVED)
+
+
+def _original_sampler_problems(where: str, s: dict) -> List[str]:
+    """An original's sampler guides by its own options (``cfg_scale``, ...), never by ``guidance``; EDM2's
+    autoguidance needs a guide network, which the workflow has no place for."""
+    from .sampling import get_sampler, original_info
+
+    if original_info(get_sampler(s["method"])) is None:
+        return []
+    problems = []
+    if s.get("guidance", {}).get("scale", 0.0) > 0:
+        problems.append(f"{where}.guidance: method {s['method']!r} applies its original's own guidance, set by its "
+                        "options (e.g. cfg_scale); remove guidance (or set its scale to 0)")
+    if s["method"] == "edm2_heun" and s.get("options", {}).get("guidance", 1) != 1:
+        problems.append(f"{where}.options.guidance: EDM2's guidance needs a guide network (gnet), which the "
+                        "workflow does not provide; use 1")
+    return problems
 
 
 def split_model_ref(ref: str) -> tuple:
@@ -208,6 +227,7 @@ def _cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List
             if key not in allowed:
                 problems.append(f"{where}.options: unknown option {key!r} for method {s['method']!r}; "
                                 f"expected one of {allowed}")
+        problems += _original_sampler_problems(where, s)
         for i, row in enumerate(s.get("paper", [])):
             if row["steps"] not in s["steps"]:
                 problems.append(f"{where}.paper[{i}].steps: {row['steps']} is not among {where}.steps {s['steps']}")

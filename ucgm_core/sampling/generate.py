@@ -3,6 +3,10 @@
 Image ``i`` of a run with global seed ``s`` always gets the noise stream ``per_image_seed(s, i)`` and
 the label ``i mod num_classes`` (class-balanced), so the images do not depend on how the indices
 are split into shards, batches or processes.
+
+The originals' samplers (:mod:`.originals`) get the model in their own parametrisation
+(:func:`~.originals.original_network`), the labels and the null label, and do their own guidance; the
+other samplers get the model with labels and guidance bound (:func:`~.guidance.guided`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from ..metrics.imageutil import to_uint8
 from ..transports import orient
 from .guidance import guided
 from .noise import PerImageNoise, per_image_seeds
+from .originals import original_info, original_network
 from .registry import get_sampler
 
 __all__ = ["GenerationResult", "labels_for", "generate_images"]
@@ -26,13 +31,16 @@ __all__ = ["GenerationResult", "labels_for", "generate_images"]
 
 @dataclass
 class GenerationResult:
-    """``images`` uint8 ``[N, C, H, W]``; ``labels``, ``indices``, ``seeds`` int64 ``[N]``; ``nfe`` per image."""
+    """``images`` uint8 ``[N, C, H, W]``; ``labels``, ``indices``, ``seeds`` int64 ``[N]``; ``nfe`` per image
+    (sampler evaluations, a guided one counted once); ``evaluations``: network rows per image, measured (a
+    doubled guidance batch counts twice; e.g. 435 for REPA-E's 250-step SDE, whose interval covers 185 steps)."""
 
     images: np.ndarray
     labels: np.ndarray
     indices: np.ndarray
     seeds: np.ndarray
     nfe: int
+    evaluations: Optional[float] = None
 
 
 def labels_for(indices: Sequence[int], num_classes: int) -> np.ndarray:
@@ -65,26 +73,49 @@ def generate_images(
     quantised to uint8 by ``quantize`` ("truncate" as the original, or "round"; see ``to_uint8``).
 
     ``model`` is called ``model(x, t, labels)`` (and ``forward_with_cfg`` when ``guidance_scale > 0``);
-    the null label is ``num_classes``. ``on_batch(done, total)``, when given, is called after each batch
-    with the number of images done so far (progress logs; tests use it as the event "generating").
+    the null label is ``num_classes``. An original's sampler takes its guidance from ``options`` (e.g.
+    ``cfg_scale``), so ``guidance_scale`` must be 0 with it. ``on_batch(done, total)``, when given, is called
+    after each batch with the number of images done so far (progress logs; tests use it as the event
+    "generating").
     """
     indices = np.asarray(list(indices), dtype=np.int64)
     sampler = get_sampler(method)
+    info = original_info(sampler)
+    if info is not None and guidance_scale > 0:
+        raise ValueError(f"sampler {method!r} does its original's own guidance (its options, e.g. cfg_scale); "
+                         f"guidance_scale must be 0, got {guidance_scale}")
     tr = orient(transport)
     seeds = np.asarray(per_image_seeds(seed, indices.tolist()), dtype=np.int64)
     labels = labels_for(indices, num_classes)
-    out, nfe = [], 0
+    out, nfe, rows = [], 0, 0
     model = model.to(device).eval()
-    for lo in range(0, len(indices), batch_size):
-        hi = min(lo + batch_size, len(indices))
-        noise_src = PerImageNoise(seeds[lo:hi].tolist(), latent_shape, device=device)
-        y = torch.as_tensor(labels[lo:hi], device=device)
-        net = guided(model, y, num_classes, guidance_scale, guidance_interval)
-        res = sampler(net, noise_src.initial(), tr, steps=steps, noise_source=noise_src, **(options or {}))
-        x = normalizer.denormalize(res.sample.to(torch.float32))
-        out.append(to_uint8(decode(x), quantize).cpu().numpy())
-        nfe = res.nfe
-        if on_batch is not None:
-            on_batch(hi, len(indices))
+    original_net = original_network(model, transport, info.convention) if info is not None else None
+
+    def count_rows(module, args):  # rows through the model's forward (guided() calls it inside forward_with_cfg)
+        nonlocal rows
+        rows += int(args[0].shape[0])
+
+    hook = model.register_forward_pre_hook(count_rows) if info is None else None
+    try:
+        for lo in range(0, len(indices), batch_size):
+            hi = min(lo + batch_size, len(indices))
+            noise_src = PerImageNoise(seeds[lo:hi].tolist(), latent_shape, device=device)
+            y = torch.as_tensor(labels[lo:hi], device=device)
+            if info is not None:
+                res = sampler(original_net, noise_src.initial(), tr, steps=steps, labels=y, null_label=num_classes,
+                              noise_source=noise_src, **(options or {}))
+                rows += res.net_rows
+            else:
+                net = guided(model, y, num_classes, guidance_scale, guidance_interval)
+                res = sampler(net, noise_src.initial(), tr, steps=steps, noise_source=noise_src, **(options or {}))
+            x = normalizer.denormalize(res.sample.to(torch.float32))
+            out.append(to_uint8(decode(x), quantize).cpu().numpy())
+            nfe = res.nfe
+            if on_batch is not None:
+                on_batch(hi, len(indices))
+    finally:
+        if hook is not None:
+            hook.remove()
     images = np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.uint8)
-    return GenerationResult(images, labels, indices, seeds, int(nfe))
+    evaluations = rows / len(indices) if len(indices) else None
+    return GenerationResult(images, labels, indices, seeds, int(nfe), evaluations)

@@ -6,10 +6,12 @@
     python workflow/scripts/report.py grid --shard results/samples/ucgm/steps8/shard-0000.npz --size 10 --out g.png
     python workflow/scripts/report.py rows-grid --shards a/shard-0000.npz b/shard-0000.npz --labels A B --out g.png
 
-A table has one row per (sampler, steps) with FID, IS, KID, precision and recall, NFE, the paper's reported
-FID and NFE for that row (``--rows``: sampler -> label and paper numbers, from the config), and the evaluation
-contract (sample count, seed, quantisation, extractor and its weights' hash, reference set, checkpoint hash,
-all knobs).
+A table has one row per (sampler, steps) with FID, IS, KID, precision and recall, the sampler method and what
+it is (``sampler_source``: UCGM-S, a generic baseline, or the original repository@commit and function that a
+baseline row's sampler reproduces), NFE as the papers count it and the network rows per image actually run
+(``evaluations_per_image``), the paper's reported FID and NFE for that row (``--rows``: sampler -> label and
+paper numbers, from the config), and the evaluation contract (sample count, seed, quantisation, extractor
+and its weights' hash, reference set, checkpoint hash, all knobs).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from _common import log  # noqa: E402
 
 from ucgm_core.figures import class_rows, plot_fid_vs_nfe, save_grid, save_labelled_rows  # noqa: E402
 
-COLUMNS = ["label", "sampler", "model", "experiment", "method", "steps", "nfe", "fid", "is", "is_std", "kid",
+COLUMNS = ["label", "sampler", "model", "experiment", "method", "sampler_source", "steps", "nfe",
+           "evaluations_per_image", "fid", "is", "is_std", "kid",
            "kid_std", "precision", "recall", "paper_nfe", "paper_fid", "paper_source", "num_samples", "seed",
            "quantize", "extractor", "extractor_weights_sha256", "reference", "num_reference",
            "checkpoint", "checkpoint_sha256", "checkpoint_step", "options", "guidance", "evaluation"]
@@ -45,8 +48,10 @@ def row(path: str, rows: dict | None = None) -> dict:
     return {
         "label": extra.get("label") or ctx.get("sampler"), "sampler": ctx.get("sampler"), "model": ctx.get("model"),
         "experiment": ctx.get("experiment"), "paper_nfe": paper.get("nfe"), "paper_fid": paper.get("fid"),
-        "paper_source": paper.get("source"), "quantize": s.get("quantize"), "method": s.get("method"), "steps": s.get("steps"),
-        "nfe": s.get("nfe"), "fid": r.get("fid"), "is": r.get("is_mean"), "is_std": r.get("is_std"),
+        "paper_source": paper.get("source"), "quantize": s.get("quantize"), "method": s.get("method"),
+        "sampler_source": s.get("sampler_source"), "steps": s.get("steps"), "nfe": s.get("nfe"),
+        "evaluations_per_image": s.get("evaluations_per_image"), "fid": r.get("fid"), "is": r.get("is_mean"),
+        "is_std": r.get("is_std"),
         "kid": r.get("kid_mean"), "kid_std": r.get("kid_std"), "precision": r.get("precision"),
         "recall": r.get("recall"), "num_samples": r.get("num_samples"), "seed": s.get("seed"),
         "extractor": r.get("extractor"), "extractor_weights_sha256": r.get("extractor_weights_sha256"),

@@ -10,8 +10,12 @@ not depend on the shard size, the batch size or the number of jobs. Standalone::
         --shard 0 --samples-per-shard 1000 --num-samples 2000 --seed 0 --out shard-0000.npz
 
 Output (``.npz``, written atomically): ``images`` uint8 ``[n, C, H, W]``, ``labels``, ``indices``, ``seeds``
-(int64 ``[n]``) and ``meta`` (a JSON string: checkpoint and its sha256, sampler and all its knobs, NFE counted
-as the papers do: twice per evaluation with classifier-free guidance, e.g. 40 steps -> 80).
+(int64 ``[n]``) and ``meta`` (a JSON string: checkpoint and its sha256, sampler and all its knobs, what the
+sampler is (``sampler_source``: UCGM-S, a generic baseline, or the original repository, commit and function an
+original's sampler reproduces), NFE counted as the papers do: twice per evaluation with classifier-free
+guidance, e.g. 40 steps -> 80; for an original's sampler its paper's count, e.g. 63 for EDM2's 32 Heun
+steps, 500 for "250 x 2"; and ``evaluations_per_image``, the network rows per image actually run, e.g. 435
+for REPA-E's "250 x 2", whose guidance interval covers 185 of the 250 steps).
 
 Interruptions: the shard is written to a hidden ``.<name>.tmp<pid>`` file, flushed to disk and renamed
 onto ``--out``, so a killed job leaves either nothing or the complete file under the output name; the
@@ -41,6 +45,7 @@ from _common import load_spec, log, set_threads  # noqa: E402
 from ucgm_core.autoencoders import get_autoencoder  # noqa: E402
 from ucgm_core.distributed import PREEMPTED_EXIT_CODE  # noqa: E402
 from ucgm_core.checkpoint import build_network, checkpoint_normalizer, load_checkpoint, sha256_file  # noqa: E402
+from ucgm_core.sampling import get_sampler, original_info, paper_nfe, sampler_source  # noqa: E402
 from ucgm_core.sampling.generate import generate_images  # noqa: E402
 
 
@@ -172,11 +177,16 @@ def main(argv=None) -> int:
         quantize=request["quantize"], on_batch=lambda done, total: log(f"generated {done}/{total} images"),
     )
     seconds = time.time() - t0
+    sampler = get_sampler(spec["method"])
+    if original_info(sampler) is not None:  # the original's paper's own count ("250 x 2", EDM's 2n - 1)
+        nfe = paper_nfe(sampler, a.steps, spec.get("options") or {})
+    else:  # the papers' convention: with classifier-free guidance each evaluation counts twice ("40 x 2")
+        nfe = res.nfe * (2 if float(guidance.get("scale", 0.0)) > 0 else 1)
     meta = {
         "checkpoint": os.path.abspath(a.checkpoint), "checkpoint_sha256": request["checkpoint_sha256"],
         "checkpoint_step": ckpt.get("step"), "method": spec["method"], "steps": a.steps,
-        # the papers' convention: with classifier-free guidance each evaluation counts twice ("40 x 2")
-        "nfe": res.nfe * (2 if float(guidance.get("scale", 0.0)) > 0 else 1), "sampler_evaluations": res.nfe,
+        "sampler_source": sampler_source(spec["method"]),
+        "nfe": nfe, "sampler_evaluations": res.nfe, "evaluations_per_image": res.evaluations,
         "options": spec.get("options") or {}, "guidance": guidance, "weights": spec.get("weights", "ema"),
         "quantize": request["quantize"], "seed": a.seed, "shard": a.shard, "samples_per_shard": a.samples_per_shard,
         "num_samples": a.num_samples, "first_index": indices.start, "count": len(indices),
