@@ -44,6 +44,24 @@ PAPER_ROWS = {
 }
 
 
+# The baseline of each acceleration row: the model's own sampler, named, with the original's settings (under the
+# original's names), at the NFE its paper counts: (method, steps, paper NFE, settings).
+BASELINE_ROWS = {
+    "repae_sit_baseline": ("repae_sde", 250, 500, {"cfg_scale": 2.5, "guidance_low": 0.0, "guidance_high": 0.75,
+                                                   "path_type": "linear"}),
+    "lightningdit_baseline": ("lightningdit_euler", 250, 500, {"cfg_scale": 6.7, "cfg_interval_start": 0.125,
+                                                               "timestep_shift": 0.3}),
+    "ddt256_baseline": ("ddt_euler", 250, 500, {"guidance": 2.0, "guidance_interval_min": 0.3,
+                                                "guidance_interval_max": 1.0, "timeshift": 1.0, "last_step": 0.04}),
+    "ddt512_baseline": ("ddt_euler", 250, 500, {"guidance": 3.0, "guidance_interval_min": 0.3,
+                                                "guidance_interval_max": 1.0, "timeshift": 1.0, "last_step": 0.04}),
+    "edm2_s_baseline": ("edm2_heun", 32, 63, {"sigma_min": 0.002, "sigma_max": 80, "rho": 7, "guidance": 1}),
+    "edm2_l_baseline": ("edm2_heun", 32, 63, {"sigma_min": 0.002, "sigma_max": 80, "rho": 7, "guidance": 1}),
+    "edm2_xxl_baseline": ("edm2_heun", 32, 63, {"sigma_min": 0.002, "sigma_max": 80, "rho": 7, "guidance": 1}),
+    "cifar10_edm_heun": ("edm_heun", 18, 35, {"sigma_min": 0.002, "sigma_max": 80, "rho": 7, "S_churn": 0}),
+}
+
+
 @pytest.fixture(scope="module")
 def overlay(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("plan")
@@ -126,6 +144,36 @@ def test_plan_holds_every_paper_row(table, overlay, workflow_config, tmp_path):
             assert int(j["resources"]["gpu"]) == 1
     trained = [j["wildcards"]["model"] for j in jobs if j["rule"] == "train"]
     assert trained and all(wf.models[m]["train"]["gpus"] == 8 for m in trained)
+
+
+def test_every_baseline_row_names_its_original_sampler_and_nfe(workflow_config):
+    """Each acceleration row's baseline runs its original's own sampler by name (ucgm_core.sampling.originals,
+    reproduced against the originals by tests/test_baseline_samplers.py), with the original's settings, at the
+    NFE its paper counts (63 for EDM2's 32 Heun steps, "250 x 2" = 500, 35 for CIFAR-10); no table row uses a
+    generic baseline."""
+    from ucgm_core.sampling import get_sampler, original_info, paper_nfe, sampler_source
+    from ucgm_core.sampling.originals import merged_options
+
+    wf = workflow_config
+    for table, rows in wf.tables.items():
+        for s in rows:
+            assert wf.samplers[s]["method"] not in ("euler", "heun", "euler_maruyama") or table == "fmnist", \
+                f"{table}: {s} uses a generic baseline sampler"
+    for name, (method, steps, nfe, settings) in BASELINE_ROWS.items():
+        spec = wf.samplers[name]
+        sampler = get_sampler(spec["method"])
+        assert spec["method"] == method and spec["steps"] == [steps], name
+        assert original_info(sampler) is not None and sampler.original.repo in sampler_source(method)
+        options = merged_options(sampler, spec["options"])
+        assert {k: options[k] for k in settings} == settings, name
+        assert spec["guidance"]["scale"] == 0  # the original's own guidance is in its options
+        (paper,) = spec["paper"]
+        assert paper["steps"] == steps and paper["nfe"] == nfe == paper_nfe(sampler, steps, spec["options"]), name
+        tables = [t for t, rows in wf.tables.items() if name in rows]
+        assert tables and all(t in ("in1k256", "in1k512", "cifar10", "readme_acceleration") for t in tables)
+        for t in ("in1k256", "in1k512"):
+            if name in wf.tables[t]:
+                assert (nfe, paper["fid"]) in PAPER_ROWS[t], name
 
 
 def test_experiments_are_reachable_from_the_default_config():
