@@ -328,3 +328,20 @@ def test_part_merge_checks(image_shards, tmp_path):
     with pytest.raises(ValueError, match="give the parts in order"):
         lt.merge_latent_parts(tmp_path, "train", [p / "m.json" for p in d[::-1]], [p / "s.pt" for p in d])
     assert not (tmp_path / "train.json").exists()
+
+
+def test_a_part_without_shards_does_not_load_torch(image_shards, tmp_path):
+    """More parts than shards (a miniature with the paper's data.prep_jobs): the empty parts stay cheap."""
+    import subprocess
+    import sys
+
+    root, _ = image_shards
+    code = ("import sys; from ucgm_core.data import latents as lt; "
+            f"rc = lt.main(['--image-dir', {str(root)!r}, '--out-dir', {str(tmp_path)!r}, '--autoencoder', 'sdvae_ema_f8c4', "
+            f"'--splits', 'train', '--part', '0', '--parts', '5', '--part-manifest', {str(tmp_path / 'm.json')!r}, "
+            f"'--part-stats', {str(tmp_path / 's.pt')!r}]); "
+            "assert rc == 0 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    part = json.loads((tmp_path / "m.json").read_text())
+    assert part["manifest"]["num_samples"] == 0 and (tmp_path / "s.pt").read_bytes() == b""

@@ -42,12 +42,10 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
-from ..autoencoders import Autoencoder, get_autoencoder
 from .shards import (
     TarShardWriter,
     atomic_write_bytes,
@@ -60,6 +58,11 @@ from .shards import (
     shard_paths,
     write_manifest,
 )
+
+if TYPE_CHECKING:  # torch is imported where it is used: a part without shards to encode never loads it
+    import torch
+
+    from ..autoencoders import Autoencoder
 
 __all__ = [
     "images_to_tensor",
@@ -75,11 +78,15 @@ __all__ = [
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """``uint8 [B, H, W, C]`` -> ``float32 [B, C, H, W]`` in ``[-1, 1]`` (ToTensor + Normalize(0.5, 0.5))."""
+    import torch
+
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
     return x / 127.5 - 1.0
 
 
 def _encode_batch(ae: Autoencoder, images: List[np.ndarray], device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
+    import torch
+
     x = images_to_tensor(np.stack(images)).to(device)
     with torch.no_grad():
         z = ae.encode(x)
@@ -112,6 +119,8 @@ class _ShardNoise:
     split is divided among jobs or resumed. Deterministic encoders (no ``generator``) are untouched."""
 
     def __init__(self, autoencoder: Autoencoder):
+        import torch
+
         gen = getattr(autoencoder, "generator", None)
         self.generator = gen if isinstance(gen, torch.Generator) else None
         self.base = self.generator.initial_seed() if self.generator is not None else 0
@@ -134,7 +143,7 @@ def _encode_shards(
     autoencoder: Autoencoder | Callable[[], Autoencoder],
     *,
     batch_size: int,
-    device: torch.device,
+    device: Optional[str | torch.device],
     np_dtype: np.dtype,
     resume: bool,
     log,
@@ -143,8 +152,9 @@ def _encode_shards(
     """Encode the image shards at positions ``own`` of the split's manifest into the latent shards of the
     same names (skipping those already written when ``resume``); sample indices count from the split's
     start (shard ``i`` of a manifest starts at ``i * samples_per_shard``). ``autoencoder`` may be a
-    function making one, called only when a shard has to be encoded. Returns shards, counts, shape, total
-    and the plain latents ``[(index, latent)]`` of the samples whose index is in ``pick``."""
+    function making one, called only when a shard has to be encoded (``device`` None: CUDA when available).
+    Returns shards, counts, shape, total and the plain latents ``[(index, latent)]`` of the samples whose
+    index is in ``pick``."""
     src = read_manifest(image_dir, split)
     num_classes, sps = int(src["num_classes"]), int(src["samples_per_shard"])
     inputs = shard_paths(image_dir, split)
@@ -172,6 +182,11 @@ def _encode_shards(
                 log(f"[latents] {name}: already encoded ({n} samples), skipped")
                 continue
             if ae is None:
+                import torch
+
+                from ..autoencoders import Autoencoder
+
+                device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
                 ae = autoencoder if isinstance(autoencoder, Autoencoder) else autoencoder()
                 ae = ae.to(device).eval()
                 noise = _ShardNoise(ae)
@@ -273,7 +288,7 @@ def encode_split(
     wanted = set(src["shards"])
     _remove_latent_shards(out_dir, split, keep=lambda old: resume and old.name in wanted)
     done = _encode_shards(image_dir, out_dir, split, range(len(src["shards"])), autoencoder, batch_size=batch_size,
-                          device=torch.device(device), np_dtype=np_dtype, resume=resume, log=log)
+                          device=device, np_dtype=np_dtype, resume=resume, log=log)
     if done["total"] != int(src["num_samples"]):
         raise RuntimeError(f"encoded {done['total']} samples but {image_dir}/{split}.json lists {src['num_samples']}")
     info = _latents_manifest(src, image_dir, done["total"], done["shards"], done["latent_shape"], np_dtype,
@@ -284,6 +299,8 @@ def encode_split(
 
 def _stats_indices(num_samples: int, max_samples: int, seed: int) -> List[int]:
     """The samples the statistics use: ``torch.randperm(N, generator=manual_seed(seed))[:max_samples]``."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(num_samples, generator=g)[: min(max_samples, num_samples)].tolist()
 
@@ -299,7 +316,7 @@ def encode_part(
     part_manifest: os.PathLike | str,
     part_stats: os.PathLike | str,
     batch_size: int = 256,
-    device: str | torch.device = "cpu",
+    device: Optional[str | torch.device] = None,
     dtype: str = "float32",
     resume: bool = True,
     autoencoder_name: str = "",
@@ -313,7 +330,8 @@ def encode_part(
     (resumable shard by shard), plus the part manifest ``part_manifest`` and ``part_stats``: the plain
     latents of this part's samples among the statistics sample (:func:`compute_latent_stats`'s
     ``stats_samples`` indices drawn with ``seed``), with their indices. ``autoencoder`` may be a function
-    making one, called only when a shard must be encoded (an empty or finished part never loads weights).
+    making one, called only when a shard must be encoded (an empty or finished part never loads weights;
+    ``device`` None: CUDA when available). ``part_stats`` is empty when the part holds no such sample.
     :func:`merge_latent_parts` writes the split's manifest and the statistics from all the parts.
     Returns the part manifest dict.
     """
@@ -327,9 +345,9 @@ def encode_part(
         (out_dir / f".{name}.tmp").unlink(missing_ok=True)
         if not resume:
             (out_dir / name).unlink(missing_ok=True)
-    pick = set(_stats_indices(int(src["num_samples"]), stats_samples, seed))
+    pick = set(_stats_indices(int(src["num_samples"]), stats_samples, seed)) if len(own) else set()
     done = _encode_shards(image_dir, out_dir, split, own, autoencoder, batch_size=batch_size,
-                          device=torch.device(device), np_dtype=np_dtype, resume=resume, log=log, pick=pick)
+                          device=device, np_dtype=np_dtype, resume=resume, log=log, pick=pick)
     sps = int(src["samples_per_shard"])
     expected = min(own.stop * sps, int(src["num_samples"])) - own.start * sps if len(own) else 0
     if done["total"] != expected:
@@ -337,11 +355,12 @@ def encode_part(
                            f"({image_dir}/{split}.json: {src['num_samples']} in shards of {sps})")
     picked = sorted(done["picked"], key=lambda item: item[0])
     buf = io.BytesIO()
-    torch.save({
-        "indices": torch.tensor([i for i, _ in picked], dtype=torch.int64),
-        "latents": torch.from_numpy(np.stack([z for _, z in picked])) if picked else torch.zeros(0),
-        "total_samples": int(src["num_samples"]), "max_samples": stats_samples, "seed": seed, "split": split,
-    }, buf)
+    if picked:  # an empty file when none (so that a part without shards never imports torch)
+        import torch
+
+        torch.save({"indices": torch.tensor([i for i, _ in picked], dtype=torch.int64),
+                    "latents": torch.from_numpy(np.stack([z for _, z in picked])),
+                    "total_samples": int(src["num_samples"]), "split": split}, buf)
     atomic_write_bytes(part_stats, buf.getvalue())
     info = {
         "kind": "latents-part",
@@ -357,6 +376,7 @@ def encode_part(
         "autoencoder": autoencoder_name,
         "autoencoder_kwargs": autoencoder_kwargs or {},
         "stats": {"max_samples": stats_samples, "seed": seed},
+        "stats_samples": len(picked),
     }
     atomic_write_bytes(part_manifest, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode())
     return info
@@ -409,15 +429,17 @@ def merge_latent_parts(
     read_manifest(out_dir, split)  # every shard is on disk
     stats = None
     if stats_out is not None:
+        import torch
+
         indices, latents = [], []
-        for path in part_stats:
+        for path, part in zip(part_stats, parts):
+            if not part["stats_samples"]:
+                continue
             d = torch.load(path, map_location="cpu", weights_only=True)
-            if (d["total_samples"], d["max_samples"], d["seed"], d["split"]) != \
-                    (total, parts[0]["stats"]["max_samples"], parts[0]["stats"]["seed"], split):
-                raise ValueError(f"{path}: statistics sample of another split, size or seed")
+            if (d["total_samples"], d["split"], len(d["indices"])) != (total, split, part["stats_samples"]):
+                raise ValueError(f"{path}: not the statistics sample of {part_manifests[part['part']]}")
             indices += d["indices"].tolist()
-            if len(d["indices"]):
-                latents.append(d["latents"])
+            latents.append(d["latents"])
         want = _stats_indices(total, parts[0]["stats"]["max_samples"], parts[0]["stats"]["seed"])
         if indices != sorted(want):
             raise ValueError(f"the parts' statistics samples ({len(indices)}) are not the {len(want)} drawn ones")
@@ -440,6 +462,8 @@ def compute_latent_stats(
 
     The samples are ``torch.randperm(N, generator=manual_seed(seed))[:max_samples]``.
     """
+    import torch
+
     n = int(read_manifest(latent_dir, split)["num_samples"])
     chosen = set(_stats_indices(n, max_samples, seed))
     picked = []
@@ -452,6 +476,8 @@ def compute_latent_stats(
 def _stats_of(z: torch.Tensor, seed: int, split: str) -> Dict[str, Any]:
     """Per-channel mean and unbiased std of ``z [N, C, h, w]`` in float64, on one thread (so that the sums,
     and the float32 results, do not depend on the thread count of the job that computes them)."""
+    import torch
+
     z = z.double()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -465,6 +491,8 @@ def _stats_of(z: torch.Tensor, seed: int, split: str) -> Dict[str, Any]:
 
 def save_latent_stats(path: os.PathLike | str, stats: Dict[str, Any]) -> Path:
     """Atomically save statistics as ``.pt`` (torch dict) or ``.json`` (nested lists)."""
+    import torch
+
     path = Path(path)
     if path.suffix == ".json":
         data = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in stats.items()}
@@ -478,6 +506,8 @@ def save_latent_stats(path: os.PathLike | str, stats: Dict[str, Any]) -> Path:
 
 def load_latent_stats(path: os.PathLike | str) -> Tuple[torch.Tensor, torch.Tensor]:
     """Load ``(mean, std)``, each ``float32 [1, C, 1, 1]``, from a ``.pt`` or ``.json`` file."""
+    import torch
+
     path = Path(path)
     if path.suffix == ".json":
         d = json.loads(path.read_text())
@@ -523,6 +553,12 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _make_autoencoder(name: str, kwargs: Dict[str, Any]) -> Autoencoder:
+    from ..autoencoders import get_autoencoder
+
+    return get_autoencoder(name, **kwargs)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -553,12 +589,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         kwargs = json.loads(args.ae_kwargs)
         if args.autoencoder == "identity" and "channels" not in kwargs:
             kwargs["channels"] = int(read_manifest(args.image_dir, args.splits[0])["channels"])
-        if args.device is None:
-            args.device = "cuda" if torch.cuda.is_available() else "cpu"
         if args.part is not None:
             t0 = time.time()
             part = encode_part(
-                args.image_dir, args.out_dir, args.splits[0], lambda: get_autoencoder(args.autoencoder, **kwargs),
+                args.image_dir, args.out_dir, args.splits[0], lambda: _make_autoencoder(args.autoencoder, kwargs),
                 part=args.part, parts=args.parts, part_manifest=args.part_manifest, part_stats=args.part_stats,
                 batch_size=args.batch_size, device=args.device, dtype=args.dtype, resume=not args.no_resume,
                 autoencoder_name=args.autoencoder, autoencoder_kwargs=kwargs, stats_samples=args.stats_samples,
@@ -568,7 +602,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{args.splits[0]} part {args.part}/{args.parts}: {m['num_samples']} latents in {len(m['shards'])} "
                   f"shards from shard {part['first_shard']} -> {args.out_dir} ({time.time() - t0:.1f}s)")
             return 0
-        ae = get_autoencoder(args.autoencoder, **kwargs)
+        ae = _make_autoencoder(args.autoencoder, kwargs)
+        if args.device is None:
+            import torch
+
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
         for split in args.splits:
             t0 = time.time()
             info = encode_split(
