@@ -2,6 +2,8 @@
 
 * :mod:`ucgm_core.metrics.fidelity`   - :func:`evaluate` (FID, IS, KID, precision/recall) with reference
   statistics cached per (reference id, extractor, weights sha256), and :class:`EvaluationResult`;
+* :mod:`ucgm_core.metrics.sample_shards` - :func:`open_sample_shards`: the sample shards of one evaluation,
+  checked to agree (checkpoint, sampler, knobs), streamed a block of images at a time into :func:`evaluate`;
 * :mod:`ucgm_core.metrics.classifier` - a small CNN classifier as a feature extractor for small datasets
   (registered with torch-fidelity as ``"ucgm-classifier"``);
 * :mod:`ucgm_core.metrics.inception`  - weights for torch-fidelity's TF-FID Inception: conversion of
@@ -23,6 +25,9 @@ _EXPORTS = {
     "EvaluationResult": "fidelity",
     "FeatureExtractorSpec": "fidelity",
     "ReferenceSet": "fidelity",
+    "ChunkedImages": "fidelity",
+    "open_sample_shards": "sample_shards",
+    "SampleShards": "sample_shards",
     "MetricUnavailableError": "fidelity",
     "extract_features": "fidelity",
     "reference_features": "fidelity",

@@ -250,8 +250,9 @@ class ChunkedImages(Dataset):
     ``chunks``: a sequence of ``(length, load)``; ``load()`` returns that chunk's images as a uint8 (or [0, 1]
     float) array or tensor ``[length, C, H, W]`` (or ``[length, H, W]``). Item ``i`` is image ``i`` of the
     concatenation, as a tensor ``[C, H, W]``. Access in index order (what torch-fidelity's data loader does)
-    loads each chunk once; other orders are correct but may load a chunk several times. A data-loader worker
-    process keeps its own current chunk, so memory is bounded by (workers + 1) chunks, whatever the total.
+    loads each chunk once; other orders are correct but may load a chunk several times. Items are views of
+    their chunk, so a batch that straddles two chunks keeps the first alive while the second is read: at most
+    two chunks per process (a data-loader worker keeps its own), whatever the number of chunks.
     """
 
     def __init__(self, chunks: Sequence[tuple[int, Callable[[], Any]]]):
