@@ -172,6 +172,26 @@ def test_adamw_skips_parameters_without_gradient():
     torch.testing.assert_close(a.detach(), a2, atol=1e-15, rtol=0)
 
 
+@pytest.mark.parametrize("wd", [0.0, 0.05])
+def test_adamw_foreach_path_equals_the_loop(wd):
+    """The multi-tensor path (taken on CUDA) does the same arithmetic as the per-tensor loop, bit for bit."""
+    from ucgm_core.training.optim import _update_foreach, _update_one
+
+    g = torch.Generator().manual_seed(1)
+    shapes = [(5, 3), (7,), (2, 2, 2)]
+    ps = [torch.randn(s, generator=g) for s in shapes]
+    gs = [torch.randn(s, generator=g) * 10.0 ** -torch.randint(0, 9, s, generator=g) for s in shapes]
+    loop = [[t.clone() for t in ps], [torch.zeros_like(t) for t in ps], [torch.zeros_like(t) for t in ps]]
+    fore = copy.deepcopy(loop)
+    for k in (1, 2):
+        size = LR * math.sqrt(1 - BETAS[1] ** k) / (1 - BETAS[0] ** k)
+        for p, gr, m, v in zip(*loop[:1], gs, *loop[1:]):
+            _update_one(p, gr, m, v, *BETAS, EPS, wd, size)
+        _update_foreach(fore[0], gs, fore[1], fore[2], *BETAS, EPS, wd, size)
+    for a, b in zip(sum(loop, []), sum(fore, [])):
+        assert torch.equal(a, b)
+
+
 def test_optimizer_names():
     assert OPTIMIZERS["AdamW"] is OriginalAdamW
     assert OPTIMIZERS["TorchAdamW"] is torch.optim.AdamW

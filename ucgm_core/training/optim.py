@@ -55,7 +55,7 @@ class OriginalAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-            # parameters grouped by their own step count, so each group is one set of foreach calls
+            # parameters grouped by their own step count (one step size, one set of foreach calls)
             by_step: Dict[int, List[Tuple[Tensor, Tensor, Tensor, Tensor]]] = {}
             for p in group["params"]:
                 if p.grad is None:
@@ -70,21 +70,42 @@ class OriginalAdamW(torch.optim.Optimizer):
                 state["step"] = int(state["step"]) + 1
                 by_step.setdefault(state["step"], []).append((p, p.grad, state["exp_avg"], state["exp_avg_sq"]))
             for k, items in by_step.items():
-                ps, gs, ms, vs = (list(t) for t in zip(*items))
-                torch._foreach_mul_(ms, beta1)
-                torch._foreach_add_(ms, gs, alpha=1.0 - beta1)
-                torch._foreach_mul_(vs, beta2)
-                torch._foreach_addcmul_(vs, gs, gs, value=1.0 - beta2)
-                denom = torch._foreach_sqrt(vs)
-                torch._foreach_add_(denom, eps)  # eps before the bias correction of v
-                if wd != 0.0:
-                    update = torch._foreach_mul(ps, wd)
-                    torch._foreach_addcdiv_(update, ms, denom)
-                else:
-                    update = torch._foreach_div(ms, denom)
                 step_size = lr * math.sqrt(1.0 - beta2 ** k) / (1.0 - beta1 ** k)
-                torch._foreach_add_(ps, update, alpha=-step_size)
+                if all(item[0].is_cuda for item in items):  # one multi-tensor kernel per operation
+                    _update_foreach(*(list(t) for t in zip(*items)), beta1, beta2, eps, wd, step_size)
+                else:  # on the CPU a loop with one scratch tensor is faster than the foreach fallback
+                    for p, g, m, v in items:
+                        _update_one(p, g, m, v, beta1, beta2, eps, wd, step_size)
         return loss
+
+
+def _update_one(p: Tensor, g: Tensor, m: Tensor, v: Tensor, beta1: float, beta2: float, eps: float, wd: float,
+                step_size: float) -> None:
+    m.mul_(beta1).add_(g, alpha=1.0 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+    scratch = v.sqrt().add_(eps)  # eps before the bias correction of v (folded into step_size)
+    if wd != 0.0:
+        update = torch.mul(p, wd).addcdiv_(m, scratch)
+    else:
+        update = torch.div(m, scratch, out=scratch)
+    p.add_(update, alpha=-step_size)
+
+
+def _update_foreach(ps: List[Tensor], gs: List[Tensor], ms: List[Tensor], vs: List[Tensor], beta1: float,
+                    beta2: float, eps: float, wd: float, step_size: float) -> None:
+    """The same arithmetic as :func:`_update_one`, operation by operation, over lists of tensors."""
+    torch._foreach_mul_(ms, beta1)
+    torch._foreach_add_(ms, gs, alpha=1.0 - beta1)
+    torch._foreach_mul_(vs, beta2)
+    torch._foreach_addcmul_(vs, gs, gs, value=1.0 - beta2)
+    denom = torch._foreach_sqrt(vs)
+    torch._foreach_add_(denom, eps)
+    if wd != 0.0:
+        update = torch._foreach_mul(ps, wd)
+        torch._foreach_addcdiv_(update, ms, denom)
+    else:
+        update = torch._foreach_div(ms, denom)
+    torch._foreach_add_(ps, update, alpha=-step_size)
 
 
 OPTIMIZERS = {
