@@ -197,6 +197,13 @@ def test_streamed_equals_in_memory_and_contract_unchanged(spec, reference_batch,
     feats_stream = fid_mod.extract_features(shards.images(block_bytes=4 * 3 * 28 * 28), spec, ["features"])
     feats_mem = fid_mod.extract_features(torch.from_numpy(images), spec, ["features"])
     assert torch.equal(feats_stream["features"], feats_mem["features"])
+    # the reference batch's arr_0 (NHWC) is read in blocks as well: the same features as the whole array
+    ref_stream = ref.load_images()
+    assert isinstance(ref_stream, ChunkedImages)
+    with np.load(reference_batch) as z:
+        ref_whole = torch.from_numpy(z["arr_0"]).permute(0, 3, 1, 2)
+    assert torch.equal(fid_mod.extract_features(ref_stream, spec, ["features"])["features"],
+                       fid_mod.extract_features(ref_whole, spec, ["features"])["features"])
     # compressed shards (np.savez_compressed) stream the same images
     zpaths = write_shards(tmp_path / "z", 24, 20, compressed=True)
     zs = open_sample_shards(zpaths).images(block_bytes=6 * 3 * 28 * 28)

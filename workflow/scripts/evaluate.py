@@ -18,6 +18,7 @@ number of samples beyond their features.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -31,8 +32,8 @@ from _common import load_spec, log, set_threads  # noqa: E402
 
 from ucgm_core.data.shards import load_images  # noqa: E402
 from ucgm_core.metrics.imageutil import sha256_file  # noqa: E402
-from ucgm_core.metrics.sample_shards import open_sample_shards  # noqa: E402
-from ucgm_core.metrics.fidelity import (FeatureExtractorSpec, ReferenceSet, evaluate,  # noqa: E402
+from ucgm_core.metrics.sample_shards import NpzArray, open_sample_shards  # noqa: E402
+from ucgm_core.metrics.fidelity import (ChunkedImages, FeatureExtractorSpec, ReferenceSet, evaluate,  # noqa: E402
                                         reference_features, _default_layer)
 
 EXTRACTORS = {"classifier": "ucgm-classifier", "inception": "inception-v3-compat"}
@@ -46,11 +47,17 @@ def reference_batch_set(npz: str) -> ReferenceSet:
     if missing:
         raise SystemExit(f"{npz}: not an ADM reference batch (lacks {missing}; has {sorted(z.files)})")
 
-    def images():
-        with np.load(npz) as z:
-            return torch.from_numpy(np.ascontiguousarray(z["arr_0"])).permute(0, 3, 1, 2)
+    def images():  # read a block at a time (10,000 images at 512 px are 7.9 GB)
+        arr = NpzArray(npz, "arr_0")
+        rows = max(1, (64 << 20) // max(1, arr.row_bytes))
+        return ChunkedImages([(min(lo + rows, len(arr)) - lo, functools.partial(_nhwc_block, arr, lo, lo + rows))
+                              for lo in range(0, len(arr), rows)])
 
     return ReferenceSet(id=f"{Path(npz).stem}-{sha256_file(npz)[:16]}", images=images, stats_path=npz)
+
+
+def _nhwc_block(arr: NpzArray, lo: int, hi: int) -> torch.Tensor:
+    return torch.from_numpy(arr.read(lo, hi)).permute(0, 3, 1, 2)
 
 
 def reference_set(images_dir: str, split: str) -> ReferenceSet:
