@@ -116,6 +116,25 @@ def test_plan_holds_every_paper_row(table, overlay, workflow_config, tmp_path):
                  "sample", "evaluate", "table", "table_figure", "table_samples"):
         assert rule in rules, f"{rule} not planned for {table}"
 
+    # ImageNet prepared by data.prep_jobs jobs side by side: K shard jobs (a range of shards each) and one merge
+    # writing train.json; per autoencoder, K latent jobs (on a GPU each, checked below) and one merge writing
+    # train.json and stats.pt
+    k_jobs = {wf.experiments[e]["data"]["prep_jobs"] for e in wf.experiments if e.startswith(f"{table}_")}
+    assert k_jobs == {32}
+    parts = [f"parts/{k:04d}-of-0032/" for k in range(32)]
+    assert sorted(j["wildcards"]["part"] for j in jobs if j["rule"] == "shards") == parts
+    assert [j["wildcards"] for j in jobs if j["rule"] == "shards_merge"] == \
+        [{"data": f"imagenet_{table[len('in1k'):]}", "split": "train"}]
+    latent_sets = sorted(j["wildcards"]["latent_data"] for j in jobs if j["rule"] == "latents_merge")
+    trained = {j["wildcards"]["model"] for j in jobs if j["rule"] in ("train", "tune")}
+    assert {f"{wf.of('model', m)['data']['autoencoder']}/imagenet_{table[len('in1k'):]}" for m in trained} <= \
+        set(latent_sets)
+    for latent_set in latent_sets:
+        ae = latent_set.split("/")[0]
+        assert sorted(j["wildcards"]["part"] for j in jobs
+                      if j["rule"] == "latents" and j["wildcards"]["autoencoder"] == ae) == parts
+    assert sum(j["rule"] == "latents" for j in jobs) == 32 * len(latent_sets)
+
     evaluated = {(j["wildcards"]["sampler"], int(j["wildcards"]["steps"])) for j in jobs if j["rule"] == "evaluate"}
     expected = {(s, n) for s in wf.tables[table] for n in wf.samplers[s]["steps"]}
     assert evaluated == expected
@@ -174,6 +193,17 @@ def test_every_baseline_row_names_its_original_sampler_and_nfe(workflow_config):
         for t in ("in1k256", "in1k512"):
             if name in wf.tables[t]:
                 assert (nfe, paper["fid"]) in PAPER_ROWS[t], name
+
+
+def test_experiments_with_the_same_data_agree_on_its_prep_jobs(overlay):
+    """Shards and latents are shared by the experiments with that dataset and resolution: one data.prep_jobs."""
+    from ucgm_core.workflow_config import ConfigError
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg.update(yaml.safe_load(overlay.read_text()))
+    cfg["experiment_overrides"]["in1k256_vavae"]["data"]["prep_jobs"] = 8
+    with pytest.raises(ConfigError, match=r"in1k256_vavae.yaml: data.prep_jobs: 8, but experiment 'in1k256_e2evavae'"):
+        load_workflow(cfg, "config/config.yaml", base_dir=ROOT)
 
 
 def test_experiments_are_reachable_from_the_default_config():

@@ -328,7 +328,8 @@ def load_workflow(config: Dict[str, Any], source: str = "<config>", base_dir: os
     or else to ``base_dir``, the project's root; with ``experiment_overrides``
     merged in), and merge them into one :class:`Workflow`. Raises :class:`ConfigError` naming the file and
     key of every problem: a duplicate experiment, model, sampler or table name, an override for an
-    experiment that does not exist, autoencoder weights configured differently in two files."""
+    experiment that does not exist, autoencoder weights configured differently in two files, two experiments with
+    the same dataset and resolution but different ``data.prep_jobs``."""
     raw_main = copy.deepcopy(config)
     # the main config's own checks; its tables may name samplers of the experiments, so they wait
     main_tables = raw_main.pop("tables", None)
@@ -358,6 +359,7 @@ def load_workflow(config: Dict[str, Any], source: str = "<config>", base_dir: os
                                    f"{sorted(c['name'] for _, c, _ in loaded)}" for n in unknown])
     wf = Workflow(main=raw_main["name"])
     problems: List[str] = []
+    prep_jobs: Dict[tuple, tuple] = {}
     for path, cfg, _ in loaded:
         exp = cfg.get("name")
         if not isinstance(exp, str):
@@ -380,6 +382,13 @@ def load_workflow(config: Dict[str, Any], source: str = "<config>", base_dir: os
             if ae in wf.autoencoders and wf.autoencoders[ae] != entry:
                 problems.append(f"{path}: autoencoders.{ae}: differs from its entry in another experiment")
             wf.autoencoders.setdefault(ae, entry)
+        data = cfg.get("data")
+        if data:  # one set of files per (dataset, resolution): one way to divide its preparation into jobs
+            key = (data["dataset"], int(data["resolution"]))
+            if prep_jobs.setdefault(key, (exp, data["prep_jobs"]))[1] != data["prep_jobs"]:
+                other, jobs = prep_jobs[key]
+                problems.append(f"{path}: data.prep_jobs: {data['prep_jobs']}, but experiment {other!r} has the same "
+                                f"dataset and resolution with {jobs}")
     if problems:
         raise ConfigError(source, problems)
     for path, cfg, tables in loaded:

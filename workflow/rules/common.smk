@@ -4,6 +4,7 @@
 # data, extractor and evaluation settings of the experiment that defines it.
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -151,6 +152,48 @@ def experiment_for_data(dataset, resolution=None, autoencoder=None):
             return exp
     raise WorkflowError(f"no experiment has data {dataset}" + (f" at {resolution}" if resolution else "") +
                         (f" with autoencoder {autoencoder}" if autoencoder else ""))
+
+
+# --- data preparation in parts (data.prep_jobs) -------------------------------------------------------------
+# With data.prep_jobs = K > 1 the shards of a split, and the latents of each autoencoder, are written by K jobs
+# (rules shards and latents with the wildcard part = "parts/<k>-of-<K>/", each a contiguous range of shards)
+# and a merge job (shards_merge, latents_merge) writing the split's manifest and the statistics; with K = 1,
+# part is empty and one shards / latents job writes everything, as before. The files are the same whatever K.
+
+PREP_PART = r"(parts/\d{4}-of-\d{4}/)?"
+
+
+def prep_jobs(exp):
+    return exp["data"]["prep_jobs"]
+
+
+def prep_part_prefixes(jobs):
+    return [f"parts/{k:04d}-of-{jobs:04d}/" for k in range(jobs)]
+
+
+def prep_part(part):
+    """(k, K) of a part wildcard "parts/<k>-of-<K>/", or None for the empty one (the whole split in one job)."""
+    if not part:
+        return None
+    k, jobs = part[len("parts/"):-1].split("-of-")
+    return int(k), int(jobs)
+
+
+def _prepared_in_parts():
+    shards, latents = {}, {}
+    for exp in WF.experiments.values():
+        if exp.get("data") and prep_jobs(exp) > 1:  # one value per data id (checked by load_workflow)
+            shards[shards_dir(exp)] = prep_jobs(exp)
+            latents[latents_dir(exp)] = prep_jobs(exp)
+    return shards, latents
+
+
+SHARDS_IN_PARTS, LATENTS_IN_PARTS = _prepared_in_parts()
+
+
+def one_of(folders, prefix):
+    """A wildcard constraint matching exactly these folders (less `prefix`), or nothing."""
+    return "|".join(re.escape(f[len(prefix):]) for f in sorted(folders)) or "(?!x)x"
 
 
 # --- models ------------------------------------------------------------------------------------------------

@@ -1,9 +1,19 @@
 # Stage 3: encode the training images with the autoencoder (plain and flipped), plus per-channel statistics
-# (10,000 random training latents, as the original).
+# (10,000 random training latents, as the original). One job per (autoencoder, data); with data.prep_jobs = K > 1,
+# K jobs side by side (`part` = "parts/<k>-of-<K>/": a contiguous range of the image shards each, its part
+# manifest and, as its stats.pt, its share of the 10,000 statistics samples) and latents_merge, which writes
+# train.json and stats.pt from the parts. Latents, manifest and statistics are identical whatever K.
 
 
 def _latents_experiment(wc):
     return experiment_for_data(wc.dataset, wc.resolution, wc.autoencoder)
+
+
+def _latents_mode_args(wc, output):
+    part = prep_part(wc.part)
+    if part is None:
+        return f"--stats-out {output[0]}"
+    return f"--part {part[0]} --parts {part[1]} --part-manifest {output[1]} --part-stats {output[0]}"
 
 
 rule latents:
@@ -11,17 +21,52 @@ rule latents:
         images="results/shards/{dataset}_{resolution}/train.json",
         weights=lambda wc: autoencoder_inputs(_latents_experiment(wc)),
     output:
-        "results/latents/{autoencoder}/{dataset}_{resolution}/stats.pt",
-        "results/latents/{autoencoder}/{dataset}_{resolution}/train.json",
+        "results/latents/{autoencoder}/{dataset}_{resolution}/{part}stats.pt",
+        "results/latents/{autoencoder}/{dataset}_{resolution}/{part}train.json",
+    wildcard_constraints:
+        autoencoder=r"[^/]+",
+        resolution=r"\d+",
+        part=PREP_PART,
     log:
-        "results/logs/latents/{autoencoder}/{dataset}_{resolution}.log",
+        "results/logs/latents/{part}{autoencoder}/{dataset}_{resolution}.log",
     benchmark:
-        "results/benchmarks/latents/{autoencoder}/{dataset}_{resolution}.tsv"
+        "results/benchmarks/latents/{part}{autoencoder}/{dataset}_{resolution}.tsv"
     params:
         image_dir=lambda wc: f"results/shards/{wc.dataset}_{wc.resolution}",
         out_dir=lambda wc: f"results/latents/{wc.autoencoder}/{wc.dataset}_{wc.resolution}",
         ae_kwargs=lambda wc: autoencoder_kwargs(_latents_experiment(wc)),
+        mode=_latents_mode_args,
     shell:
         "{PY} -m ucgm_core.data.latents --image-dir {params.image_dir} --out-dir {params.out_dir}"
         " --autoencoder {wildcards.autoencoder} --ae-kwargs {params.ae_kwargs:q} --splits train"
-        " --stats-out {output[0]} > {log} 2>&1"
+        " {params.mode} > {log} 2>&1"
+
+
+# train.json and stats.pt of latents prepared in parts come from the merge, never from one latents job
+ruleorder: latents_merge > latents
+
+
+def _latent_parts(wc, name):
+    folder = f"results/latents/{wc.latent_data}"
+    return [f"{folder}/{p}{name}" for p in prep_part_prefixes(LATENTS_IN_PARTS[folder])]
+
+
+rule latents_merge:
+    input:
+        manifests=lambda wc: _latent_parts(wc, "train.json"),
+        stats=lambda wc: _latent_parts(wc, "stats.pt"),
+    output:
+        "results/latents/{latent_data}/stats.pt",
+        "results/latents/{latent_data}/train.json",
+    wildcard_constraints:
+        latent_data=one_of(LATENTS_IN_PARTS, "results/latents/"),
+    log:
+        "results/logs/latents_merge/{latent_data}.log",
+    benchmark:
+        "results/benchmarks/latents_merge/{latent_data}.tsv"
+    params:
+        parts=lambda wc: LATENTS_IN_PARTS[f"results/latents/{wc.latent_data}"],
+    threads: 1
+    shell:
+        "{PY} -m ucgm_core.data.latents --out-dir results/latents/{wildcards.latent_data} --splits train"
+        " --merge-parts {input.manifests} --merge-stats {input.stats} --stats-out {output[0]} > {log} 2>&1"

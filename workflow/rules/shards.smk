@@ -1,29 +1,64 @@
-# Stage 2: images to webdataset tar shards, one job per split (ADM centre crop where the size differs).
+# Stage 2: images to webdataset tar shards (ADM centre crop where the size differs). One job per split; with
+# data.prep_jobs = K > 1, K jobs per split side by side (`part` = "parts/<k>-of-<K>/": a contiguous range of
+# shards each, plus a part manifest) and shards_merge, which checks the parts and writes {split}.json. The
+# shards and the manifest are byte-identical whatever K.
 
 
 def _shards_experiment(wc):
     return experiment_for_data(wc.dataset, wc.resolution)
 
 
+def _shards_part_args(wc, output):
+    part = prep_part(wc.part)
+    return "" if part is None else f"--part {part[0]} --parts {part[1]} --part-manifest {output[0]}"
+
+
 rule shards:
     input:
         lambda wc: dataset_inputs(_shards_experiment(wc)),
     output:
-        "results/shards/{dataset}_{resolution}/{split}.json",
+        "results/shards/{dataset}_{resolution}/{part}{split}.json",
     wildcard_constraints:
         split="train|test",
         resolution=r"\d+",
+        part=PREP_PART,
     log:
-        "results/logs/shards/{dataset}_{resolution}_{split}.log",
+        "results/logs/shards/{part}{dataset}_{resolution}_{split}.log",
     benchmark:
-        "results/benchmarks/shards/{dataset}_{resolution}_{split}.tsv"
+        "results/benchmarks/shards/{part}{dataset}_{resolution}_{split}.tsv"
     params:
         raw=lambda wc: raw_location(_shards_experiment(wc)),
         out_dir=lambda wc: f"results/shards/{wc.dataset}_{wc.resolution}",
         num_classes=lambda wc: (f"--num-classes {_shards_experiment(wc)['data']['num_classes']}"
                                 if _shards_experiment(wc)["data"].get("num_classes") else ""),
+        part=_shards_part_args,
     threads: 1
     shell:
         "{PY} -m ucgm_core.data.shards --dataset {wildcards.dataset} --raw-dir {params.raw:q}"
         " --out-dir {params.out_dir} --resolution {wildcards.resolution} --splits {wildcards.split}"
-        " {params.num_classes} --workers {threads} > {log} 2>&1"
+        " {params.num_classes} {params.part} --workers {threads} > {log} 2>&1"
+
+
+# {split}.json of data prepared in parts comes from the merge, never from one shards job
+ruleorder: shards_merge > shards
+
+
+rule shards_merge:
+    input:
+        lambda wc: [f"results/shards/{wc.data}/{p}{wc.split}.json"
+                    for p in prep_part_prefixes(SHARDS_IN_PARTS[f"results/shards/{wc.data}"])],
+    output:
+        "results/shards/{data}/{split}.json",
+    wildcard_constraints:
+        data=one_of(SHARDS_IN_PARTS, "results/shards/"),
+        split="train|test",
+    log:
+        "results/logs/shards_merge/{data}_{split}.log",
+    benchmark:
+        "results/benchmarks/shards_merge/{data}_{split}.tsv"
+    params:
+        parts=lambda wc: SHARDS_IN_PARTS[f"results/shards/{wc.data}"],
+    threads: 1
+    shell:
+        "{PY} -m ucgm_core.data.shards --out-dir results/shards/{wildcards.data} --splits {wildcards.split}"
+        " --merge-parts {input} > {log} 2>&1"
