@@ -156,7 +156,7 @@ def _encode_shards(
     Returns shards, counts, shape, total and the plain latents ``[(index, latent)]`` of the samples whose
     index is in ``pick``."""
     src = read_manifest(image_dir, split)
-    num_classes, sps = int(src["num_classes"]), int(src["samples_per_shard"])
+    num_classes, sps = int(src["num_classes"]), int(src.get("samples_per_shard") or 0)
     inputs = shard_paths(image_dir, split)
     counts = np.zeros(num_classes, dtype=np.int64)
     shards: List[str] = []
@@ -180,6 +180,7 @@ def _encode_shards(
                 picked += p
                 shards.append(name)
                 log(f"[latents] {name}: already encoded ({n} samples), skipped")
+                _check_full(path, n, position, len(inputs), sps, pick)
                 continue
             if ae is None:
                 import torch
@@ -228,14 +229,19 @@ def _encode_shards(
                     flush()
             shards.extend(w.shards)
             n = total - n_before
-            if pick is not None and position < len(inputs) - 1 and n != sps:
-                raise ValueError(f"{path}: {n} samples, but every shard before the last must hold {sps}")
+            _check_full(path, n, position, len(inputs), sps, pick)
             elapsed = time.time() - t0
             log(f"[latents] {name}: {n} samples encoded in {elapsed:.1f}s ({n / max(elapsed, 1e-9):.0f} images/s)")
     finally:
         if noise is not None:
             noise.restore()
     return {"shards": shards, "counts": counts, "latent_shape": latent_shape, "total": total, "picked": picked}
+
+
+def _check_full(path: Path, n: int, position: int, num_shards: int, sps: int, pick: Optional[set]) -> None:
+    """Sample indices of parts assume full shards before the last (as the shards stage writes them)."""
+    if pick is not None and position < num_shards - 1 and n != sps:
+        raise ValueError(f"{path}: {n} samples, but every shard before the last must hold {sps}")
 
 
 def _latents_manifest(src: Dict[str, Any], image_dir: Path, total: int, shards: List[str], latent_shape, np_dtype,
