@@ -167,6 +167,7 @@ def test_chunked_images_holds_one_chunk():
         bad[0]
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 4 workers on a 2-core machine
 def test_streamed_equals_in_memory_and_contract_unchanged(spec, reference_batch, tmp_path):
     """24 shards, blocks that cut shards and batches anywhere: the same features, hence bit-identical
     metrics, and the same result JSON as the former in-memory evaluate.py."""
@@ -208,6 +209,12 @@ def test_streamed_equals_in_memory_and_contract_unchanged(spec, reference_batch,
     zpaths = write_shards(tmp_path / "z", 24, 20, compressed=True)
     zs = open_sample_shards(zpaths).images(block_bytes=6 * 3 * 28 * 28)
     assert all(torch.equal(zs[i], torch.from_numpy(images[i])) for i in range(len(zs)))
+    # data-loader worker processes (torch-fidelity's loader without save_cpu_ram, as on a GPU), each with
+    # its own current block and its own decompressing stream: the same features
+    for paths_ in (paths, zpaths):
+        stream = open_sample_shards(paths_).images(block_bytes=50 * 3 * 28 * 28)
+        workers = fid_mod.extract_features(stream, spec, ["features"], cuda=False, save_cpu_ram=False)
+        assert torch.equal(workers["features"], feats_mem["features"])
 
 
 def _peak_bytes(fn) -> int:
@@ -310,27 +317,36 @@ def test_shard_checks_that_pass_and_fail(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# benchmark: python tests/test_streaming_eval.py --benchmark [--shards 20 --per-shard 1000 --res 64]
+# benchmark: python tests/test_streaming_eval.py --benchmark [--shards 20 --per-shard 1000 --res 64
+#            --metrics fid isc kid prc --repeat 2]
 
 
-def _bench_child(mode: str, paths: list[str], weights: str, reference: str, cache: str) -> dict:
-    import resource
+def _vm_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
 
+
+def _bench_child(mode: str, paths: list[str], weights: str, reference: str, cache: str, metrics: list[str]) -> dict:
     torch.set_num_threads(2)
     spec = FeatureExtractorSpec(clf_mod.CLASSIFIER_EXTRACTOR_NAME, weights)
     script = load_evaluate_script()
     ref = script.reference_batch_set(reference)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak RSS (VmHWM) to the current RSS (Linux)
+        f.write("5")
+    rss0 = _vm_kib("VmRSS")
     t0 = time.perf_counter()
     if mode == "in-memory":  # the former evaluate.py
         images, _ = old_in_memory(paths)
-        res = fid_mod.evaluate(torch.from_numpy(images), ref, spec, cache_dir=cache)
+        res = fid_mod.evaluate(torch.from_numpy(images), ref, spec, metrics, cache_dir=cache)
     else:  # evaluate.py now (64 MiB blocks)
-        res = fid_mod.evaluate(open_sample_shards(paths).images(), ref, spec, cache_dir=cache)
+        res = fid_mod.evaluate(open_sample_shards(paths).images(), ref, spec, metrics, cache_dir=cache)
     seconds = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"mode": mode, "seconds": round(seconds, 2), "peak_rss_mb": round(rss / 1024, 1),
-            "rss_before_mb": round(rss0 / 1024, 1), "fid": res.fid, "is_mean": res.is_mean, "kid_mean": res.kid_mean,
+    peak = _vm_kib("VmHWM")
+    return {"mode": mode, "seconds": round(seconds, 2), "rss_before_mb": round(rss0 / 1024, 1),
+            "peak_rss_mb": round(peak / 1024, 1), "peak_above_start_mb": round((peak - rss0) / 1024, 1), "fid": res.fid, "is_mean": res.is_mean, "kid_mean": res.kid_mean,
             "precision": res.precision, "recall": res.recall}
 
 
@@ -344,6 +360,8 @@ def _benchmark(argv) -> None:
     p.add_argument("--shards", type=int, default=20)
     p.add_argument("--per-shard", type=int, default=1000)
     p.add_argument("--res", type=int, default=64)
+    p.add_argument("--metrics", nargs="+", default=["fid", "isc", "kid", "prc"])
+    p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--child", default=None)
     a = p.parse_args(argv)
     if a.child:
@@ -378,9 +396,9 @@ def _benchmark(argv) -> None:
         n = a.shards * a.per_shard
         print(f"{a.shards} shards x {a.per_shard} images of 3x{a.res}x{a.res} uint8 "
               f"({n * 3 * a.res * a.res / 2**20:.0f} MiB of images), reference features cached")
-        for mode in ("in-memory", "streamed", "in-memory", "streamed"):
+        for mode in ("in-memory", "streamed") * a.repeat:
             job = json.dumps({"mode": mode, "paths": paths, "weights": weights, "reference": reference,
-                              "cache": cache})
+                              "cache": cache, "metrics": a.metrics})
             r = subprocess.run([sys.executable, __file__, "--child", job], capture_output=True, text=True, check=True)
             print(r.stdout.strip().splitlines()[-1])
 

@@ -245,7 +245,7 @@ def _json_default(o):
 
 
 class ChunkedImages(Dataset):
-    """Images stored as consecutive chunks that are loaded on demand, at most one chunk in memory at a time.
+    """Images stored as consecutive chunks that are loaded on demand, one after the other (bounded memory).
 
     ``chunks``: a sequence of ``(length, load)``; ``load()`` returns that chunk's images as a uint8 (or [0, 1]
     float) array or tensor ``[length, C, H, W]`` (or ``[length, H, W]``). Item ``i`` is image ``i`` of the
@@ -531,7 +531,7 @@ def evaluate(
     """Compute ``metrics`` (subset of ``("fid", "isc", "kid", "prc")``) for ``generated`` against ``reference``.
 
     ``generated``: uint8 [N,C,H,W] (C = 1 or 3), float [N,C,H,W] in [0,1] (quantised with :func:`to_uint8`),
-    or a Dataset of such [C,H,W] items (a :class:`ChunkedImages` keeps only one chunk of images in memory).
+    or a Dataset of such [C,H,W] items (a :class:`ChunkedImages` holds one or two chunks of images at a time).
     KID's subset size is reduced to min(kid_subset_size, N, N_ref).
     Precision/recall (k-NN, k = ``prc_neighborhood``) use a fixed random subset of the reference features of
     size ``prc_reference_size``: "match" (default: as many as generated samples, the usual equal-size
