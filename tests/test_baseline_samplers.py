@@ -376,6 +376,7 @@ def test_ode_euler_grid_guidance_and_nfe(fn):
 
     res = fn(net, z, steps=10, labels=y, cfg_scale=2.0, guidance_low=0.0, guidance_high=0.5)
     assert torch.equal(res.t_grid, torch.linspace(1, 0, 11, dtype=torch.float64))
+    assert torch.equal(sit_ode_grid(10), res.t_grid)
     assert res.nfe == res.net_calls == 10 and res.sample.dtype == torch.float64
     assert [r[0] for r in rows] == [4 if t <= 0.5 else 2 for _, t, _ in rows] and rows[5][0] == 4  # t = 0.5 guided
     assert rows[5][2] == [1, 2, NULL, NULL]  # cond first, then the null label

@@ -185,4 +185,5 @@ def ddt_euler(
     return finish(x, t, steps, net, None, states, return_trajectory)
 
 
-__all__ = ["GUIDED_CHANNELS", "lightningdit_grid", "lightningdit_cfg_drift", "lightningdit_euler", "ddt_grid", "ddt_euler"]
+__all__ = ["GUIDED_CHANNELS", "lightningdit_grid", "lightningdit_cfg_drift", "lightningdit_euler", "ddt_grid",
+           "ddt_euler"]
