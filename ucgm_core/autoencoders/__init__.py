@@ -33,11 +33,17 @@ def available_autoencoders() -> list:
 
 
 def get_autoencoder(name: str, **kw) -> Autoencoder:
-    """Instantiate the autoencoder registered as ``name`` with keyword arguments ``kw``."""
+    """Instantiate the autoencoder registered as ``name`` with keyword arguments ``kw``.
+
+    ``precision`` (``"fp32"`` / ``"bf16"``) and ``tf32`` (bool) among ``kw`` are compute settings of
+    every autoencoder (:meth:`Autoencoder.set_compute`), not constructor arguments.
+    """
     if name not in _REGISTRY:
         raise KeyError(f"unknown autoencoder {name!r}; known: {available_autoencoders()}")
+    compute = {k: kw.pop(k) for k in ("precision", "tf32") if k in kw}
     module, _, cls = _REGISTRY[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(**kw)
+    ae = getattr(importlib.import_module(module), cls)(**kw)
+    return ae.set_compute(**compute) if compute else ae
 
 
 __all__ = ["Autoencoder", "get_autoencoder", "register_autoencoder", "available_autoencoders"]

@@ -3,14 +3,24 @@
 ``encode`` maps images in ``[-1, 1]`` of shape ``[B, C, H, W]`` to latents of shape
 ``[B, latent_channels, H // stride, W // stride]``; ``decode`` maps latents back to images in
 ``[0, 1]``. Latent normalisation (mean/std/multiplier) lives outside, in the data loader.
+
+Compute settings (:meth:`Autoencoder.set_compute`, or ``precision`` / ``tf32`` among the keyword
+arguments of :func:`ucgm_core.autoencoders.get_autoencoder`, i.e. ``autoencoders.<name>.kwargs`` of the
+config): ``precision`` ``"fp32"`` (default) or ``"bf16"`` runs the network's encode and decode under bf16
+autocast (weights stay as they are, latents and images come back float32); ``tf32`` (default True)
+allows TF32 matmuls and convolutions while the network runs on a CUDA device (no effect on the CPU).
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
+
+from .. import accel
 
 
 class Autoencoder(nn.Module, abc.ABC):
@@ -18,6 +28,25 @@ class Autoencoder(nn.Module, abc.ABC):
 
     latent_channels: int
     stride: int
+    precision: str = "fp32"
+    tf32: bool = True
+
+    def set_compute(self, precision: Optional[str] = None, tf32: Optional[bool] = None) -> "Autoencoder":
+        """Set ``precision`` (``"fp32"`` or ``"bf16"``) and/or ``tf32``; returns ``self``."""
+        if precision is not None:
+            self.precision = accel.check_precision(precision)
+        if tf32 is not None:
+            self.tf32 = bool(tf32)
+        return self
+
+    def compute(self, device: torch.device) -> contextlib.ExitStack:
+        """The context the network runs in on ``device``: bf16 autocast and TF32 as set."""
+        device = torch.device(device)
+        stack = contextlib.ExitStack()
+        stack.enter_context(accel.autocast(self.precision, device))
+        if device.type == "cuda":
+            stack.enter_context(accel.tf32(self.tf32))
+        return stack
 
     @abc.abstractmethod
     def encode(self, images: Tensor) -> Tensor:

@@ -78,11 +78,13 @@ class DCAE(Autoencoder):
     def encode(self, images: Tensor) -> Tensor:
         self._check(images, int(self.vae.config.in_channels), self.stride, "images")
         p = self._param()
-        return self.vae.encode(images.to(device=p.device, dtype=p.dtype)).latent.float()
+        with self.compute(p.device):
+            return self.vae.encode(images.to(device=p.device, dtype=p.dtype)).latent.float()
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         self._check(latents, self.latent_channels, 1, "latents")
         p = self._param()
-        x = self.vae.decode(latents.to(device=p.device, dtype=p.dtype)).sample.float()
+        with self.compute(p.device):
+            x = self.vae.decode(latents.to(device=p.device, dtype=p.dtype)).sample.float()
         return ((x + 1) / 2).clamp(0, 1)

@@ -287,8 +287,9 @@ class KLAutoencoder(Autoencoder):
         x = images.to(device=p.device, dtype=p.dtype)
         if self.vae_pixels_01:
             x = (x + 1) / 2
-        dist = self.vae.encode(x).latent_dist
-        return dist.mean.float(), dist.std.float()
+        with self.compute(x.device):
+            dist = self.vae.encode(x).latent_dist
+            return dist.mean.float(), dist.std.float()
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
@@ -303,7 +304,8 @@ class KLAutoencoder(Autoencoder):
         """The decoder's own output ``decoder(post_quant_conv(z))`` (float32, unclipped)."""
         self._check(latents, self.latent_channels, 1, "latents")
         p = self._param()
-        return self.vae.decode(latents.to(device=p.device, dtype=p.dtype)).sample.float()
+        with self.compute(p.device):
+            return self.vae.decode(latents.to(device=p.device, dtype=p.dtype)).sample.float()
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:

@@ -42,7 +42,7 @@ from .convert import (
     save_state_dict,
     strip_prefixes,
 )
-from .layers import ConditionalNet
+from .layers import ConditionalNet, channel_sdpa
 from .registry import ModelSpec
 
 __all__ = [
@@ -173,12 +173,15 @@ class Block(nn.Module):
         self.conv_skip = MPConv(in_channels, out_channels, 1) if in_channels != out_channels else None
         self.attn_qkv = MPConv(out_channels, out_channels * 3, 1) if self.num_heads else None
         self.attn_proj = MPConv(out_channels, out_channels, 1) if self.num_heads else None
+        self.use_sdpa: Optional[bool] = None  # None: scaled_dot_product_attention on CUDA, EDM2's einsum elsewhere
 
     def attention(self, x: Tensor) -> Tensor:
         """Multi-head self-attention over the S*S positions with cosine-normalised q, k, v. [B, C, S, S]."""
         b, c, h, w = x.shape
         qkv = self.attn_qkv(x).reshape(b, self.num_heads, c // self.num_heads, 3, h * w)
         q, k, v = normalize(qkv, dim=[2]).unbind(3)  # each [B, heads, Ch, N]
+        if self.use_sdpa if self.use_sdpa is not None else x.is_cuda:  # fused kernel; the CPU keeps EDM2's einsum
+            return self.attn_proj(channel_sdpa(q, k, v).reshape(b, c, h, w))
         attn = torch.einsum("bhcq,bhck->bhqk", q, k / math.sqrt(q.shape[2])).softmax(dim=3)
         y = torch.einsum("bhqk,bhck->bhcq", attn, v)
         return self.attn_proj(y.reshape(b, c, h, w))

@@ -109,6 +109,15 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> Tensor:
     return torch.cat([half(cols), half(rows)], dim=1).float()
 
 
+def channel_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``softmax(q^T k / sqrt(C)) v`` over the N positions of channel-major q, k, v ``[B, H, C, N]``
+    -> ``[B, H, C, N]``, by :func:`torch.nn.functional.scaled_dot_product_attention` (flash or
+    memory-efficient kernels on CUDA; no [N, N] matrix in memory). The U-Nets (EDM2, SongUNet) use it on
+    CUDA and keep their originals' explicit einsum on the CPU, where the parity tests compare bits."""
+    out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+    return out.transpose(-1, -2)
+
+
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal features of raw t (no x1000): ``[cos(t f), sin(t f)]``, cos first.
 
@@ -236,6 +245,7 @@ __all__ = [
     "sincos_pos_embed_2d",
     "dit_initialize_",
     "timestep_embedding",
+    "channel_sdpa",
     "TimestepEmbedder",
     "LabelEmbedder",
     "ConditionalNet",

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .convert import CheckpointError, check_layout, drop_keys, pick_weights, save_state_dict, strip_prefixes
 from .edm2 import edm_noise_label, edm_preconditioning, load_checkpoint_maybe_pickle
-from .layers import ConditionalNet
+from .layers import ConditionalNet, channel_sdpa
 from .registry import ModelSpec
 
 __all__ = ["SongUNet", "UNetBlock", "SONGUNET_CIFAR10", "SONGUNET_MODELS", "songunet_kwargs_from_original",
@@ -92,6 +92,7 @@ class UNetBlock(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels, self.dropout = in_channels, out_channels, dropout
         self.attention = attention
+        self.use_sdpa: Optional[bool] = None  # None: scaled_dot_product_attention on CUDA, EDM's einsum elsewhere
         self.norm0 = _group_norm(in_channels)
         self.conv0 = Conv(in_channels, out_channels, 3, up=up, down=down)
         self.affine = _linear(emb_channels, out_channels)
@@ -108,6 +109,8 @@ class UNetBlock(nn.Module):
         """Single-head attention over the S*S positions, [B, C, S, S] -> [B, C, S, S] (before ``proj``)."""
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm2(x)).reshape(b, c, 3, h * w).unbind(2)  # each [B, C, N]
+        if self.use_sdpa if self.use_sdpa is not None else x.is_cuda:  # fused kernel; the CPU keeps EDM's einsum
+            return channel_sdpa(q[:, None], k[:, None], v[:, None]).reshape(b, c, h, w)
         attn = torch.einsum("bcq,bck->bqk", q.float(), (k / math.sqrt(c)).float()).softmax(dim=2).to(q.dtype)
         return torch.einsum("bqk,bck->bcq", attn, v).reshape(b, c, h, w)
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..accel import autocast, autocast_dtype
 from ..data.loader import LatentNormalizer
 from ..metrics.imageutil import to_uint8
 from ..transports import orient
@@ -41,6 +42,11 @@ class GenerationResult:
     seeds: np.ndarray
     nfe: int
     evaluations: Optional[float] = None
+
+
+def _bf16_to_fp32(module, args, out):
+    """Forward hook: a bf16 (autocast) network output as float32, so guidance and the sampler work in float32."""
+    return out.float() if isinstance(out, torch.Tensor) and out.dtype == torch.bfloat16 else out
 
 
 def labels_for(indices: Sequence[int], num_classes: int) -> np.ndarray:
@@ -68,6 +74,7 @@ def generate_images(
     device: str | torch.device = "cpu",
     quantize: str = "truncate",
     on_batch: Optional[Callable[[int, int], None]] = None,
+    precision: str = "fp32",
 ) -> GenerationResult:
     """Sample images ``indices`` with sampler ``method`` and decode them (``decode``: latents -> [0, 1]),
     quantised to uint8 by ``quantize`` ("truncate" as the original, or "round"; see ``to_uint8``).
@@ -76,7 +83,8 @@ def generate_images(
     the null label is ``num_classes``. An original's sampler takes its guidance from ``options`` (e.g.
     ``cfg_scale``), so ``guidance_scale`` must be 0 with it. ``on_batch(done, total)``, when given, is called
     after each batch with the number of images done so far (progress logs; tests use it as the event
-    "generating").
+    "generating"). ``precision="bf16"`` runs the network under bf16 autocast (on ``device``'s type; its
+    outputs come back float32, and the sampler's own arithmetic and ``decode`` stay outside it).
     """
     indices = np.asarray(list(indices), dtype=np.int64)
     sampler = get_sampler(method)
@@ -96,18 +104,21 @@ def generate_images(
         rows += int(args[0].shape[0])
 
     hook = model.register_forward_pre_hook(count_rows) if info is None else None
+    to_fp32 = model.register_forward_hook(_bf16_to_fp32) if autocast_dtype(precision) is not None else None
     try:
         for lo in range(0, len(indices), batch_size):
             hi = min(lo + batch_size, len(indices))
             noise_src = PerImageNoise(seeds[lo:hi].tolist(), latent_shape, device=device)
             y = torch.as_tensor(labels[lo:hi], device=device)
-            if info is not None:
-                res = sampler(original_net, noise_src.initial(), tr, steps=steps, labels=y, null_label=num_classes,
-                              noise_source=noise_src, **(options or {}))
-                rows += res.net_rows
-            else:
-                net = guided(model, y, num_classes, guidance_scale, guidance_interval)
-                res = sampler(net, noise_src.initial(), tr, steps=steps, noise_source=noise_src, **(options or {}))
+            with autocast(precision, device):
+                if info is not None:
+                    res = sampler(original_net, noise_src.initial(), tr, steps=steps, labels=y,
+                                  null_label=num_classes, noise_source=noise_src, **(options or {}))
+                    rows += res.net_rows
+                else:
+                    net = guided(model, y, num_classes, guidance_scale, guidance_interval)
+                    res = sampler(net, noise_src.initial(), tr, steps=steps, noise_source=noise_src,
+                                  **(options or {}))
             x = normalizer.denormalize(res.sample.to(torch.float32))
             out.append(to_uint8(decode(x), quantize).cpu().numpy())
             nfe = res.nfe
@@ -116,6 +127,8 @@ def generate_images(
     finally:
         if hook is not None:
             hook.remove()
+        if to_fp32 is not None:
+            to_fp32.remove()
     images = np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.uint8)
     evaluations = rows / len(indices) if len(indices) else None
     return GenerationResult(images, labels, indices, seeds, int(nfe), evaluations)

@@ -38,16 +38,17 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import accel
 from .. import distributed as ud
 from .ema import EMA, unwrap
 from .objective import UCGMConfig, UCGMObjective, label_drop_count
-from .optim import build_optimizer, clip_gradients_, scrub_nonfinite_grads_
+from .optim import build_optimizer, clip_gradients_, load_optimizer_state, scrub_nonfinite_grads_
 
 SEEDINGS = ("stream", "step")
 
@@ -78,7 +79,9 @@ class TrainSettings:
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
-    precision: str = "fp32"  # or "bf16" (autocast on CUDA)
+    precision: str = "fp32"  # or "bf16": the forwards under bf16 autocast (any device; weights stay float32)
+    tf32: bool = True  # TF32 matmuls and convolutions on CUDA (no effect on the CPU)
+    compile: Union[bool, str] = False  # torch.compile the network (True: inductor; or a backend name)
     seeding: str = "stream"  # or "step": draws keyed by (seed, step), independent of the process count
     micro_batch: Optional[int] = None  # per-process micro-batch (gradient accumulation); None: no accumulation
 
@@ -170,9 +173,10 @@ class Trainer:
         self.state_path, self.log, self.device = Path(state_path), log, torch.device(device)
         self.rank, self.world_size = int(rank), int(world_size)
         self._check_layout()
+        accel.configure_device(self.device, tf32=settings.tf32)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, settings.optimizer, settings.lr, settings.betas,
-                                         settings.weight_decay)
+                                         settings.weight_decay)  # fused kernels on CUDA where torch has them
         self.ema = ema if ema is not None else EMA(model, settings.ema_decay, init=settings.ema_init)
         self.state = TrainState()
         self.resumed = False
@@ -190,11 +194,20 @@ class Trainer:
             ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
                 if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(model, device_ids=ids)
+        # torch.compile after the EMA, the teacher and DDP are set up: they keep the bare module
+        # (state dicts and copies unchanged); the objective's extra no-grad forwards (teacher,
+        # consistency) go through compiled wrappers of the same cache
+        self.compiled = accel.CompiledModules(settings.compile)
+        if self.compiled:
+            self.model = self.compiled(self.model)
+            objective.wrap_network = self.compiled
 
     def _check_layout(self) -> None:
         s, W = self.settings, self.world_size
         if s.seeding not in SEEDINGS:
             raise ValueError(f"train.seeding={s.seeding!r} is unknown; expected one of {SEEDINGS}")
+        accel.check_precision(s.precision)
+        accel.compile_backend(s.compile)
         if not 0 <= self.rank < W:
             raise ValueError(f"rank {self.rank} outside world of size {W}")
         if W > 1 and not ud.is_initialized():
@@ -231,7 +244,7 @@ class Trainer:
     def _load(self, state: dict) -> None:
         unwrap(self.model).load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.objective.load_state_dict(state["objective"], template=unwrap(self.model))
         self.loader.load_state_dict(state["loader"])
         _set_rng_state(state["rng"])
@@ -251,8 +264,7 @@ class Trainer:
             return self._step_keyed()
         x, y = self.loader.next_batch()
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        autocast = self.settings.precision == "bf16" and self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+        with accel.autocast(self.settings.precision, self.device):
             out = self.objective(self.model, x, y)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -274,7 +286,6 @@ class Trainer:
         t, z, drop = draw_step_inputs(self.objective.config, s.seed, k, s.batch_size, x.shape[1:],
                                       lo, lo + self.per_rank, self.device)
         torch.manual_seed(step_seed(s.seed, k, 2 + self.rank))  # stochastic layers only
-        autocast = s.precision == "bf16" and self.device.type == "cuda"
         n_micro = self.per_rank // self.micro_batch
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
@@ -282,7 +293,7 @@ class Trainer:
             sl = slice(i * self.micro_batch, (i + 1) * self.micro_batch)
             sync = i == n_micro - 1 or not hasattr(self.model, "no_sync")
             with contextlib.nullcontext() if sync else self.model.no_sync():
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+                with accel.autocast(s.precision, self.device):
                     out = self.objective(self.model, x[sl], y[sl], t=t[sl], z=z[sl], drop=drop[sl],
                                          advance_teacher=i == 0)
                 loss = out.loss / n_micro if n_micro > 1 else out.loss

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as Fn
@@ -208,6 +208,9 @@ class UCGMObjective:
         self.zeta = zeta
         self.teacher = Teacher(config.teacher_decay)
         self.fuse_forwards = fuse_forwards
+        # maps a bare network (the unwrapped online model, the teacher) to what the extra no-grad
+        # forwards call, e.g. its torch.compile wrapper (ucgm_core.accel.CompiledModules); None: itself
+        self.wrap_network: Optional[Callable[[nn.Module], nn.Module]] = None
 
     # -- model evaluation -----------------------------------------------------------------
     def _predict(self, network: nn.Module, x_t: Tensor, t: Tensor, labels: Tensor):
@@ -294,7 +297,7 @@ class UCGMObjective:
         if self.zeta != 0.0 or cfg.consistency_ratio != 0.0:
             # as in the original, the teacher advances whenever lambda != 0 or zeta != 0, also when only
             # the enhancement (zeta != 0) evaluates it: its EMA / frozen copy is part of the saved state
-            teacher = self._teacher_network(online, advance_teacher)
+            teacher = self._wrap(self._teacher_network(online, advance_teacher))
         x_tilde, z_tilde = x, z
         if self.zeta != 0.0:
             x_tilde, z_tilde, used = self._enhance(teacher, x, z, x_t, t, labels, conditional, x_hat, z_hat, fuse, rng)
@@ -302,7 +305,7 @@ class UCGMObjective:
         target = tp.target(x_tilde, z_tilde, t)
 
         if cfg.consistency_ratio > 0.0:
-            target, used = self._consistency_target(online, F, x_tilde, z_tilde, t, labels, fuse, rng)
+            target, used = self._consistency_target(self._wrap(online), F, x_tilde, z_tilde, t, labels, fuse, rng)
             nfe += used
 
         target = target.detach()
@@ -315,6 +318,9 @@ class UCGMObjective:
             loss=loss, per_sample=per_sample, weight=weight, prediction=F, target=target, t=t, z=z,
             labels=labels, x_enhanced=x_tilde, z_enhanced=z_tilde, nfe=nfe,
         )
+
+    def _wrap(self, network: nn.Module) -> nn.Module:
+        return network if self.wrap_network is None else self.wrap_network(network)
 
     def _fuse(self, online: nn.Module) -> bool:
         if self.fuse_forwards == "auto":

@@ -116,15 +116,45 @@ OPTIMIZERS = {
 }
 
 
+#: torch optimizers with a fused (single-kernel) CUDA implementation; RAdam has none (its default on
+#: CUDA is already the multi-tensor ``foreach`` path), the original's AdamW batches itself (foreach).
+FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
+
+
 def build_optimizer(
-    params: Iterable[nn.Parameter], name: str, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0
+    params: Iterable[nn.Parameter], name: str, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0,
+    fused: Optional[bool] = None,
 ) -> torch.optim.Optimizer:
+    """The optimizer ``name`` over the trainable ``params``.
+
+    ``fused``: None (default) uses torch's fused kernel (``fused=True``) for ``TorchAdamW`` and ``Adam``
+    when every parameter is a floating-point CUDA tensor, and the default path otherwise (the CPU, and
+    optimizers without a fused kernel); False never fuses; True insists (an error where torch has none).
+    """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer.type={name!r} is unknown; expected one of {sorted(OPTIMIZERS)}")
     if lr <= 0:
         raise ValueError(f"optimizer.lr must be > 0, got {lr}")
-    return OPTIMIZERS[name]([p for p in params if p.requires_grad], lr=lr, betas=tuple(betas),
-                            weight_decay=weight_decay)
+    params = [p for p in params if p.requires_grad]
+    cls = OPTIMIZERS[name]
+    kwargs = {}
+    if fused is None:
+        fused = cls in FUSED_OPTIMIZERS and bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+    elif fused and cls not in FUSED_OPTIMIZERS:
+        raise ValueError(f"optimizer {name!r} has no fused implementation in torch")
+    if fused:
+        kwargs["fused"] = True
+    return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, **kwargs)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)`` keeping this optimizer's implementation choice (``fused``,
+    ``foreach``): a state written on a GPU with fused kernels resumes on a CPU and vice versa (torch's
+    loader would otherwise take those flags from the file)."""
+    keep = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flags in zip(optimizer.param_groups, keep):
+        group.update(flags)
 
 
 @torch.no_grad()
