@@ -5,10 +5,14 @@ scaled_dot_product_attention path of the U-Nets against the originals' fixtures.
 from __future__ import annotations
 
 import copy
+import importlib.util
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import require_file
 
 from ucgm_core import accel
@@ -283,3 +287,77 @@ def test_unet_sdpa_path_matches_fixtures(fixtures_dir):
     with torch.no_grad():
         f = net(u["inputs"]["x_t"], u["inputs"]["t"], blob["inputs"]["class_labels_int"])
     assert (f - u["F"]).abs().max() <= 1e-5
+
+
+# --- config keys and the scripts ------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "workflow" / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_config_keys():
+    from ucgm_core.workflow_config import ConfigError, validate_config
+
+    with open(ROOT / "config" / "config.yaml") as f:
+        base = yaml.safe_load(f)
+    cfg = copy.deepcopy(base)
+    validate_config(cfg)
+    # absent keys stay absent (no default is filled in): the specs, and so the reruns, are as before
+    assert not {"tf32", "compile"} & set(cfg["models"]["multistep"]["train"])
+    assert cfg["models"]["multistep"]["train"]["precision"] == "fp32"
+    assert not {"precision", "tf32", "compile"} & set(cfg["samplers"]["ucgm"])
+    cfg = copy.deepcopy(base)
+    cfg["models"]["multistep"]["train"].update(precision="bf16", tf32=False, compile=True)
+    cfg["samplers"]["ucgm"].update(precision="bf16", tf32=True, compile="aot_eager")
+    validate_config(cfg)
+    cfg = copy.deepcopy(base)
+    cfg["models"]["multistep"]["train"].update(precision="fp16", tf32="yes")
+    cfg["samplers"]["ucgm"].update(precision="tf32", compile=1)
+    with pytest.raises(ConfigError) as e:
+        validate_config(cfg, "test.yaml")
+    assert len(e.value.problems) == 4, e.value.problems
+
+
+def test_train_fingerprint_ignores_compile():
+    train = _script("train")
+    spec = {"architecture": "UNet-S", "train": {"steps": 3, "batch_size": 4}}
+    base = train.fingerprint(spec, [])
+    assert train.fingerprint({**spec, "train": {**spec["train"], "compile": True}}, []) == base
+    assert train.fingerprint({**spec, "train": {**spec["train"], "precision": "bf16"}}, []) != base
+    assert train.fingerprint({**spec, "train": {**spec["train"], "tf32": False}}, []) != base
+
+
+def test_sample_script_precision(tmp_path):
+    from ucgm_core.checkpoint import save_checkpoint
+
+    model = _tiny_tit(in_channels=1)
+    save_checkpoint(tmp_path / "ckpt.pt", architecture="TiT-Tiny/2",
+                    model_kwargs=dict(input_size=8, in_channels=1, num_classes=3), transport="Linear",
+                    num_classes=3, latent_shape=[1, 8, 8], normalizer=LatentNormalizer(None, None, 1.0),
+                    autoencoder="identity", step=1, model=model, ema=model)
+    sample = _script("sample")
+
+    def run(out, *extra, **spec):
+        args = ["--checkpoint", str(tmp_path / "ckpt.pt"), "--spec", json.dumps({"method": "ucgm", **spec}),
+                "--steps", "4", "--samples-per-shard", "6", "--num-samples", "6", "--batch-size", "3",
+                "--device", "cpu", "--out", str(tmp_path / out), *extra]
+        assert sample.main(args) == 0
+        with np.load(tmp_path / out) as z:
+            return z["images"], json.loads(str(z["meta"]))
+
+    img32, meta32 = run("fp32.npz")
+    img16, meta16 = run("bf16.npz", precision="bf16")
+    assert (meta32["precision"], meta16["precision"]) == ("fp32", "bf16")
+    assert np.abs(img32.astype(int) - img16.astype(int)).max() <= 3
+    imgc, _ = run("compiled.npz", compile="eager", tf32=False)
+    np.testing.assert_array_equal(imgc, img32)
+    # --skip-existing keeps a shard only when the precision matches too (a shard without the key is fp32)
+    request = {k: meta16[k] for k in sample.REQUEST_KEYS}
+    assert sample.existing_shard_matches(tmp_path / "bf16.npz", {**request, "precision": "bf16"})
+    assert not sample.existing_shard_matches(tmp_path / "bf16.npz", {**request, "precision": "fp32"})

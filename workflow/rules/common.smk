@@ -240,6 +240,7 @@ def model_resources(name, key, default):
 def sampler_spec(name):
     s = SAMPLERS[name]
     spec = {k: s[k] for k in ("method", "options", "guidance", "weights")}
+    spec.update({k: s[k] for k in ("precision", "tf32", "compile") if k in s})  # only when set: no reruns
     spec["quantize"] = sampler_experiment(name)["evaluation"]["quantize"]
     return json.dumps(spec, sort_keys=True)
 

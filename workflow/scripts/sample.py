@@ -42,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_spec, log, set_threads  # noqa: E402
 
+from ucgm_core.accel import compile_forward, configure_device  # noqa: E402
 from ucgm_core.autoencoders import get_autoencoder  # noqa: E402
 from ucgm_core.distributed import PREEMPTED_EXIT_CODE  # noqa: E402
 from ucgm_core.checkpoint import build_network, checkpoint_normalizer, load_checkpoint, sha256_file  # noqa: E402
@@ -89,6 +90,8 @@ def existing_shard_matches(out: Path, request: dict) -> bool:
     except Exception:  # noqa: BLE001 - missing, truncated or not an npz: not done
         return False
     if any(meta.get(k) != request[k] for k in REQUEST_KEYS):
+        return False
+    if meta.get("precision", "fp32") != request.get("precision", "fp32"):  # shards before the key were fp32
         return False
     expected = np.arange(request["first_index"], request["first_index"] + n)
     return all(len(v) == n for v in arrays.values()) and np.array_equal(arrays["indices"], expected)
@@ -153,7 +156,7 @@ def main(argv=None) -> int:
         "options": spec.get("options") or {}, "guidance": guidance, "weights": spec.get("weights", "ema"),
         "quantize": spec.get("quantize", "round"), "seed": a.seed, "shard": a.shard,
         "samples_per_shard": a.samples_per_shard, "num_samples": a.num_samples,
-        "first_index": indices.start, "count": len(indices),
+        "first_index": indices.start, "count": len(indices), "precision": spec.get("precision", "fp32"),
     }
     if a.skip_existing and out.exists():
         if existing_shard_matches(out, request):
@@ -163,6 +166,8 @@ def main(argv=None) -> int:
     ckpt = load_checkpoint(a.checkpoint)
     log(f"sampling images {indices.start}..{indices.stop - 1} ({spec['method']}, {a.steps} steps) -> {out}")
     net = build_network(ckpt, spec.get("weights", "ema"))
+    configure_device(a.device, tf32=bool(spec.get("tf32", True)))  # TF32 on CUDA only
+    compile_forward(net, spec.get("compile", False))
     ae_name = ckpt.get("autoencoder", "identity")
     ae_kwargs = json.loads(a.ae_kwargs)
     if ae_name == "identity":
@@ -174,7 +179,8 @@ def main(argv=None) -> int:
         latent_shape=ckpt["latent_shape"], num_classes=ckpt["num_classes"], normalizer=checkpoint_normalizer(ckpt),
         decode=ae.decode, options=spec.get("options") or {}, guidance_scale=float(guidance.get("scale", 0.0)),
         guidance_interval=guidance.get("interval"), batch_size=a.batch_size, device=a.device,
-        quantize=request["quantize"], on_batch=lambda done, total: log(f"generated {done}/{total} images"),
+        quantize=request["quantize"], precision=request["precision"],
+        on_batch=lambda done, total: log(f"generated {done}/{total} images"),
     )
     seconds = time.time() - t0
     sampler = get_sampler(spec["method"])
@@ -190,7 +196,7 @@ def main(argv=None) -> int:
         "options": spec.get("options") or {}, "guidance": guidance, "weights": spec.get("weights", "ema"),
         "quantize": request["quantize"], "seed": a.seed, "shard": a.shard, "samples_per_shard": a.samples_per_shard,
         "num_samples": a.num_samples, "first_index": indices.start, "count": len(indices),
-        "seconds": round(seconds, 3),
+        "precision": request["precision"], "seconds": round(seconds, 3),
     }
     buf = io.BytesIO()
     np.savez(buf, images=res.images, labels=res.labels, indices=res.indices, seeds=res.seeds,

@@ -87,7 +87,13 @@ SEEDING = "step"  # per-step draws: the same updates for any number of processes
 SEMANTICS = 2
 
 
+# how the network runs, not what it computes: changing it resumes the same state
+NOT_FINGERPRINTED = ("compile",)
+
+
 def fingerprint(spec: dict, files) -> str:
+    if any(k in spec.get("train", {}) for k in NOT_FINGERPRINTED):
+        spec = {**spec, "train": {k: v for k, v in spec["train"].items() if k not in NOT_FINGERPRINTED}}
     h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     h.update(f"seeding={SEEDING}".encode())
     h.update(f"semantics={SEMANTICS}".encode())
@@ -154,7 +160,8 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
                              ema_decay=t.get("ema_decay", 0.9999), ema_init=t.get("ema_init", "initial"),
                              seed=t.get("seed", 0),
                              log_every=t.get("log_every", 50), checkpoint_every=t.get("checkpoint_every", 500),
-                             precision=t.get("precision", "fp32"), seeding=SEEDING, micro_batch=a.micro_batch)
+                             precision=t.get("precision", "fp32"), tf32=bool(t.get("tf32", True)),
+                             compile=t.get("compile", False), seeding=SEEDING, micro_batch=a.micro_batch)
     if settings.batch_size % env.world_size:
         raise SystemExit(f"train.batch_size {settings.batch_size} does not split over {env.world_size} processes")
     if data_cfg.get("latent_stats") and data_cfg["normalize_latents"]:  # fixed statistics (e.g. EDM2's)
@@ -190,6 +197,10 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
     # the evaluation EMA starts as a copy of the starting weights (the initialisation or --init's EMA)
     trainer = Trainer(model, objective, loader, settings, state_dir / "state.pt", log=log_main, device=device,
                       rank=env.rank, world_size=env.world_size)
+    if device.type == "cuda" or settings.precision != "fp32" or settings.compile:
+        fused = any(g.get("fused") for g in trainer.optimizer.param_groups)
+        log_main(f"compute: {settings.precision}, TF32 {'on' if settings.tf32 and device.type == 'cuda' else 'off'}, "
+                 f"compile {settings.compile or 'off'}, {settings.optimizer}{' (fused)' if fused else ''}")
     grid_dir = out_dir / "grids"
     if main_rank and not trainer.resumed and grid_dir.exists():
         shutil.rmtree(grid_dir)
