@@ -36,11 +36,9 @@ networks of depth 1 and 2 at batch 1 and extrapolated linearly to the full depth
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import gc
 import json
-import math
 import platform
 import sys
 import tempfile
@@ -334,7 +332,8 @@ def make_autoencoder(name: str, smoke: bool, tmp: Path, device):
 
     from ucgm_core.autoencoders import get_autoencoder
     from ucgm_core.autoencoders.sdvae import SD_VAE_CONFIG
-    from ucgm_core.autoencoders.vavae import VAVAE_F16D32_DDCONFIG, diffusers_to_ldm_state_dict, ldm_vae_config_to_diffusers
+    from ucgm_core.autoencoders.vavae import (VAVAE_F16D32_DDCONFIG, diffusers_to_ldm_state_dict,
+                                              ldm_vae_config_to_diffusers)
     from ucgm_core.models.convert import save_state_dict
 
     torch.manual_seed(0)

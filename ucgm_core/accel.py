@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -137,12 +137,3 @@ class CompiledModules:
         self._cache[id(module)] = (weakref.ref(module), wrapped)
         return wrapped
 
-
-def call_fp32(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """``fn`` whose bf16 tensor result is returned as float32 (other dtypes unchanged)."""
-
-    def wrapped(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        return out.float() if isinstance(out, torch.Tensor) and out.dtype == torch.bfloat16 else out
-
-    return wrapped
