@@ -59,7 +59,9 @@ def overlay_for(assets) -> dict:
         if data["dataset"] == "imagenet":
             src = assets.imagenet_train_tar if resolution == 256 else assets.imagenet_folder
             resolution = MINI_RESOLUTION[resolution]
-            over["data"] = {"source": str(src), "num_classes": assets.num_classes, "resolution": resolution}
+            # two parts, not the paper's 32: the parallel prep and its merges run for real, without ~200 part jobs
+            over["data"] = {"source": str(src), "num_classes": assets.num_classes, "resolution": resolution,
+                            "prep_jobs": 2}
         else:
             over["data"] = {"source": str(assets.cifar10_tarball)}
         ae = data["autoencoder"]
