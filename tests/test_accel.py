@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -247,7 +248,7 @@ def test_fused_optimizers_only_where_torch_has_them():
     assert fused.param_groups[0]["fused"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: fused kernels are chosen on CUDA only")
+@pytest.mark.cuda  # fused kernels are chosen on CUDA only (deselected without CUDA: tests/conftest.py)
 def test_fused_on_cuda():
     params = [torch.nn.Parameter(p.detach().cuda()) for p in _params()]
     for name, fused in (("TorchAdamW", True), ("Adam", True), ("RAdam", False), ("AdamW", False)):
@@ -333,7 +334,17 @@ def test_train_fingerprint_ignores_compile():
     assert train.fingerprint({**spec, "train": {**spec["train"], "tf32": False}}, []) != base
 
 
-def test_sample_script_precision(tmp_path):
+@pytest.fixture
+def signal_handlers_kept():
+    """``sample.main`` installs process-wide SIGTERM / SIGUSR1 handlers (a job's preemption exit); run
+    in-process, they must not outlive the test (tests/test_distributed.py checks the defaults)."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_sample_script_precision(tmp_path, signal_handlers_kept):
     from ucgm_core.checkpoint import save_checkpoint
 
     model = _tiny_tit(in_channels=1)
