@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from .data.download import file_digest as sha256_file  # hex sha256 of a file (re-exported)
+from .io import atomic_torch_save, sha256_file  # sha256_file re-exported
 from .data.loader import LatentNormalizer
 from .models import build_model
 
@@ -52,9 +52,7 @@ def save_checkpoint(path: os.PathLike | str, *, architecture: str, model_kwargs:
         "ema": {k: v.detach().cpu() for k, v in ema.state_dict().items()},
         "info": info or {},
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(payload, path)
     return path
 
 

@@ -35,12 +35,13 @@ import json
 import os
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ..io import atomic_write_bytes
 
 __all__ = [
     "adm_center_crop",
@@ -203,22 +204,6 @@ def decode_field(field: str, data: bytes) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Atomic writes and the shard writer
 # ---------------------------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _ustar_header(name: str, size: int) -> bytes:

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from .. import accel
 from .. import distributed as ud
+from ..io import atomic_torch_save
 from .ema import EMA, unwrap
 from .objective import UCGMConfig, UCGMObjective, label_drop_count
 from .optim import build_optimizer, clip_gradients_, load_optimizer_state, scrub_nonfinite_grads_
@@ -94,11 +95,7 @@ class TrainState:
 
 def atomic_save(obj, path: Path) -> None:
     """torch.save to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(obj, path)
 
 
 class Preempted(Exception):
