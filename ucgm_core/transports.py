@@ -160,7 +160,15 @@ class TrigLinear(Transport):
 
 
 class Random(Transport):
-    """The original's experimental path: sin input noise, (1 - t) data, target z - (1 + e^{-5t}) x."""
+    """The paper's ablation path (Table 6, "Random"): x_t = sin(1.57 t) z + (1 - t) x, F* = z - (1 + e^{-5t}) x.
+
+    Table 6 prints the four columns (alpha, gamma, alpha_hat, gamma_hat) = (sin(t pi/2), 1 - t, 1,
+    -1 - exp(-5t)); the last two are the *target* coefficients, not derivatives of the first two.
+    Quirk: unlike Linear or TrigFlow, the target is not the path's velocity (alpha' = 1.57 cos(1.57 t) != 1,
+    gamma' = -1 != -1 - e^{-5t}); it is an arbitrary invertible pair chosen to show that UCGM trains on any
+    transport with D(t) != 0. We follow the table and the original literally. The baseline ODE samplers use
+    the true derivatives (alpha', gamma') from :meth:`Transport.derivatives`, never alpha_hat, gamma_hat.
+    """
 
     name = "Random"
 
