@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Optional
+from itertools import chain
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -59,3 +60,21 @@ class Autoencoder(nn.Module, abc.ABC):
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:  # round trip, for convenience
         return self.decode(self.encode(images))
+
+
+def cast_module(model: nn.Module, dtype: Union[str, torch.dtype]) -> nn.Module:
+    """``model`` in floating dtype ``dtype`` (untouched when already there: diffusers warns on every cast)."""
+    dt = torch_dtype(dtype)
+    if any(t.is_floating_point() and t.dtype != dt for t in chain(model.parameters(), model.buffers())):
+        model = model.to(dt)
+    return model
+
+
+def torch_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    """A torch dtype from a dtype or its name ("float32", "torch.bfloat16")."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).replace("torch.", ""), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}")
+    return value

@@ -21,8 +21,8 @@ from typing import Dict, Optional, Union
 import torch
 from torch import Tensor
 
-from .base import Autoencoder
-from .sdvae import _cast, load_diffusers_autoencoder
+from .base import Autoencoder, cast_module
+from .sdvae import load_diffusers_autoencoder
 
 __all__ = ["DCAE"]
 
@@ -62,7 +62,7 @@ class DCAE(Autoencoder):
         vae = load_diffusers_autoencoder(
             AutoencoderDC, source if source is not None else self.default_source, config=config,
             subfolder=subfolder, allow_download=allow_download, convert_original=_convert_efficientvit)
-        self.vae = _cast(vae, dtype)
+        self.vae = cast_module(vae, dtype)
         self.latent_channels = int(vae.config.latent_channels)
         self.stride = int(vae.spatial_compression_ratio)
 

@@ -49,7 +49,8 @@ import torch
 from torch import Tensor, nn
 
 from ..models.convert import CheckpointError, check_layout, load_checkpoint_file, pick_weights, strip_prefixes
-from .base import Autoencoder
+from .base import Autoencoder, cast_module
+from .ldm_keys import ldm_to_diffusers_state_dict, looks_like_ldm
 
 __all__ = [
     "SD_VAE_CONFIG",
@@ -223,23 +224,6 @@ def load_diffusers_autoencoder(
     return build_and_load(cls, cfg, state, str(weights))
 
 
-def _cast(model: nn.Module, dtype: Union[str, torch.dtype]) -> nn.Module:
-    """``model`` in floating dtype ``dtype`` (untouched when already there: diffusers warns on every cast)."""
-    dt = _torch_dtype(dtype)
-    if any(t.is_floating_point() and t.dtype != dt for t in chain(model.parameters(), model.buffers())):
-        model = model.to(dt)
-    return model
-
-
-def _torch_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    value = getattr(torch, str(dtype).replace("torch.", ""), None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
-    return value
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Shared KL-autoencoder wrapper (SD-VAE, EDM2's SD-VAE, VA-VAE)
 # ----------------------------------------------------------------------------------------------------------
@@ -262,7 +246,7 @@ class KLAutoencoder(Autoencoder):
     vae_pixels_01: bool = False
 
     def _setup(self, vae: nn.Module, *, sample_posterior: bool, seed: Optional[int], generator, dtype) -> None:
-        self.vae = _cast(vae, dtype)
+        self.vae = cast_module(vae, dtype)
         cfg = vae.config
         self.latent_channels = int(cfg.latent_channels)
         self.stride = 2 ** (len(cfg.block_out_channels) - 1)
@@ -318,8 +302,6 @@ class KLAutoencoder(Autoencoder):
 # ----------------------------------------------------------------------------------------------------------
 
 def _convert_ldm(state: StateDict, layout, source: str) -> StateDict:
-    from .vavae import looks_like_ldm, ldm_to_diffusers_state_dict
-
     if not looks_like_ldm(state):
         return state
     return ldm_to_diffusers_state_dict(state, layout, source)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -21,6 +21,7 @@ __all__ = [
     "CheckpointError",
     "UnsafeCheckpointError",
     "load_checkpoint_file",
+    "read_blob",
     "pick_weights",
     "strip_prefixes",
     "drop_keys",
@@ -73,6 +74,14 @@ def load_checkpoint_file(path: os.PathLike | str) -> dict:
                 "weights as a plain state_dict or safetensors file from a trusted environment."
             ) from None
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {msg[:300]})") from None
+
+
+def read_blob(path_or_state: os.PathLike | str | Mapping[str, Any]) -> tuple:
+    """(loaded blob, source name for messages): a path is read with :func:`load_checkpoint_file`, an
+    already loaded mapping is passed through as ``"<state_dict>"``."""
+    if isinstance(path_or_state, Mapping):
+        return path_or_state, "<state_dict>"
+    return load_checkpoint_file(path_or_state), str(path_or_state)
 
 
 def pick_weights(blob: Mapping, preferred: Sequence[str] = ("ema", "model_ema", "ema_model", "model", "state_dict"),

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .convert import CheckpointError, check_layout, pick_weights, strip_prefixes
+from .convert import CheckpointError, check_layout, pick_weights, read_blob, strip_prefixes
 from .layers import ConditionalNet, LabelEmbedder, timestep_embedding
-from .lightningdit import WeightedRMSNorm, _read, expected_layout
-from .registry import ModelSpec
+from .lightningdit import WeightedRMSNorm, expected_layout
+from .spec import ModelSpec
 
 
 def ddt_rope(head_dim: int, h: int, w: int, theta: float = 10000.0) -> tuple:
@@ -207,7 +207,7 @@ def convert_ddt_checkpoint(path_or_state: Union[str, os.PathLike, Mapping[str, A
     and shape against ``DDT(**model_kwargs)`` (default XL/2). Raises :class:`CheckpointError`
     naming the file and offending keys.
     """
-    blob, source = _read(path_or_state)
+    blob, source = read_blob(path_or_state)
     state = pick_weights(blob, source=source)
     for prefix in DDT_WEIGHT_PREFIXES:
         if any(k.startswith(prefix) for k in state):

@@ -1,14 +1,16 @@
 """Registry entries of the networks ported from other projects (released checkpoints load into them).
 
 Each family module defines its network, its converter from the original checkpoint, and a dict of
-:class:`~ucgm_core.models.registry.ModelSpec` entries; they are merged into ``MODELS`` here.
+:class:`~ucgm_core.models.spec.ModelSpec` entries; they are merged into ``MODELS`` here.
 """
 
 from __future__ import annotations
 
 from typing import Dict
 
-EXTERNAL_MODELS: Dict[str, object] = {}
+from .spec import ModelSpec
+
+EXTERNAL_MODELS: Dict[str, ModelSpec] = {}
 
 # --- family registrations (one line each) ---
 from .sit import SIT_MODELS; EXTERNAL_MODELS.update(SIT_MODELS)  # noqa: E402,E702

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .convert import check_layout, load_checkpoint_file, pick_weights, strip_prefixes
+from .convert import check_layout, pick_weights, read_blob, strip_prefixes
 from .layers import (
     ConditionalNet,
     LabelEmbedder,
@@ -28,7 +28,7 @@ from .layers import (
     sincos_pos_embed_2d,
     unpatchify,
 )
-from .registry import ModelSpec
+from .spec import ModelSpec
 from .tit import Attention, PatchEmbed
 
 
@@ -168,13 +168,6 @@ def expected_layout(model_cls: type, **kwargs: Any) -> dict:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _read(path_or_state: Union[str, os.PathLike, Mapping[str, Any]]) -> tuple:
-    """(loaded blob, source name for messages)."""
-    if isinstance(path_or_state, Mapping):
-        return path_or_state, "<state_dict>"
-    return load_checkpoint_file(path_or_state), str(path_or_state)
-
-
 def convert_lightningdit_checkpoint(
     path_or_state: Union[str, os.PathLike, Mapping[str, Any]], **model_kwargs: Any
 ) -> dict:
@@ -185,7 +178,7 @@ def convert_lightningdit_checkpoint(
     (default: XL/1 at input_size 16, 32 channels, 1000 classes). The release has no
     sampling-irrelevant keys. Raises :class:`CheckpointError` naming the file and offending keys.
     """
-    blob, source = _read(path_or_state)
+    blob, source = read_blob(path_or_state)
     state = strip_prefixes(pick_weights(blob, source=source))
     kwargs = {"input_size": 16, "in_channels": 32, "num_classes": 1000, **LIGHTNINGDIT_XL1, **model_kwargs}
     check_layout(state, expected_layout(LightningDiT, **kwargs), source=source)

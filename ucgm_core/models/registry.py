@@ -1,28 +1,15 @@
-"""Model registry: name -> :class:`ModelSpec`; :func:`build_model` instantiates one."""
+"""Model registry: name -> :class:`~ucgm_core.models.spec.ModelSpec`; :func:`build_model` instantiates one."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 from torch import nn
 
+from .external import EXTERNAL_MODELS
+from .spec import ModelSpec
 from .tit import TIT_CONFIGS, TiT
 from .unet import UNet
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A registry entry.
-
-    ``builder(input_size=..., in_channels=..., num_classes=..., **defaults, **overrides)`` builds
-    the network; ``transport`` is the time convention it was trained in (``"Linear"``: t = 1 is
-    noise, output z - x; external ports may use ``"ReLinear"`` or ``"EDM"``).
-    """
-
-    builder: Callable[..., nn.Module]
-    defaults: Dict[str, Any] = field(default_factory=dict)
-    transport: str = "Linear"
 
 
 MODELS: Dict[str, ModelSpec] = {name: ModelSpec(TiT, dict(cfg)) for name, cfg in TIT_CONFIGS.items()}
@@ -44,11 +31,4 @@ def build_model(name: str, *, input_size: int, in_channels: int, num_classes: in
     kwargs = {**spec.defaults, **overrides}
     return spec.builder(input_size=input_size, in_channels=in_channels, num_classes=num_classes, **kwargs)
 
-
-def _register_external() -> None:
-    from .external import EXTERNAL_MODELS
-
-    MODELS.update(EXTERNAL_MODELS)
-
-
-_register_external()
+MODELS.update(EXTERNAL_MODELS)  # the ported families (external.py)

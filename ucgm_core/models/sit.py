@@ -30,10 +30,9 @@ from .layers import (
     LabelEmbedder,
     TimestepEmbedder,
     modulate,
-    sincos_pos_embed_2d,
     unpatchify,
 )
-from .registry import ModelSpec
+from .spec import ModelSpec
 
 __all__ = ["SiT", "SIT_VARIANTS", "SIT_MODELS", "SIT_CHECKPOINT_VARIANT", "sit_kwargs_from_original",
            "convert_sit_checkpoint", "expected_sit_layout", "CheckpointError"]

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .convert import CheckpointError, check_layout, drop_keys, pick_weights, save_state_dict, strip_prefixes
-from .edm2 import edm_noise_label, edm_preconditioning, load_checkpoint_maybe_pickle
+from .edm2 import edm_noise_label, edm_preconditioning
+from .edm_pickle import load_checkpoint_maybe_pickle
 from .layers import ConditionalNet, channel_sdpa
-from .registry import ModelSpec
+from .spec import ModelSpec
 
 __all__ = ["SongUNet", "UNetBlock", "SONGUNET_CIFAR10", "SONGUNET_MODELS", "songunet_kwargs_from_original",
            "expected_songunet_layout", "convert_songunet_checkpoint", "CheckpointError"]

@@ -23,7 +23,6 @@ from .layers import (
     TimestepEmbedder,
     VisionRoPE2d,
     modulate,
-    sincos_pos_embed_2d,
     unpatchify,
 )
 
