@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: data-prep jobs that never touch tensors stay light
+    import torch
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_torch_save", "sha256_file", "sha256_bytes", "to_uint8"]
 
@@ -71,6 +72,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> str:
     """``torch.save`` through :func:`atomic_write`, byte-for-byte reproducible: saving through a file object
     makes torch name the archive's root folder "archive" instead of after the (random) temporary file, so
     equal content gives an equal sha256."""
+    import torch
 
     def w(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -109,6 +111,8 @@ def to_uint8(x: torch.Tensor, rounding: str = "truncate") -> torch.Tensor:
     values raise ``ValueError`` (they would otherwise become arbitrary pixels and be scored). uint8 input is
     returned unchanged.
     """
+    import torch
+
     if rounding not in ("truncate", "round"):
         raise ValueError(f"rounding must be 'truncate' or 'round', got {rounding!r}")
     if not torch.is_tensor(x):
