@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+
+from .io import atomic_write
 
 __all__ = ["class_rows", "image_grid", "save_grid", "save_labelled_rows", "plot_loss_curve", "plot_fid_vs_nfe", "atomic_savefig"]
 
@@ -50,10 +52,8 @@ def save_grid(images: np.ndarray, path: os.PathLike | str, rows: int, cols: int,
         grid = grid.repeat(scale, 0).repeat(scale, 1)
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    img.save(tmp)
-    os.replace(tmp, path)
+    fmt = path.suffix.lstrip(".").upper() or "PNG"
+    atomic_write(path, lambda tmp: img.save(tmp, format="JPEG" if fmt == "JPG" else fmt))
     return path
 
 
@@ -79,10 +79,7 @@ def save_labelled_rows(rows: Sequence[np.ndarray], labels: Sequence[str], path: 
 
 def atomic_savefig(fig, path: os.PathLike | str) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png"))
     return path
 
 

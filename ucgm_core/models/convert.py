@@ -17,6 +17,8 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..io import atomic_torch_save, atomic_write
+
 __all__ = [
     "CheckpointError",
     "UnsafeCheckpointError",
@@ -154,14 +156,11 @@ def load_layout(path: os.PathLike | str, key: str = "state_dict") -> Layout:
 def save_state_dict(state: Mapping[str, Tensor], path: os.PathLike | str, metadata: Optional[dict] = None) -> Path:
     """Write a plain state_dict atomically: ``.safetensors`` (metadata as strings) or a ``torch.save`` dict."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in (metadata or {}).items()}))
     else:
-        torch.save({"state_dict": tensors, "metadata": metadata or {}}, tmp)
-    os.replace(tmp, path)
+        atomic_torch_save({"state_dict": tensors, "metadata": metadata or {}}, path)
     return path

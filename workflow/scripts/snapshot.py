@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import log  # noqa: E402
 
 from ucgm_core.checkpoint import load_checkpoint  # noqa: E402
+from ucgm_core.io import atomic_write  # noqa: E402
 
 
 def snapshot_path(state_path: str | os.PathLike, step: int) -> Path:
@@ -40,10 +41,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{a.checkpoint}: no snapshot of step {a.step} (kept: {kept}); add {a.step} to the "
                          "model's train.snapshots in the config")
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: shutil.copyfile(src, tmp))
     log(f"{src} -> {out}")
     return 0
 
