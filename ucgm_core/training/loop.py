@@ -27,6 +27,16 @@ global batch. Only rank 0 writes the state file, after a barrier.
 
 Preemption: :meth:`Trainer.run` takes ``should_stop`` (e.g. :meth:`PreemptionGuard.should_stop`),
 asked after every step; when it says yes the state is written and :class:`Preempted` raised.
+
+Two state copies: each write rotates ``state.pt`` to ``state.prev.pt`` (new file written and fsync-ed
+first, then the renames), and a resume falls back to ``state.prev.pt`` when ``state.pt`` is missing or
+unreadable (truncated by a full disk, ...), logging which file failed and why. Both unreadable is a
+:class:`StateFileError` naming both. States are read with ``torch.load(weights_only=True)``.
+
+Non-finite steps: a step whose loss (on any process) or gradients are NaN/inf is skipped as the
+original does (its gradients are zeroed by :func:`scrub_nonfinite_grads_`), and no state is written
+while such a streak lasts. ``max_nonfinite_steps`` consecutive ones stop training with
+:class:`NonFiniteTraining`; the state on disk is then the one from before the streak.
 """
 
 from __future__ import annotations
@@ -46,7 +56,7 @@ from torch import Tensor, nn
 
 from .. import accel
 from .. import distributed as ud
-from ..io import atomic_torch_save
+from ..io import atomic_torch_save, atomic_write
 from .ema import EMA, unwrap
 from .objective import UCGMConfig, UCGMObjective, label_drop_count
 from .optim import build_optimizer, clip_gradients_, load_optimizer_state, scrub_nonfinite_grads_
@@ -85,6 +95,7 @@ class TrainSettings:
     compile: Union[bool, str] = False  # torch.compile the network (True: inductor; or a backend name)
     seeding: str = "stream"  # or "step": draws keyed by (seed, step), independent of the process count
     micro_batch: Optional[int] = None  # per-process micro-batch (gradient accumulation); None: no accumulation
+    max_nonfinite_steps: int = 10  # consecutive steps with a NaN/inf loss or gradients that stop training
 
 
 @dataclass
@@ -96,6 +107,74 @@ class TrainState:
 def atomic_save(obj, path: Path) -> None:
     """torch.save to ``path`` through a temporary file and an atomic rename."""
     atomic_torch_save(obj, path)
+
+
+def previous_state_path(state_path: Union[str, os.PathLike]) -> Path:
+    """Where the state before the newest is kept: ``state.pt`` -> ``state.prev.pt``."""
+    p = Path(state_path)
+    return p.with_name(f"{p.stem}.prev{p.suffix}")
+
+
+def save_rotating(obj, path: Union[str, os.PathLike], previous: Union[str, os.PathLike]) -> None:
+    """Write ``obj`` to ``path`` keeping the file it replaces as ``previous``.
+
+    Order: the new state goes to a temporary file beside ``path`` and is fsync-ed; only then is the
+    current ``path`` renamed to ``previous`` and the temporary renamed to ``path`` (and the folder
+    fsync-ed), all through :func:`ucgm_core.io.atomic_write`, which removes the temporary on any
+    failure. A failed write (disk full) leaves both older files as they were; a crash between the two
+    renames leaves ``previous`` only, which :func:`load_state_file` falls back to.
+    """
+    path, previous = Path(path), Path(previous)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)  # through a file object, as io.atomic_torch_save: byte-reproducible
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.replace(path, previous)
+
+    atomic_write(path, write)
+
+
+class StateFileError(RuntimeError):
+    """No readable training state among the copies that exist."""
+
+
+def _why(err: BaseException) -> str:
+    """``Type: first line of the message`` (torch's messages run over many lines)."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else '(no message)'}"
+
+
+def load_state_file(paths: Sequence[Path], device: torch.device | str = "cpu",
+                    log: Callable[[str], None] = print) -> Tuple[dict, Path]:
+    """``(state, path)``: the first of ``paths`` (newest first) that exists and reads as a training
+    state with ``torch.load(weights_only=True)``. Each copy passed over is logged with the reason;
+    none readable raises :class:`StateFileError` naming every file and why it failed."""
+    failed: List[Tuple[Path, str]] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            failed.append((path, "missing"))
+            continue
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+            if not isinstance(state, dict) or not {"model", "train"} <= set(state):
+                raise ValueError(f"not a training state (a {type(state).__name__} without 'model' and 'train')")
+        except Exception as e:  # a truncated zip, a foreign pickle, ...: try the older copy
+            failed.append((path, _why(e)))
+            log(f"warning: training state {path} is unreadable ({failed[-1][1]})")
+            continue
+        if failed:
+            log(f"warning: resuming from the older state {path}: "
+                + "; ".join(f"{p} is {'missing' if why == 'missing' else 'unreadable'}" for p, why in failed))
+        return state, path
+    raise StateFileError("no readable training state: " + "; ".join(f"{p}: {why}" for p, why in failed)
+                         + ". Delete these files to start the run afresh.")
+
+
+class NonFiniteTraining(RuntimeError):
+    """``max_nonfinite_steps`` consecutive steps had a NaN/inf loss or gradients; nothing was saved from them."""
 
 
 class Preempted(Exception):
@@ -153,7 +232,8 @@ class Trainer:
         objective: the UCGM-T loss (holds the teacher).
         loader: a :class:`BatchSource`.
         settings: :class:`TrainSettings`.
-        state_path: the resumable state file (kept outside declared workflow outputs).
+        state_path: the resumable state file (kept outside declared workflow outputs); the copy
+            before it is kept beside it (:func:`previous_state_path`).
         log: a ``print``-like callable for progress lines.
         ema: the evaluation EMA (default: ``EMA(model, settings.ema_decay, settings.ema_init)``,
             a copy of ``model``'s weights as they are when the trainer is built).
@@ -177,12 +257,24 @@ class Trainer:
         self.ema = ema if ema is not None else EMA(model, settings.ema_decay, init=settings.ema_init)
         self.state = TrainState()
         self.resumed = False
-        exists = self.state_path.exists()
+        self.resumed_from: Optional[Path] = None  # the state file a resume read (the older copy after a fallback)
+        self.prev_state_path = previous_state_path(self.state_path)
+        self.nonfinite_streak = 0  # consecutive steps with a NaN/inf loss or gradients, up to the last one
+        self.last_nonfinite = False  # whether the last step had a NaN/inf loss or gradients
+        self.saved_step: Optional[int] = None  # the step of the newest state on disk (None: none yet)
+        self._save_due = False  # a checkpoint put off by a non-finite streak
+        exists = self.state_path.exists() or self.prev_state_path.exists()
         if self.world_size > 1 and ud.any_rank(exists) != (not ud.any_rank(not exists)):
             raise RuntimeError(f"{self.state_path} is visible on some ranks only (not a shared file system?)")
         if exists:
-            self._load(torch.load(self.state_path, map_location=self.device, weights_only=False))
+            state, self.resumed_from = load_state_file([self.state_path, self.prev_state_path], self.device, self.log)
+            if self.world_size > 1 and ud.any_rank(self.resumed_from != self.state_path) \
+                    and ud.any_rank(self.resumed_from == self.state_path):
+                raise StateFileError(f"the ranks disagree on the readable training state: some read {self.state_path}, "
+                                     f"others fell back to {self.prev_state_path}")
+            self._load(state)
             self.resumed = True
+            self.saved_step = self.state.step
         else:
             torch.manual_seed(settings.seed)
         if self.world_size > 1:
@@ -220,6 +312,10 @@ class Trainer:
                              f"(global {s.batch_size} over {W} processes)")
         if self.micro_batch != self.per_rank and s.seeding != "step":
             raise ValueError("gradient accumulation (micro_batch) needs train.seeding='step'")
+        if isinstance(s.max_nonfinite_steps, bool) or not isinstance(s.max_nonfinite_steps, int) \
+                or s.max_nonfinite_steps < 1:
+            raise ValueError(f"train.max_nonfinite_steps={s.max_nonfinite_steps!r}: expected an integer >= 1 "
+                             "(consecutive non-finite steps that stop training)")
 
     @property
     def is_main(self) -> bool:
@@ -247,12 +343,49 @@ class Trainer:
         _set_rng_state(state["rng"])
         self.state = TrainState(step=state["train"]["step"], losses=[tuple(r) for r in state["train"]["losses"]])
 
-    def save_state(self) -> None:
-        """Write the state file atomically; with several processes all ranks meet at a barrier
-        and rank 0 writes (every rank holds the same state)."""
+    def save_state(self, *, in_streak: bool = False) -> bool:
+        """Write the state file atomically, keeping the one it replaces (:func:`save_rotating`); with
+        several processes all ranks meet at a barrier and rank 0 writes (every rank holds the same state).
+
+        Inside a streak of non-finite steps nothing is written (the state on disk stays the one from
+        before it) unless ``in_streak`` allows it; returns whether the state was written.
+        """
+        if self.nonfinite_streak and not in_streak:
+            self.log(f"state not written at step {self.state.step}: inside {self.nonfinite_streak} non-finite "
+                     f"step(s); {self.state_path} keeps step {self.saved_step}")
+            return False
         ud.barrier()
         if self.is_main:
-            atomic_save(self.state_dict(), self.state_path)
+            save_rotating(self.state_dict(), self.state_path, self.prev_state_path)
+        self.saved_step = self.state.step
+        return True
+
+    def _nonfinite_step(self, loss: Tensor, grads_scrubbed: bool) -> bool:
+        """Whether this step's loss (on any process) or its gradients were NaN/inf. Asked right after the
+        gradient scrub's own host sync and before the optimizer step is queued, so it waits for nothing."""
+        bad = bool(grads_scrubbed) or not bool(torch.isfinite(loss.detach()).all())
+        return ud.any_rank(bad) if self.world_size > 1 else bad
+
+    def _count_nonfinite(self, bad: bool) -> None:
+        """Track the streak of non-finite steps; raise :class:`NonFiniteTraining` when it reaches
+        ``max_nonfinite_steps``, or at the last step when every step of the run was non-finite.
+
+        Quirk: the original skips a step with NaN/inf gradients (zeroed, the optimizer still steps)
+        and goes on; we do the same for shorter streaks.
+        """
+        self.nonfinite_streak = self.nonfinite_streak + 1 if bad else 0
+        limit, step = self.settings.max_nonfinite_steps, self.state.step
+        whole_run = step == self.settings.steps and self.nonfinite_streak == step
+        if self.nonfinite_streak < limit and not whole_run:
+            return
+        kept = (f"{self.state_path} (or {self.prev_state_path.name}) keeps step {self.saved_step}, from before "
+                "the streak" if self.saved_step is not None else "no state had been written yet")
+        raise NonFiniteTraining(
+            f"training in {self.state_path.parent} stopped at step {step}/{self.settings.steps}: "
+            f"{self.nonfinite_streak} consecutive steps ({step - self.nonfinite_streak + 1}-{step}) had a NaN/inf "
+            f"loss or gradients ({'every step of the run; ' if whole_run else ''}"
+            f"train.max_nonfinite_steps = {limit}); {kept}; no state or checkpoint was "
+            "written from these steps. Check the training latents for NaN/inf and the learning rate.")
 
     # -- one step --------------------------------------------------------------------------
     def step(self) -> Tensor:
@@ -266,7 +399,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         clip_gradients_(self.params, self.settings.max_grad_norm)
-        scrub_nonfinite_grads_(self.params)
+        self.last_nonfinite = self._nonfinite_step(out.loss, scrub_nonfinite_grads_(self.params))
         self.optimizer.step()
         self.ema.update(self.model)
         self.state.step += 1
@@ -297,7 +430,7 @@ class Trainer:
                 loss.backward()
             total += loss.detach()
         clip_gradients_(self.params, s.max_grad_norm)
-        scrub_nonfinite_grads_(self.params)
+        self.last_nonfinite = self._nonfinite_step(total, scrub_nonfinite_grads_(self.params))
         self.optimizer.step()
         self.ema.update(self.model)
         self.state.step += 1
@@ -312,7 +445,7 @@ class Trainer:
         """
         s = self.settings
         if self.resumed:
-            self.log(f"resumed from {self.state_path} at step {self.state.step}/{s.steps}")
+            self.log(f"resumed from {self.resumed_from} at step {self.state.step}/{s.steps}")
         start_step, t_start = self.state.step, time.perf_counter()
         t_window, window_losses = t_start, []
         bar = _progress_bar(s.steps, self.state.step) if self.is_main else None
@@ -331,18 +464,27 @@ class Trainer:
                 self.state.losses.append((step, loss, rate))
                 self.log(f"step {step}/{s.steps} loss {loss:.4f} {rate:.1f} img/s eta {_fmt(eta)}")
                 t_window, window_losses = now, []
+            try:
+                self._count_nonfinite(self.last_nonfinite)
+            except NonFiniteTraining:
+                if bar is not None:
+                    bar.close()
+                raise
             if on_step is not None:  # before the state is saved: what it writes (snapshots) is never skipped
                 on_step(self)
-            saved = step % s.checkpoint_every == 0 or step == s.steps
-            if saved:
-                self.save_state()
+            # a checkpoint falling inside a non-finite streak is put off to the streak's end; the last
+            # step's is written even inside a (shorter than max_nonfinite_steps) streak: Quirk, as above
+            due = self._save_due or step % s.checkpoint_every == 0 or step == s.steps
+            saved = due and (not self.nonfinite_streak or step == s.steps) and self.save_state(in_streak=True)
+            self._save_due = due and not saved
             if should_stop is not None and step < s.steps and should_stop():
                 if not saved:
-                    self.save_state()
+                    saved = self.save_state()
                 ud.barrier()  # rank 0 has written before any rank leaves
                 if bar is not None:
                     bar.close()
-                self.log(f"stop requested: state written at step {step}/{s.steps} to {self.state_path}")
+                self.log(f"stop requested: state written at step {step}/{s.steps} to {self.state_path}" if saved
+                         else f"stop requested at step {step}/{s.steps}: {self.state_path} keeps step {self.saved_step}")
                 raise Preempted(step)
         if bar is not None:
             bar.close()

@@ -161,7 +161,8 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
                              seed=t.get("seed", 0),
                              log_every=t.get("log_every", 50), checkpoint_every=t.get("checkpoint_every", 500),
                              precision=t.get("precision", "fp32"), tf32=bool(t.get("tf32", True)),
-                             compile=t.get("compile", False), seeding=SEEDING, micro_batch=a.micro_batch)
+                             compile=t.get("compile", False), seeding=SEEDING, micro_batch=a.micro_batch,
+                             max_nonfinite_steps=t.get("max_nonfinite_steps", TrainSettings.max_nonfinite_steps))
     if settings.batch_size % env.world_size:
         raise SystemExit(f"train.batch_size {settings.batch_size} does not split over {env.world_size} processes")
     if data_cfg.get("latent_stats") and data_cfg["normalize_latents"]:  # fixed statistics (e.g. EDM2's)
