@@ -4,15 +4,22 @@
 the schema (``workflow/schemas/config.schema.yaml``) checks keys, types and ranges and fills in the
 defaults of missing optional keys; the cross-checks then refuse what a schema cannot see (a dataset,
 autoencoder, architecture or sampler option that does not exist, a sampler or table naming an
-unknown model or sampler, a model initialised from itself). Every problem is reported at once, each
-naming its key path and what was expected, as a :class:`ConfigError`.
+unknown model or sampler, a model initialised from itself) and the values that would otherwise fail
+hours into a run (sampler option values and ranges, a reversed guidance interval, architecture overrides
+the constructor does not take, a class count the data does not have, a resolution the autoencoder's stride
+or the network's patch does not divide, GPUs that do not divide the batch, snapshots beyond the last step,
+unknown autoencoder arguments, a URL source without its sha256). Every problem is reported at once (over
+all experiment files too), each naming its key path, the value and what was expected, as a
+:class:`ConfigError`.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
@@ -118,6 +125,290 @@ def split_model_ref(ref: str) -> tuple:
     return name, (int(step) if sep and step.isdigit() else (step if sep else None))
 
 
+# ------------------------------------------------------------------------------------------------------
+# value checks that would otherwise fail hours into a run (sampler knobs, shapes, class counts, sources)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _expect(ok: bool, what: str) -> None:
+    """Raise ``ValueError(what)`` unless ``ok`` (each check says what it expected)."""
+    if not ok:
+        raise ValueError(what)
+
+
+def _check_finite(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    """A check of one option value: a finite number in the given range (open or closed ends)."""
+    def check(v: Any) -> None:
+        ok = _number(v) and (lo is None or (v > lo if lo_open else v >= lo)) and \
+            (hi is None or (v < hi if hi_open else v <= hi))
+        lb = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+        ub = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+        _expect(ok, f"expected a finite number {' and '.join(b for b in (lb, ub) if b) or ''}".rstrip())
+    return check
+
+
+def _check_s_max(v: Any) -> None:
+    _expect(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and v >= 0,
+            "expected a number >= 0 (.inf: no upper limit)")
+
+
+def _check_path_type(v: Any) -> None:
+    _expect(v == "linear", "expected 'linear' (the only path the originals' samplers implement here)")
+
+
+def _option_checks() -> Dict[str, Any]:
+    """Option name -> check raising ``ValueError`` saying what was expected (the samplers' own checks where
+    they exist, so the config is refused with the message the sampler would give hours later)."""
+    from .sampling.common import (check_end_gaps, check_extrapolation, check_order, check_stochasticity,
+                                  check_time_warp)
+
+    unit = _check_finite(0.0, 1.0)
+    positive = _check_finite(0.0, lo_open=True)
+    non_negative = _check_finite(0.0)
+    return {
+        "order": check_order, "stochasticity": check_stochasticity, "extrapolation": check_extrapolation,
+        "time_warp": check_time_warp, "end_gaps": check_end_gaps, "t_min": unit, "t_max": unit,
+        "diffusion_scale": non_negative, "cfg_scale": non_negative, "guidance": non_negative,
+        "guidance_low": unit, "guidance_high": unit, "guidance_interval_min": unit, "guidance_interval_max": unit,
+        "cfg_interval_start": unit, "timestep_shift": positive, "timeshift": positive,
+        "last_step": _check_finite(0.0, 1.0, hi_open=True), "sigma_min": positive, "sigma_max": positive,
+        "rho": positive, "S_churn": non_negative, "S_min": non_negative, "S_max": _check_s_max,
+        "S_noise": non_negative, "path_type": _check_path_type,
+    }
+
+
+# option pairs (low, high) that must satisfy low < high, with their samplers' defaults filled in
+_OPTION_PAIRS = (("t_min", "t_max"), ("guidance_low", "guidance_high"),
+                 ("guidance_interval_min", "guidance_interval_max"), ("sigma_min", "sigma_max"), ("S_min", "S_max"))
+
+# fewest steps of the samplers whose time grid needs two points (karras_sigma_grid, lightningdit_grid)
+_MIN_STEPS = {"edm2_heun": 2, "edm_heun": 2, "lightningdit_euler": 2}
+
+
+def _default_type_problem(value: Any, default: Any) -> str | None:
+    """What an option without a dedicated check must be, judged by its default's type (None: fine)."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "expected true or false"
+    if isinstance(default, (int, float)):
+        return None if _number(value) else f"expected a finite number (default {default!r})"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else f"expected a string (default {default!r})"
+    return None
+
+
+def _sampler_value_problems(where: str, s: dict, transport: str | None) -> List[str]:
+    """Bad sampler option values, a reversed option range or guidance interval, too few steps for the
+    method, and UCGM-S order 2 starting at the pure-noise end (its Heun step divides by gamma(t_0) = 0)."""
+    from .sampling import get_sampler
+
+    method, options = s["method"], s.get("options", {})
+    params = inspect.signature(get_sampler(method)).parameters
+    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    checks, problems = _option_checks(), []
+    for key, value in options.items():
+        if key not in defaults:
+            continue  # an unknown option: reported by the option-name check
+        try:
+            if key in checks:
+                checks[key](value)
+            else:
+                wrong = _default_type_problem(value, defaults[key])
+                _expect(wrong is None, wrong or "")
+        except ValueError as e:
+            problems.append(f"{where}.options.{key}: {value!r} is not valid for method {method!r}: {e}")
+    merged = {**defaults, **options}
+    for lo, hi in _OPTION_PAIRS:
+        if (lo in options or hi in options) and lo in merged and hi in merged and \
+                all(_number(merged[k]) or merged[k] == math.inf for k in (lo, hi)) and not merged[lo] < merged[hi]:
+            problems.append(f"{where}.options: {lo} {merged[lo]!r} and {hi} {merged[hi]!r} (with the method's "
+                            f"defaults) are reversed or empty; expected {lo} < {hi}")
+    if method == "ucgm" and not problems and transport is not None:
+        problems += _ucgm_order2_problems(where, s, transport)
+    interval = s.get("guidance", {}).get("interval", [0.0, 1.0])
+    if not interval[0] < interval[1]:
+        problems.append(f"{where}.guidance.interval: {interval} is reversed or empty; expected [low, high] with "
+                        "low < high (model-native time)")
+    low = _MIN_STEPS.get(method, 1)
+    few = [n for n in s["steps"] if n < low]
+    if few:
+        problems.append(f"{where}.steps: {few} too few for method {method!r}; expected every entry >= {low}")
+    return problems
+
+
+def _ucgm_order2_problems(where: str, s: dict, transport: str) -> List[str]:
+    """UCGM-S order 2 refuses a grid that starts where gamma = 0 (``ucgm_sample``'s own test, run here)."""
+    from .sampling.schedule import ucgm_time_grid
+    from .transports import TRANSPORTS, orient
+
+    opts = s.get("options", {})
+    if opts.get("order", 1) != 2 or transport not in TRANSPORTS:
+        return []
+    tr = orient(transport)
+    bad = []
+    for n in s["steps"]:
+        grid = ucgm_time_grid(n, 2, opts.get("time_warp", (1.0, 1.0, 1.0)), opts.get("end_gaps", (0.0, 0.0)))
+        if float(tr.gamma_in(grid.t[0])) == 0.0 and (grid.num_steps > 1 or grid.correct_last_step):
+            bad.append(n)
+    if not bad:
+        return []
+    return [f"{where}.options.end_gaps: {opts.get('end_gaps', [0.0, 0.0])!r} with order 2 starts at the pure-noise "
+            f"end of transport {transport} (gamma(t_0) = 0; steps {bad}); expected end_gaps[0] > 0, e.g. 0.001"]
+
+
+def _model_transport(m: dict) -> str | None:
+    """The transport a model's network works in: its objective's, or a pretrained architecture's own."""
+    from .models import MODELS
+
+    if m.get("objective"):
+        return m["objective"]["transport"]
+    spec = MODELS.get(m["architecture"])
+    return spec.transport if spec is not None else None
+
+
+def _autoencoder_stride(name: str) -> int | None:
+    """The spatial stride of a registry autoencoder, from its name: ``identity`` 1, ``..._f<stride>c<ch>`` or
+    ``..._f<stride>d<ch>`` (the usual latent-space naming); None when the name does not say."""
+    if name == "identity":
+        return 1
+    found = re.search(r"_f(\d+)[cd]\d+$", name)
+    return int(found.group(1)) if found else None
+
+
+def _autoencoder_kwarg_problems(name: str, kwargs: dict) -> List[str]:
+    """Unknown constructor arguments of a registry autoencoder (precision and tf32 are every one's settings;
+    ``source`` is the weights file the workflow passes)."""
+    import importlib
+
+    from . import autoencoders
+
+    target = autoencoders._REGISTRY.get(name)  # "module:Class"; resolved without building the autoencoder
+    if target is None:
+        return [f"autoencoders.{name}: unknown autoencoder {name!r}; expected one of "
+                f"{autoencoders.available_autoencoders()}"]
+    module, _, cls = target.partition(":")
+    params = inspect.signature(getattr(importlib.import_module(module), cls)).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return []
+    allowed = sorted(set(params) | {"precision", "tf32", "source"})
+    unknown = sorted(k for k in kwargs if k not in allowed)
+    return [f"autoencoders.{name}.kwargs: unknown argument(s) {', '.join(map(repr, unknown))} of {cls}; "
+            f"expected some of {allowed}"] if unknown else []
+
+
+def _data_classes(data: dict) -> int | None:
+    """The class count the data will have: ``data.num_classes``, else the catalogue's (None if unknown)."""
+    from .data.datasets import CATALOGUE
+
+    spec = CATALOGUE.get(data["dataset"])
+    return data.get("num_classes") or (spec.num_classes if spec is not None else None)
+
+
+def _num_classes_problems(data: dict) -> List[str]:
+    """``data.num_classes`` must be the catalogue's count, or at most it for a dataset read from disk (a subset)."""
+    from .data.datasets import CATALOGUE
+
+    spec, n = CATALOGUE.get(data["dataset"]), data.get("num_classes")
+    if n is None or spec is None or spec.num_classes is None:
+        return []
+    if spec.on_disk and n > spec.num_classes:
+        return [f"data.num_classes: {n}, but dataset {data['dataset']!r} has {spec.num_classes} classes; expected "
+                f"at most {spec.num_classes} (a subset)"]
+    if not spec.on_disk and n != spec.num_classes:
+        return [f"data.num_classes: {n}, but dataset {data['dataset']!r} has {spec.num_classes} classes; expected "
+                f"{spec.num_classes} (or leave it out)"]
+    return []
+
+
+_SET_BY_WORKFLOW = ("input_size", "in_channels")  # from data.resolution and the autoencoder
+
+
+def _architecture_problems(where: str, m: dict, data: dict) -> List[str]:
+    """Unknown ``architecture_overrides`` keys (against the constructor's signature), an override of what the
+    workflow sets, a class count other than 1 or the data's, and a latent size the patch size does not divide."""
+    from .models import MODELS
+
+    spec = MODELS[m["architecture"]]
+    over = m.get("architecture_overrides", {})
+    params = inspect.signature(spec.builder).parameters
+    problems = []
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        allowed = sorted(k for k in params if k not in _SET_BY_WORKFLOW)
+        unknown = sorted(k for k in over if k not in params)
+        if unknown:
+            problems.append(f"{where}.architecture_overrides: unknown key(s) {', '.join(map(repr, unknown))} for "
+                            f"{m['architecture']}; expected some of {allowed}")
+    fixed = sorted(k for k in over if k in _SET_BY_WORKFLOW)
+    if fixed:
+        problems.append(f"{where}.architecture_overrides: {', '.join(fixed)} set by the workflow from "
+                        "data.resolution and the autoencoder; expected them left out")
+    classes = _data_classes(data)
+    if "num_classes" in over and classes is not None and over["num_classes"] not in (1, classes):
+        problems.append(f"{where}.architecture_overrides.num_classes: {over['num_classes']!r}; expected 1 "
+                        f"(unconditional) or the data's {classes} classes")
+    stride = _autoencoder_stride(data["autoencoder"])
+    patch = {**spec.defaults, **over}.get("patch_size")
+    if stride and isinstance(patch, int) and patch > 0 and data["resolution"] % stride == 0 and \
+            (data["resolution"] // stride) % patch:
+        problems.append(f"{where}.architecture: {m['architecture']} has patch size {patch}, which does not divide "
+                        f"the latent size {data['resolution'] // stride} (data.resolution {data['resolution']} / "
+                        f"{data['autoencoder']} stride {stride}); expected a resolution that is a multiple of "
+                        f"{stride * patch}")
+    return problems
+
+
+def _train_problems(where: str, t: dict) -> List[str]:
+    """``train.gpus`` must divide ``train.batch_size``; every snapshot must be a step the run reaches."""
+    problems = []
+    if t["batch_size"] % t["gpus"]:
+        problems.append(f"{where}.train.gpus: {t['gpus']} does not divide train.batch_size {t['batch_size']}; "
+                        "expected a divisor (the global batch is split evenly over the GPUs)")
+    late = sorted(s for s in t.get("snapshots", []) if s > t["steps"])
+    if late:
+        problems.append(f"{where}.train.snapshots: {late} beyond train.steps {t['steps']}; expected steps "
+                        f"<= {t['steps']} (the run never reaches them)")
+    return problems
+
+
+def _source_problems(where: str, entry: dict | None) -> List[str]:
+    """A URL ``source`` needs its ``sha256``: always for http:// (plain text can be altered on the way),
+    otherwise unless ``allow_unverified`` opts into recording the first-seen hash."""
+    if not entry or not entry.get("source") or entry.get("sha256"):
+        return []
+    src = entry["source"]
+    scheme = src.split("://", 1)[0].lower() if "://" in src else ""
+    if scheme in ("", "file"):
+        return []
+    if scheme == "http":
+        return [f"{where}.sha256: missing for the http:// URL {src!r}; expected the file's sha256 (64 hex digits) "
+                "(an unencrypted download must be verified; or use https with allow_unverified: true)"]
+    if not entry.get("allow_unverified"):
+        return [f"{where}.sha256: missing for the URL {src!r}; expected the file's sha256 (64 hex digits), or "
+                f"{where}.allow_unverified: true to download it unverified and record the sha256 first seen"]
+    return []
+
+
+
+def _snapshot_ref_problems(where: str, full: str, ref_model: dict) -> List[str]:
+    """``<model>@<step>`` must name a kept snapshot (``train.snapshots``) within the model's ``train.steps``."""
+    ref, snap = split_model_ref(full)
+    if ref_model.get("pretrained"):
+        return [f"{where}: {full!r} names step {snap} of the pretrained model {ref!r}, which has no snapshots; "
+                f"expected {ref!r} alone"]
+    train = ref_model.get("train", {})
+    kept, steps = train.get("snapshots", []), train.get("steps")
+    problems = []
+    if snap not in kept:
+        problems.append(f"{where}: {full!r} names step {snap} of {ref!r}, which is not in "
+                        f"models.{ref}.train.snapshots {kept}")
+    if isinstance(snap, int) and isinstance(steps, int) and snap > steps:
+        problems.append(f"{where}: {full!r} names step {snap}, beyond models.{ref}.train.steps {steps}; "
+                        f"expected a step <= {steps}")
+    return problems
+
+
 _EXPERIMENT_PARTS = ("data", "extractor", "models", "samplers", "evaluation")
 
 
@@ -144,14 +435,25 @@ def _cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List
     if missing:
         return [f"(top level): {', '.join(missing)} missing (an experiment with {', '.join(present)} needs all of "
                 f"{', '.join(_EXPERIMENT_PARTS)})"]
+    for ae, entry in cfg.get("autoencoders", {}).items():
+        problems += _autoencoder_kwarg_problems(ae, entry.get("kwargs") or {})
+        problems += _source_problems(f"autoencoders.{ae}", entry)
     data = cfg["data"]
+    data_ok = data["dataset"] in DATASETS and data["autoencoder"] in available_autoencoders()
     if data["dataset"] not in DATASETS:
         problems.append(f"data.dataset: unknown dataset {data['dataset']!r}; expected one of {sorted(DATASETS)}")
+    else:
+        problems += _num_classes_problems(data)
     if data["autoencoder"] not in available_autoencoders():
         problems.append(f"data.autoencoder: unknown autoencoder {data['autoencoder']!r}; "
                         f"expected one of {available_autoencoders()}")
+    stride = _autoencoder_stride(data["autoencoder"])
+    if stride and data["resolution"] % stride:
+        problems.append(f"data.resolution: {data['resolution']} is not a multiple of the stride {stride} of "
+                        f"autoencoder {data['autoencoder']!r}; expected e.g. {data['resolution'] // stride * stride or stride}")
     if data.get("latent_stats") and len(data["latent_stats"]["mean"]) != len(data["latent_stats"]["std"]):
         problems.append("data.latent_stats: mean and std must have the same length (one value per channel)")
+    problems += _source_problems("evaluation.reference_batch", cfg["evaluation"].get("reference_batch"))
     ext = cfg["extractor"]
     if cfg["evaluation"].get("reference_batch") and ext["kind"] != "inception":
         problems.append("evaluation.reference_batch: an ADM reference batch holds Inception statistics; "
@@ -165,7 +467,10 @@ def _cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List
         if m["architecture"] not in MODELS:
             problems.append(f"{where}.architecture: unknown architecture {m['architecture']!r}; "
                             f"expected one of {sorted(MODELS)}")
+        elif data_ok:
+            problems += _architecture_problems(where, m, data)
         if m.get("pretrained"):
+            problems += _source_problems(f"{where}.pretrained", m["pretrained"])
             extra = [k for k in ("init", "teacher", "objective", "train") if m.get(k)]
             if extra:
                 problems.append(f"{where}.pretrained: a pretrained model is imported, not trained; "
@@ -175,16 +480,14 @@ def _cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List
         if lacking:
             problems.append(f"{where}: {' and '.join(lacking)} missing (needed unless the model is pretrained)")
             continue
+        problems += _train_problems(where, m["train"])
         for role in ("init", "teacher"):
             full = m.get(role)
             if full is None:
                 continue
             ref, snap = split_model_ref(full)
-            if snap is not None:
-                if ref in models and not models[ref].get("pretrained") and \
-                        snap not in models[ref].get("train", {}).get("snapshots", []):
-                    problems.append(f"{where}.{role}: {full!r} names step {snap} of {ref!r}, which is not in "
-                                    f"models.{ref}.train.snapshots {models[ref].get('train', {}).get('snapshots', [])}")
+            if snap is not None and ref in models:
+                problems += _snapshot_ref_problems(f"{where}.{role}", full, models[ref])
             if ref not in models:
                 problems.append(f"{where}.{role}: names unknown model {ref!r}; expected one of {sorted(models)}")
             elif ref == name:
@@ -228,6 +531,8 @@ def _cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List
                 problems.append(f"{where}.options: unknown option {key!r} for method {s['method']!r}; "
                                 f"expected one of {allowed}")
         problems += _original_sampler_problems(where, s)
+        model = models.get(s["model"])
+        problems += _sampler_value_problems(where, s, _model_transport(model) if model else None)
         for i, row in enumerate(s.get("paper", [])):
             if row["steps"] not in s["steps"]:
                 problems.append(f"{where}.paper[{i}].steps: {row['steps']} is not among {where}.steps {s['steps']}")
@@ -323,6 +628,14 @@ def _read_yaml(path: Path, source: str) -> dict:
     return cfg
 
 
+def _raise_all(source: str, failures: List[ConfigError]) -> None:
+    """Raise the one :class:`ConfigError` of ``failures``, or one listing every file's problems."""
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise ConfigError(source, [f"{e.source}: {p}" for e in failures for p in e.problems])
+
+
 def load_workflow(config: Dict[str, Any], source: str = "<config>", base_dir: os.PathLike | str = ".") -> Workflow:
     """Validate the main ``config`` and every file of its ``experiments`` (paths relative to the working folder
     or else to ``base_dir``, the project's root; with ``experiment_overrides``
@@ -333,10 +646,19 @@ def load_workflow(config: Dict[str, Any], source: str = "<config>", base_dir: os
     raw_main = copy.deepcopy(config)
     # the main config's own checks; its tables may name samplers of the experiments, so they wait
     main_tables = raw_main.pop("tables", None)
-    validate_config(raw_main, source)
+    failures: List[ConfigError] = []  # every file's problems are reported together
+    try:
+        validate_config(raw_main, source)
+    except ConfigError as e:
+        if not isinstance(raw_main.get("experiments", []), list) or \
+                not isinstance(raw_main.get("experiment_overrides", {}), dict):
+            raise
+        failures.append(e)
     overrides = raw_main.get("experiment_overrides", {})
     loaded: List[tuple] = [(source, raw_main, main_tables)]
     for rel in raw_main.get("experiments", []):
+        if not isinstance(rel, str):
+            continue  # reported by the main config's schema check
         path = Path(rel)
         if not path.is_absolute() and not path.exists():  # relative to the working folder, else the project's
             path = Path(base_dir) / rel
@@ -351,8 +673,13 @@ def load_workflow(config: Dict[str, Any], source: str = "<config>", base_dir: os
             cfg = deep_merge(cfg, overrides[name])
         tables = cfg.pop("tables", None)
         if any(k in cfg for k in _EXPERIMENT_PARTS) or tables is None:
-            validate_config(cfg, str(path))
+            try:
+                validate_config(cfg, str(path))
+            except ConfigError as e:
+                failures.append(e)
+                continue
         loaded.append((str(path), cfg, tables))
+    _raise_all(source, failures)
     unknown = sorted(set(overrides) - {c["name"] for _, c, _ in loaded})
     if unknown:
         raise ConfigError(source, [f"experiment_overrides: no experiment named {n!r}; experiments are "
