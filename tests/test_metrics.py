@@ -299,10 +299,7 @@ def test_torch_fidelity_weights_checksum(tmp_path):
         inc_mod.torch_fidelity_weights(tmp_path / "missing.pth", download=False)
 
 
-def test_classifier_cli_help():
-    with pytest.raises(SystemExit) as e:
-        clf_mod.main(["--help"])
-    assert e.value.code == 0
+def test_inception_cli_help():
     with pytest.raises(SystemExit) as e:
         inc_mod.main(["--help"])
     assert e.value.code == 0

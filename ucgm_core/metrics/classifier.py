@@ -14,12 +14,11 @@ itself and measures FID / KID / precision-recall in its penultimate features and
   Features: ``"features"`` (penultimate, for FID/KID/PRC), ``"logits_unbiased"`` (for IS; the last layer
   has no bias, so these are the classifier's true logits) and its alias ``"logits"``.
 
-CLI: ``python -m ucgm_core.metrics.classifier --help``.
+The pipeline trains it through ``workflow/scripts/extractor.py`` (rule ``extractor``).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gzip
 import json
@@ -406,69 +405,3 @@ def load_idx_dataset(folder: str | os.PathLike, split: str = "train") -> tuple[t
     imgs = read_idx(find(f"{split}-images-idx3-ubyte"))
     labs = read_idx(find(f"{split}-labels-idx1-ubyte"))
     return torch.from_numpy(imgs.copy()).unsqueeze(1), torch.from_numpy(labs.astype(np.int64))
-
-
-def _load_data_arg(path: str):
-    """A folder with IDX files, or an .npz with images/labels (+ optional test_images/test_labels)."""
-    if os.path.isdir(path):
-        x, y = load_idx_dataset(path, "train")
-        try:
-            xt, yt = load_idx_dataset(path, "t10k")
-        except FileNotFoundError:
-            xt, yt = None, None
-        return x, y, xt, yt
-    with np.load(path) as z:
-        x, y = torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]).long()
-        xt = torch.from_numpy(z["test_images"]) if "test_images" in z else None
-        yt = torch.from_numpy(z["test_labels"]).long() if "test_labels" in z else None
-    return x, y, xt, yt
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m ucgm_core.metrics.classifier",
-        description="Train / inspect the small CNN classifier used as the FID/IS feature extractor "
-        f'("{CLASSIFIER_EXTRACTOR_NAME}") for small datasets.',
-    )
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train a classifier and save it")
-    t.add_argument("--data", required=True, help="folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz], "
-                   "or .npz with images [N,(1,)H,W] uint8, labels [N] (+ test_images, test_labels)")
-    t.add_argument("--out", required=True, help="output file (.pt)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 3 epochs, at most 3000)")
-    t.add_argument("--epochs", type=float, default=None)
-    t.add_argument("--max-seconds", type=float, default=None, help="stop early after this many seconds")
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--quiet", action="store_true")
-    e = sub.add_parser("eval", help="test accuracy of a saved classifier")
-    e.add_argument("--weights", required=True)
-    e.add_argument("--data", required=True, help="as for train; the t10k split / test arrays are used if present")
-    i = sub.add_parser("info", help="print a saved classifier's config, training info and sha256")
-    i.add_argument("--weights", required=True)
-    a = p.parse_args(argv)
-
-    if a.cmd == "train":
-        x, y, xt, yt = _load_data_arg(a.data)
-        path = train_classifier(
-            x, y, a.out, seed=a.seed, steps=a.steps, epochs=a.epochs, max_seconds=a.max_seconds,
-            batch_size=a.batch_size, lr=a.lr, test_images=xt, test_labels=yt,
-            extra_info={"data": os.path.abspath(a.data)}, verbose=not a.quiet,
-        )
-        with open(path + ".json") as f:
-            print(json.dumps({"path": path, **json.load(f)}, indent=2))
-    elif a.cmd == "eval":
-        model, _ = load_classifier(a.weights)
-        x, y, xt, yt = _load_data_arg(a.data)
-        if xt is not None:
-            x, y = xt, yt
-        print(json.dumps({"accuracy": classifier_accuracy(model, x, y), "num": int(len(y))}))
-    elif a.cmd == "info":
-        _, meta = load_classifier(a.weights)
-        print(json.dumps({"sha256": sha256_file(a.weights), **meta}, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
