@@ -1,0 +1,131 @@
+# The paper's own tables (2, 3, 7) and its Fig. 2 at paper scale (issue 14).
+#   results/table_paper<N>_<data>.csv      our rows of the paper's Table N beside its NFE and FID, then the
+#                                          competitors' numbers it prints (reference_rows, kind = reference)
+#   results/figures/paper/<fig2 panel>.csv the evaluations of a Fig. 2 panel at the figure's coordinates
+#   results/figures/paper/<fig2 panel>.png plotted by ucgm_core.figures_paper.plots (shared with the miniature)
+# The tables and panels are declared in config/experiments/tables.yaml and figures.yaml; the miniature of Fig. 2
+# (scale paper_mini, toy data) is workflow/rules/paper_toy.smk; the umbrella paper_scale is in paper_figures.smk.
+import re
+
+PAPER_TABLE_NAME = re.compile(r"paper(\d+)_([A-Za-z0-9]+)$")
+FIG2_PANELS = {"fig2a_lambda_steps": "Fig. 2a: FID over lambda x steps (TiT-XL/1, VA-VAE)",
+               "fig2b_zeta_transport": "Fig. 2b: FID per transport, zeta 0.45 and 0 (TiT-B/2, SD-VAE)",
+               "fig2c_kappa_steps": "Fig. 2c: FID against steps per kappa (TiT-XL/1, VA-VAE)"}
+
+
+def _paper_table_references():
+    """Paper table name -> its reference rows. Every `reference_rows` key must name a paper table of its file."""
+    out = {t: [] for t in TABLES if PAPER_TABLE_NAME.match(t)}
+    for exp_name, exp in WF.experiments.items():
+        own = sorted(t for (kind, t), e in WF.experiment_of.items()
+                     if kind == "table" and e == exp_name and PAPER_TABLE_NAME.match(t))
+        for t, refs in (exp.get("reference_rows") or {}).items():
+            if t not in own:
+                raise WorkflowError(f"{WF.files[exp_name]}: reference_rows.{t}: names no table paper<N>_<data> of "
+                                    f"this file; expected one of {own}")
+            out[t] = refs
+    return out
+
+
+PAPER_TABLE_REFERENCES = _paper_table_references()
+
+
+def paper_table_name(wc):
+    name = f"paper{wc.number}_{wc.variant}"
+    if name not in PAPER_TABLE_REFERENCES:
+        raise WorkflowError(f"results/table_{name}.csv: no table {name!r} in the config; paper tables are "
+                            f"{sorted(PAPER_TABLE_REFERENCES)}")
+    return name
+
+
+def fig2_coords(panel):
+    """Sampler -> the panel's coordinates of its rows, read from the configs (models.<m>.objective,
+    samplers.<s>.options): lambda = consistency_ratio, transport and zeta = transport and enhanced_ratio,
+    kappa = the UCGM-S extrapolation."""
+    if panel not in TABLES:
+        raise WorkflowError(f"{panel}: no table of that name; config/experiments/figures.yaml declares the Fig. 2 "
+                            f"panels {sorted(FIG2_PANELS)} as tables of samplers")
+    coords = {}
+    for s in TABLES[panel]:
+        spec = SAMPLERS[s]
+        objective = MODELS[spec["model"]].get("objective")
+        if spec["method"] != "ucgm" or objective is None:
+            raise WorkflowError(f"tables.{panel}: sampler {s!r} has method {spec['method']!r} on model "
+                                f"{spec['model']!r}; expected UCGM-S (method ucgm) on a model trained with UCGM-T")
+        coords[s] = {"lambda": objective["consistency_ratio"], "transport": objective["transport"],
+                     "zeta": objective["enhanced_ratio"], "kappa": spec["options"].get("extrapolation", 0.0)}
+    return json.dumps(coords, sort_keys=True)
+
+
+# Seconds of work on the evaluation JSONs, no GPU: run beside Snakemake (see workflow/rules/cluster.smk).
+localrules:
+    paper_table,
+    paper_fig2_data,
+    paper_fig2_plot,
+
+
+# Rule `table` (report.smk) would also match results/table_paper<N>_<data>.csv; this one adds the reference rows.
+ruleorder: paper_table > table
+
+
+rule paper_table:
+    input:
+        evals=lambda wc: table_evaluations(paper_table_name(wc)),
+        figure="results/figures/paper{number}_{variant}_fid_vs_nfe.png",
+        samples="results/figures/paper{number}_{variant}_samples.png",
+    output:
+        report("results/table_paper{number}_{variant}.csv", caption="../report/paper_table.rst",
+               category="Paper tables", subcategory="Table {number}",
+               labels={"table": "Table {number}", "data": "{variant}", "file": "table (CSV)"}),
+    wildcard_constraints:
+        number=r"\d+",
+        variant=r"[A-Za-z0-9]+",
+    log:
+        "results/logs/paper_tables/paper{number}_{variant}.log",
+    benchmark:
+        "results/benchmarks/paper_tables/paper{number}_{variant}.tsv"
+    params:
+        rows=lambda wc: table_rows(paper_table_name(wc)),
+        references=lambda wc: json.dumps(PAPER_TABLE_REFERENCES[paper_table_name(wc)], sort_keys=True),
+    shell:
+        "{PY} {SCRIPTS}/paper_tables.py table --evals {input.evals} --rows {params.rows:q} "
+        "--references {params.references:q} --out {output} > {log} 2>&1"
+
+
+rule paper_fig2_data:
+    input:
+        lambda wc: table_evaluations(wc.panel),
+    output:
+        report("results/figures/{scale}/{panel}.csv", caption="../report/paper_tables_fig2.rst",
+               category="Paper figures", subcategory="Fig. 2",
+               labels={"figure": "{panel}", "scale": "{scale}", "file": "data (CSV)"}),
+    wildcard_constraints:
+        scale="paper",
+        panel="|".join(FIG2_PANELS),
+    log:
+        "results/logs/paper_tables/{scale}/{panel}_csv.log",
+    benchmark:
+        "results/benchmarks/paper_tables/{scale}/{panel}_csv.tsv"
+    params:
+        coords=lambda wc: fig2_coords(wc.panel),
+    shell:
+        "{PY} {SCRIPTS}/paper_tables.py fig2 --figure {wildcards.panel} --evals {input} "
+        "--coords {params.coords:q} --out {output} > {log} 2>&1"
+
+
+rule paper_fig2_plot:
+    input:
+        "results/figures/{scale}/{panel}.csv",
+    output:
+        report("results/figures/{scale}/{panel}.png", caption="../report/paper_tables_fig2.rst",
+               category="Paper figures", subcategory="Fig. 2",
+               labels={"figure": "{panel}", "scale": "{scale}", "file": "plot (PNG)"}),
+    wildcard_constraints:
+        scale="paper",
+        panel="|".join(FIG2_PANELS),
+    log:
+        "results/logs/paper_tables/{scale}/{panel}_png.log",
+    benchmark:
+        "results/benchmarks/paper_tables/{scale}/{panel}_png.tsv"
+    shell:
+        "{PY} {SCRIPTS}/paper_tables.py plot --figure {wildcards.panel} --csv {input} --out {output} > {log} 2>&1"
