@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import gzip
 import hashlib
 import io
 import os
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -17,6 +20,8 @@ import pytest
 
 from ucgm_core.data import download as dl
 from ucgm_core.data.download import DownloadError, RemoteFile, UnsafeArchiveError, fetch, safe_extract
+
+SCRIPT = Path(__file__).resolve().parent.parent / "workflow" / "scripts" / "download.py"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,17 +260,34 @@ def test_existing_destination_is_kept_or_replaced(server, tmp_path):
     assert len(st.log) == 2
 
 
-def test_cli_url_and_help(server, tmp_path, capsys):
+def _script(*args: str) -> subprocess.CompletedProcess:
+    """workflow/scripts/download.py run by hand, as a user would."""
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_script_url_and_help(server, tmp_path):
     base, st = server
     st.files["/d/f.bin"] = PAYLOAD
-    rc = dl.main(["--url", base + "/d/f.bin", "--sha256", _sha(PAYLOAD), "--out-dir", str(tmp_path), "--backoff", "0"])
-    assert rc == 0 and (tmp_path / "f.bin").read_bytes() == PAYLOAD
-    rc = dl.main(["--url", base + "/d/f.bin", "--sha256", "0" * 64, "--out-dir", str(tmp_path / "x"),
-                  "--backoff", "0", "--retries", "1"])
-    assert rc == 1 and "checksum mismatch" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        dl.main(["--help"])
-    assert e.value.code == 0
+    run = _script("--url", base + "/d/f.bin", "--sha256", _sha(PAYLOAD), "--out-dir", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "f.bin").read_bytes() == PAYLOAD
+    run = _script("--url", base + "/d/f.bin", "--sha256", "0" * 64, "--out-dir", str(tmp_path / "x"), "--retries", "1")
+    assert run.returncode == 1 and "checksum mismatch" in run.stdout
+    # one line on stderr, naming the file and the last failure; no traceback
+    assert run.stderr.count("\n") == 1 and "'f.bin'" in run.stderr and "checksum mismatch" in run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+    assert not (tmp_path / "x" / "f.bin").exists()
+    run = _script("--help")
+    assert run.returncode == 0 and "--extract" in run.stdout
+
+
+def test_library_has_no_command_line():
+    """The command line lives in workflow/scripts/download.py: no argparse, no main, no catalogue import."""
+    tree = ast.parse(Path(dl.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "argparse" not in imported and "datasets" not in imported, imported
+    assert not hasattr(dl, "main")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +361,10 @@ def test_safe_extract_zip(tmp_path):
     assert not (tmp_path / "evil").exists()
 
 
-def test_cli_extract_refuses(tmp_path, capsys):
+def test_script_extract_refuses_with_one_line(tmp_path):
     arc = _tar(tmp_path / "bad.tar.gz", [_file("../evil")], {"../evil": b"x"})
-    assert dl.main(["--extract", str(arc), "--out-dir", str(tmp_path / "o")]) == 1
-    assert "'../evil'" in capsys.readouterr().err
+    run = _script("--extract", str(arc), "--out-dir", str(tmp_path / "o"))
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1 and "'../evil'" in run.stderr and str(arc) in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+    assert not (tmp_path / "o").exists() and not (tmp_path / "evil").exists()

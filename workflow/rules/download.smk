@@ -1,6 +1,8 @@
 # Stage 1: external files. Dataset files come from their ordered mirrors (retries, resume, checksums);
-# released weights and reference batches configured by URL are downloaded and verified (sha256 when
-# known). Sources given as local paths are read in place.
+# released weights and reference batches configured by URL are downloaded and verified: a file without a
+# configured sha256 is refused unless download.allow_unverified is true, which records its first-seen sha256
+# next to it (<file>.sha256) for the config. Sources given as local paths are read in place.
+# No shell string is built from config text: workflow/scripts/download.py reads params and output itself.
 from ucgm_core.data.datasets import get_dataset
 
 
@@ -8,15 +10,26 @@ def _remote_file(dataset, name):
     for f in get_dataset(dataset).files:
         if f.name == name:
             return f
-    raise WorkflowError(f"dataset {dataset!r} has no file {name!r}")
+    raise WorkflowError(f"dataset {dataset!r} has no file {name!r}; expected one of "
+                        f"{[f.name for f in get_dataset(dataset).files]}")
 
 
-def _download_args(wc):
-    f = _remote_file(wc.dataset, wc.file)
-    mirrors = experiment_for_data(wc.dataset)["data"]["mirrors"]
-    urls = " ".join(f"--url {m}" for m in f.sources(mirrors))
-    sums = (f" --sha256 {f.sha256}" if f.sha256 else "") + (f" --md5 {f.md5}" if f.md5 else "")
-    return f"{urls} --name {f.name}{sums}"
+def _dataset_urls(wc):
+    """The catalogue's mirrors of one raw file, the experiment's data.mirrors first."""
+    return _remote_file(wc.dataset, wc.file).sources(experiment_for_data(wc.dataset)["data"]["mirrors"])
+
+
+def _sha256_key(wc, output):
+    """Where the sha256 of a fetched file belongs in the config (named by the refusal and the first-seen hash)."""
+    if wc.kind == "models":
+        return f"{WF.files[WF.experiment_of[('model', wc.key)]]}: models.{wc.key}.pretrained.sha256"
+    if wc.kind == "autoencoders":
+        files = [WF.files[n] for n, e in WF.experiments.items() if wc.key in (e.get("autoencoders") or {})]
+        return f"autoencoders.{wc.key}.sha256 in {', '.join(files)}"
+    files = [WF.files[n] for n, e in WF.experiments.items() if (e.get("evaluation") or {}).get("reference_batch")
+             and fetched("references", reference_batch_key(e["evaluation"]["reference_batch"]),
+                         e["evaluation"]["reference_batch"]) == output[0]]
+    return f"evaluation.reference_batch.sha256 in {', '.join(files)}"
 
 
 rule download:
@@ -27,9 +40,13 @@ rule download:
     benchmark:
         "results/benchmarks/download/{dataset}/{file}.tsv"
     params:
-        args=_download_args,
-    shell:
-        "{PY} -m ucgm_core.data.download {params.args} --out-dir results/raw/{wildcards.dataset} > {log} 2>&1"
+        urls=_dataset_urls,
+        sha256=lambda wc: _remote_file(wc.dataset, wc.file).sha256,
+        md5=lambda wc: _remote_file(wc.dataset, wc.file).md5,
+        sha256_key=lambda wc: f"the catalogue entry of {wc.dataset} (ucgm_core/data/datasets.py)",
+        settings=lambda wc: config["download"],
+    script:
+        "../scripts/download.py"
 
 
 rule fetch:
@@ -42,9 +59,10 @@ rule fetch:
     benchmark:
         "results/benchmarks/fetch/{kind}/{key}/{file}.tsv"
     params:
-        url=lambda wc, output: FETCH[output[0]]["source"],
-        sha256=lambda wc, output: f"--sha256 {FETCH[output[0]]['sha256']}" if FETCH[output[0]].get("sha256") else "",
-        out_dir=lambda wc, output: os.path.dirname(output[0]),
-    shell:
-        "{PY} -m ucgm_core.data.download --url {params.url:q} --name {wildcards.file:q} {params.sha256}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        urls=lambda wc, output: [FETCH[output[0]]["source"]],
+        sha256=lambda wc, output: FETCH[output[0]].get("sha256"),
+        md5=None,
+        sha256_key=_sha256_key,
+        settings=lambda wc: config["download"],
+    script:
+        "../scripts/download.py"
