@@ -256,7 +256,8 @@ def test_parts_give_the_same_latents_manifest_and_stats(image_shards, tmp_path, 
     extra = ["--stats-samples", str(stats_samples)]
     _cli_one(root, tmp_path / "one", *extra)
     one = _files(tmp_path / "one")
-    assert sorted(one) == sorted(["stats.pt", "train.json", "train-000000.tar", "train-000001.tar", "train-000002.tar"])
+    shards = ["train-000000.tar", "train-000001.tar", "train-000002.tar"]  # each with its record (fingerprint)
+    assert sorted(one) == sorted(["stats.pt", "train.json", *shards, *[f"{s}.json" for s in shards]])
     for parts, order in ((3, [2, 1, 0]), (5, None)):
         out = tmp_path / f"k{parts}"
         _cli_parts(root, out, parts, *extra, order=order)

@@ -42,8 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .latents import load_latent_stats
-from .shards import iter_samples, npy_array, read_manifest, shard_paths
+from .latents import check_latent_stats, iter_latent_samples, load_latent_stats, read_latent_manifest
 
 __all__ = ["LatentArrays", "load_latent_arrays", "LatentNormalizer", "LatentLoader"]
 
@@ -67,22 +66,25 @@ class LatentArrays:
 
 
 def load_latent_arrays(latent_dir: os.PathLike | str, split: str = "train", dtype: torch.dtype = torch.float32) -> LatentArrays:
-    """Read every sample of a latent split into preallocated tensors (shard order)."""
-    info = read_manifest(latent_dir, split)
-    if info.get("kind") != "latents":
-        raise ValueError(f"{latent_dir}/{split}.json is not a latent manifest (kind={info.get('kind')!r})")
+    """Read every sample of a latent split into preallocated tensors (shard order).
+
+    The manifest must carry the latents' fingerprint, every shard its recorded sha256 and count, every
+    latent exactly the manifest's ``latent_shape`` (a ``[1, h, w]`` latent would otherwise broadcast into a
+    ``[C, h, w]`` slot) and every label a value in ``[0, num_classes)``
+    (:func:`~ucgm_core.data.latents.iter_latent_samples`); anything else is an error naming the shard."""
+    info = read_latent_manifest(latent_dir, split)
     n, shape = int(info["num_samples"]), tuple(info["latent_shape"])
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype
     plain = np.empty((n, *shape), dtype=np_dtype)
     flip = np.empty((n, *shape), dtype=np_dtype)
     labels = np.empty(n, dtype=np.int64)
     i = -1
-    for i, s in enumerate(iter_samples(shard_paths(latent_dir, split))):
+    for i, (_, z, zf, label) in enumerate(iter_latent_samples(latent_dir, split, copy=False, info=info)):
         if i >= n:
             raise ValueError(f"{latent_dir}/{split}: more samples on disk than the manifest's {n}")
-        plain[i] = npy_array(s["latent.npy"], copy=False)
-        flip[i] = npy_array(s["latent_flip.npy"], copy=False)
-        labels[i] = int(s["cls"])
+        plain[i] = z
+        flip[i] = zf
+        labels[i] = label
     if i + 1 != n:
         raise ValueError(f"{latent_dir}/{split}: {i + 1} samples on disk, manifest says {n}")
     return LatentArrays(torch.from_numpy(plain), torch.from_numpy(flip), torch.from_numpy(labels))
@@ -92,19 +94,47 @@ def load_latent_arrays(latent_dir: os.PathLike | str, split: str = "train", dtyp
 class LatentNormalizer:
     """``normalize(z) = (z - mean) / std * multiplier`` (or ``z * multiplier`` when ``mean`` is None).
 
-    ``mean`` and ``std`` are ``[1, C, 1, 1]``.
+    ``mean`` and ``std`` are ``[1, C, 1, 1]``, finite, ``std > 0``; ``multiplier`` finite and non-zero.
+    ``source`` names where the statistics come from (a file, a config key) in error messages.
     """
 
     mean: Optional[Tensor] = None
     std: Optional[Tensor] = None
     multiplier: float = 1.0
+    source: str = "latent statistics"
+
+    def __post_init__(self) -> None:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError(f"{self.source}: give both mean and std or neither (got only "
+                             f"{'mean' if self.std is None else 'std'})")
+        try:
+            multiplier = float(self.multiplier)
+        except (TypeError, ValueError):
+            multiplier = float("nan")
+        if not np.isfinite(multiplier) or multiplier == 0:
+            raise ValueError(f"{self.source}: latent multiplier {self.multiplier!r}, expected a finite non-zero number")
+        if self.mean is None:
+            return
+        if not torch.is_tensor(self.mean):
+            self.mean = torch.as_tensor(self.mean, dtype=torch.float32)
+        if not torch.is_tensor(self.std):
+            self.std = torch.as_tensor(self.std, dtype=torch.float32)
+        m, s = tuple(self.mean.shape), tuple(self.std.shape)
+        if len(m) != 4 or m[0] != 1 or m[2:] != (1, 1) or s != m:
+            raise ValueError(f"{self.source}: mean {list(m)} and std {list(s)}, expected both [1, C, 1, 1]")
+        check_latent_stats(self.mean, self.std, self.source)
+
+    @property
+    def channels(self) -> Optional[int]:
+        """Channel count of the statistics (None without statistics)."""
+        return None if self.mean is None else int(self.mean.shape[1])
 
     @classmethod
     def from_stats(cls, path: Optional[os.PathLike | str], multiplier: float = 1.0, normalize: bool = True) -> "LatentNormalizer":
         """Build from a statistics file; ``normalize=False`` (or no path) uses the multiplier only."""
         if normalize and path is not None:
             mean, std = load_latent_stats(path)
-            return cls(mean, std, multiplier)
+            return cls(mean, std, multiplier, source=str(path))
         if normalize and path is None:
             raise ValueError("latent normalisation requested but no statistics file given")
         return cls(None, None, multiplier)
@@ -171,6 +201,11 @@ class LatentLoader:
         self.global_batch_size = self.batch_size * world_size
         if self.batch_size < 1 or (drop_last and self.n < self.global_batch_size):
             raise ValueError(f"{self.n} samples cannot fill a global batch of {self.batch_size} x {world_size} ranks")
+        channels = self.normalizer.channels
+        if channels is not None and channels != data.latents.shape[1]:  # would broadcast or fail deep in torch
+            raise ValueError(f"{self.normalizer.source}: statistics for {channels} channels, the latents have "
+                             f"{data.latents.shape[1]} ({list(data.latents.shape[1:])}); expected one mean and std "
+                             "per latent channel")
         # one buffer [2N, C, h, w]: rows 0..N-1 plain, N..2N-1 flipped, normalised once
         both = torch.empty((2 * self.n, *data.latents.shape[1:]), dtype=torch.float32, device=self.device)
         self.normalizer.normalize_(both[: self.n].copy_(data.latents))

@@ -3,7 +3,13 @@
 Layout of a shard folder (one per dataset x resolution, or per autoencoder for latents)::
 
     <dir>/{split}-{index:06d}.tar     samples_per_shard samples each (the last may hold fewer)
-    <dir>/{split}.json                manifest, written last: kind, counts, shard names, shapes
+    <dir>/{split}.json                manifest, written last: kind, counts, shard names, shapes, and per shard
+                                      (``shard_info``) its sample count, sha256 and size
+
+Readers check the shards against the manifest (:func:`read_manifest`: sizes; :func:`iter_split_samples`:
+counts, and sha256 before a shard is read), so a shard cut at a member boundary (a valid, shorter tar) or
+rewritten since is an error naming the shard, the expected and the found value, never a silently smaller
+split. Version-1 manifests (before ``shard_info``) are read with counts derived from ``samples_per_shard``.
 
 A split can also be written by K independent jobs (``--part k --parts K``), each writing the shards of
 one contiguous range of shard indices (so of image indices) plus a part manifest, and a merge
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import io
 import json
 import os
@@ -41,7 +48,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, sha256_file
 
 __all__ = [
     "adm_center_crop",
@@ -67,7 +74,9 @@ __all__ = [
     "npy_array",
 ]
 
-MANIFEST_VERSION = 1
+#: 2: per-shard ``shard_info`` (name, num_samples, sha256, size). Version 1 manifests (no shard_info) are read
+#: with per-shard counts derived from ``samples_per_shard`` (every shard but the last is full).
+MANIFEST_VERSION = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +243,9 @@ class TarShardWriter:
 
     Use as a context manager; :meth:`write` takes a key and a dict ``{field: encoded bytes}``.
     Each shard is written under a temporary name and renamed when complete. The output is a
-    plain USTAR tar (readable by ``tar``, :mod:`tarfile` and webdataset).
+    plain USTAR tar (readable by ``tar``, :mod:`tarfile` and webdataset). ``records`` lists, per
+    finished shard, its ``name``, ``num_samples``, ``sha256`` and ``size`` (hashed while writing, so the
+    manifest can record them without reading the shard again).
     """
 
     def __init__(self, out_dir: os.PathLike | str, split: str, samples_per_shard: int, start_index: int = 0):
@@ -246,10 +257,13 @@ class TarShardWriter:
         self.samples_per_shard = samples_per_shard
         self.shard_index = start_index
         self.shards: List[str] = []
+        self.records: List[Dict[str, Any]] = []
         self.count = 0
         self._f: Optional[io.BufferedWriter] = None
         self._tmp: Optional[Path] = None
         self._in_shard = 0
+        self._hash = hashlib.sha256()
+        self._size = 0
 
     def shard_name(self, index: int) -> str:
         return f"{self.split}-{index:06d}.tar"
@@ -259,20 +273,29 @@ class TarShardWriter:
         self._tmp = self.out_dir / f".{name}.tmp"
         self._f = open(self._tmp, "wb", buffering=1 << 20)
         self._in_shard = 0
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    def _put(self, data: bytes) -> None:
+        """Write ``data`` to the open shard and hash it."""
+        self._f.write(data)  # type: ignore[union-attr]
+        self._hash.update(data)
+        self._size += len(data)
 
     def _close_shard(self) -> None:
         if self._f is None:
             return
-        self._f.write(b"\0" * 1024)  # end-of-archive marker
-        pos = self._f.tell()
-        if pos % 10240:  # pad to the default record size like tar(1)
-            self._f.write(b"\0" * (10240 - pos % 10240))
+        self._put(b"\0" * 1024)  # end-of-archive marker
+        if self._size % 10240:  # pad to the default record size like tar(1)
+            self._put(b"\0" * (10240 - self._size % 10240))
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
         name = self.shard_name(self.shard_index)
         os.replace(self._tmp, self.out_dir / name)  # type: ignore[arg-type]
         self.shards.append(name)
+        self.records.append({"name": name, "num_samples": self._in_shard, "sha256": self._hash.hexdigest(),
+                             "size": self._size})
         self.shard_index += 1
         self._f = None
         self._tmp = None
@@ -282,12 +305,11 @@ class TarShardWriter:
             raise ValueError(f"sample key {key!r} may not contain '.' or '/'")
         if self._f is None:
             self._open()
-        f = self._f
         for field, data in fields.items():
-            f.write(_ustar_header(f"{key}.{field}", len(data)))  # type: ignore[union-attr]
-            f.write(data)  # type: ignore[union-attr]
+            self._put(_ustar_header(f"{key}.{field}", len(data)))
+            self._put(data)
             if len(data) % 512:
-                f.write(b"\0" * (512 - len(data) % 512))  # type: ignore[union-attr]
+                self._put(b"\0" * (512 - len(data) % 512))
         self._in_shard += 1
         self.count += 1
         if self._in_shard >= self.samples_per_shard:
@@ -323,28 +345,168 @@ def manifest_path(shard_dir: os.PathLike | str, split: str) -> Path:
 
 
 def write_manifest(shard_dir: os.PathLike | str, split: str, info: Dict[str, Any]) -> Path:
-    """Atomically write ``{split}.json`` (adds ``version`` and ``split``)."""
-    data = {"version": MANIFEST_VERSION, "split": split, **info}
+    """Atomically write ``{split}.json`` (adds ``version`` and ``split``); ``info`` must carry ``shard_info``
+    (per shard: name, num_samples, sha256, size), which readers check the shards against."""
     path = manifest_path(shard_dir, split)
+    if "shard_info" not in info:
+        raise ValueError(f"{path}: a manifest needs shard_info (name, num_samples, sha256, size per shard)")
+    _check_shard_info(path, info)
+    data = {"version": MANIFEST_VERSION, "split": split, **info}
     atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
     return path
 
 
+class ShardIntegrityError(ValueError):
+    """A shard disagrees with its manifest: missing samples (cut or short), other bytes (corrupt or
+    rewritten since), or a manifest that cannot describe its shards."""
+
+
+#: How to rebuild a split, by manifest kind (for error messages).
+REBUILD_HINT = {
+    "images": "rebuild the image shards with python -m ucgm_core.data.shards (the workflow's shards rule)",
+    "latents": "rebuild the latents with python -m ucgm_core.data.latents --no-resume (the workflow's latents rule)",
+}
+
+
+def rebuild_hint(info: Dict[str, Any]) -> str:
+    """How to rebuild the split a manifest describes."""
+    return REBUILD_HINT.get(str(info.get("kind")), "rebuild it with the stage that wrote it")
+
+
+def _check_shard_info(path: Path, info: Dict[str, Any]) -> None:
+    """``shard_info`` of a version-2 manifest: one record per shard, in order, with a count, sha256 and size."""
+    records = info["shard_info"]
+    if not isinstance(records, list) or [r.get("name") if isinstance(r, dict) else None for r in records] != info["shards"]:
+        raise ShardIntegrityError(f"{path}: shard_info does not list the shards {info['shards']} in order; "
+                                  f"{rebuild_hint(info)}")
+    for r in records:
+        ok = (isinstance(r.get("num_samples"), int) and r["num_samples"] >= 0 and isinstance(r.get("size"), int)
+              and isinstance(r.get("sha256"), str) and len(r["sha256"]) == 64)
+        if not ok:
+            raise ShardIntegrityError(f"{path}: shard_info record {r!r}: expected name, num_samples >= 0, size and a "
+                                      f"64-digit sha256; {rebuild_hint(info)}")
+    total = sum(r["num_samples"] for r in records)
+    if "num_samples" in info and total != info["num_samples"]:
+        raise ShardIntegrityError(f"{path}: shard_info counts add up to {total}, num_samples is {info['num_samples']}; "
+                                  f"{rebuild_hint(info)}")
+
+
 def read_manifest(shard_dir: os.PathLike | str, split: str) -> Dict[str, Any]:
-    """Read ``{split}.json`` and check that its shards exist."""
+    """Read ``{split}.json`` and check it against the disk: every shard exists and, where the manifest records
+    sizes (version 2), has that size (a cheap check that catches a shard cut anywhere)."""
     path = manifest_path(shard_dir, split)
     if not path.is_file():
         raise FileNotFoundError(f"no manifest {path}; build the shards first")
-    info = json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as e:
+        raise ShardIntegrityError(f"{path}: not a JSON manifest ({e}); rebuild the split") from None
+    if not isinstance(info, dict) or not isinstance(info.get("shards"), list):
+        raise ShardIntegrityError(f"{path}: expected a JSON object with a list 'shards'; rebuild the split")
+    version = info.get("version", 1)
+    if not isinstance(version, int) or not 1 <= version <= MANIFEST_VERSION:
+        raise ShardIntegrityError(f"{path}: manifest version {version!r}, this code reads 1 to {MANIFEST_VERSION}; "
+                                  f"{rebuild_hint(info)}")
     missing = [s for s in info["shards"] if not (Path(shard_dir) / s).is_file()]
     if missing:
         raise FileNotFoundError(f"{path}: shards missing on disk: {missing}")
+    if version >= 2 and "shard_info" not in info:
+        raise ShardIntegrityError(f"{path}: a version-{version} manifest without shard_info; {rebuild_hint(info)}")
+    if "shard_info" in info:
+        _check_shard_info(path, info)
+        for r in info["shard_info"]:
+            found = (Path(shard_dir) / r["name"]).stat().st_size
+            if found != r["size"]:
+                raise ShardIntegrityError(f"{Path(shard_dir) / r['name']}: {found} bytes, the manifest {path} records "
+                                          f"{r['size']} (a cut, short or rewritten shard); {rebuild_hint(info)}")
     return info
 
 
 def shard_paths(shard_dir: os.PathLike | str, split: str) -> List[Path]:
     """Shard paths of ``split`` in manifest order."""
     return [Path(shard_dir) / s for s in read_manifest(shard_dir, split)["shards"]]
+
+
+def shard_records(shard_dir: os.PathLike | str, split: str, info: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+    """Per shard of a split: ``name``, ``path``, expected ``num_samples`` and the recorded ``sha256`` and ``size``.
+
+    Version 1 manifests record no hashes (``sha256``/``size`` None); their counts are derived from
+    ``samples_per_shard`` (every shard but the last is full, as the writers make them), or None when the
+    manifest lacks it."""
+    info = read_manifest(shard_dir, split) if info is None else info
+    names = info["shards"]
+    if "shard_info" in info:
+        return [{**r, "path": Path(shard_dir) / r["name"]} for r in info["shard_info"]]
+    sps, total = info.get("samples_per_shard"), info.get("num_samples")
+    counts: List[Optional[int]] = [None] * len(names)
+    if isinstance(sps, int) and isinstance(total, int) and names:
+        last = total - sps * (len(names) - 1)
+        if not 1 <= last <= sps:
+            raise ShardIntegrityError(f"{manifest_path(shard_dir, split)}: {total} samples cannot fill {len(names)} "
+                                      f"shards of {sps}; {rebuild_hint(info)}")
+        counts = [sps] * (len(names) - 1) + [last]
+    return [{"name": n, "path": Path(shard_dir) / n, "num_samples": c, "sha256": None, "size": None}
+            for n, c in zip(names, counts)]
+
+
+def verify_shard(record: Dict[str, Any], manifest: os.PathLike | str, hint: str) -> None:
+    """Check a shard's size and sha256 against its record (a no-op for what the record lacks)."""
+    path = record["path"]
+    if record.get("size") is not None and path.stat().st_size != record["size"]:
+        raise ShardIntegrityError(f"{path}: {path.stat().st_size} bytes, the manifest {manifest} records "
+                                  f"{record['size']} (a cut, short or rewritten shard); {hint}")
+    if record.get("sha256"):
+        found = sha256_file(path)
+        if found != record["sha256"]:
+            raise ShardIntegrityError(f"{path}: sha256 {found}, the manifest {manifest} records {record['sha256']} "
+                                      f"(a corrupt or rewritten shard); {hint}")
+
+
+def iter_split_samples(shard_dir: os.PathLike | str, split: str, *, verify_hash: bool = True,
+                       info: Optional[Dict[str, Any]] = None) -> Iterator[Dict[str, Any]]:
+    """:func:`iter_samples` over a split's shards, checked against the manifest: each shard's sample count
+    (a shard cut at a member boundary is otherwise a valid, shorter tar), and with ``verify_hash`` its
+    sha256 before it is read (where the manifest records one). Samples carry ``__shard__`` (the shard's
+    path) besides ``__key__``. Raises :class:`ShardIntegrityError` naming the shard, the expected and the
+    found count or hash."""
+    info = read_manifest(shard_dir, split) if info is None else info
+    mpath, hint = manifest_path(shard_dir, split), rebuild_hint(info)
+    total = 0
+    for rec in shard_records(shard_dir, split, info):
+        path = rec["path"]
+        if verify_hash:
+            verify_shard(rec, mpath, hint)
+        n = 0
+        for sample in iter_samples([path]):
+            sample["__shard__"] = str(path)
+            n += 1
+            yield sample
+        if rec["num_samples"] is not None and n != rec["num_samples"]:
+            raise ShardIntegrityError(f"{path}: {n} samples, the manifest {mpath} records {rec['num_samples']} "
+                                      f"(a short or cut shard); {hint}")
+        total += n
+    if isinstance(info.get("num_samples"), int) and total != info["num_samples"]:
+        raise ShardIntegrityError(f"{shard_dir}: {total} samples in the shards of {split!r}, the manifest {mpath} "
+                                  f"records {info['num_samples']}; {hint}")
+
+
+def split_fingerprint(shard_dir: os.PathLike | str, split: str) -> Dict[str, Any]:
+    """What a split's shards hold, independent of where they lie: the manifest's kind, counts and sha256 and
+    one sha256 over every shard's (name, sha256). Version-2 manifests give the shards' sha256 (their sizes are
+    checked; their content when they are read); for version-1 manifests the shard files are hashed here.
+    Caches keyed by it (reference features, latents) see a split rebuilt from other data as different."""
+    info = read_manifest(shard_dir, split)
+    h = hashlib.sha256()
+    for rec in shard_records(shard_dir, split, info):
+        h.update(f"{rec['name']} {rec['sha256'] or sha256_file(rec['path'])}\n".encode())
+    return {
+        "split": split,
+        "kind": info.get("kind"),
+        "num_samples": info.get("num_samples"),
+        "num_shards": len(info["shards"]),
+        "manifest_sha256": sha256_file(manifest_path(shard_dir, split)),
+        "shards_sha256": h.hexdigest(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,7 +547,9 @@ def iter_tar_files(path: os.PathLike | str) -> Iterator[Tuple[str, bytes]]:
             if len(hdr) < 512:
                 if hdr.strip(b"\0"):
                     raise ValueError(f"{path}: truncated tar header")
-                return
+                # a cut at a member boundary would otherwise read as a complete, shorter tar
+                raise ValueError(f"{path}: ends at byte {f.tell()} without the end-of-archive marker "
+                                 "(a cut or half-copied tar)")
             if not hdr.strip(b"\0"):
                 return  # end-of-archive marker
             chk = _octal(hdr[148:156])
@@ -433,13 +597,29 @@ def iter_samples(paths: Iterable[os.PathLike | str]) -> Iterator[Dict[str, Any]]
 
 
 def iter_images(shard_dir: os.PathLike | str, split: str) -> Iterator[Tuple[str, np.ndarray, int]]:
-    """Yield ``(key, uint8 [H, W, C] image, label)`` from image shards, deterministically."""
-    for s in iter_samples(shard_paths(shard_dir, split)):
+    """Yield ``(key, uint8 [H, W, C] image, label)`` from image shards, deterministically.
+
+    Every shard is checked against the manifest (:func:`iter_split_samples`: count and sha256), every image
+    has the manifest's ``resolution`` x ``resolution`` x ``channels`` and every label is in
+    ``[0, num_classes)``."""
+    info = read_manifest(shard_dir, split)
+    mpath, hint = manifest_path(shard_dir, split), rebuild_hint(info)
+    res, ch, ncls = info.get("resolution"), info.get("channels"), info.get("num_classes")
+    for s in iter_split_samples(shard_dir, split, info=info):
         field = "png" if "png" in s else "npy"
         if field not in s or "cls" not in s:
-            raise ValueError(f"sample {s['__key__']} lacks an image or cls field (has {sorted(s)})")
+            raise ShardIntegrityError(f"{s['__shard__']}: sample {s['__key__']} lacks an image or cls field "
+                                      f"(has {sorted(k for k in s if not k.startswith('__'))}); {hint}")
         img = decode_field(field, s[field])
-        yield s["__key__"], (img[..., None] if img.ndim == 2 else img), decode_field("cls", s["cls"])
+        img = img[..., None] if img.ndim == 2 else img
+        if res is not None and ch is not None and img.shape != (res, res, ch):
+            raise ShardIntegrityError(f"{s['__shard__']}: sample {s['__key__']} is an image {img.shape}, the manifest "
+                                      f"{mpath} says {res}x{res}x{ch}; {hint}")
+        label = decode_field("cls", s["cls"])
+        if ncls is not None and not 0 <= label < ncls:
+            raise ShardIntegrityError(f"{s['__shard__']}: sample {s['__key__']} has label {label}, outside "
+                                      f"[0, {ncls}) (num_classes of {mpath}); {hint}")
+        yield s["__key__"], img, label
 
 
 def load_images(shard_dir: os.PathLike | str, split: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -500,10 +680,11 @@ def _write_images(
     image_format: str,
     num_classes: int,
     workers: int,
-) -> Tuple[List[str], np.ndarray, Optional[Tuple[int, ...]]]:
+) -> Tuple[List[Dict[str, Any]], np.ndarray, Optional[Tuple[int, ...]]]:
     """Encode ``items`` (image indices ``first_index, first_index + 1, ...``; ``first_index`` a multiple of
     ``samples_per_shard``) into shards from ``first_index // samples_per_shard`` on.
-    Returns the shard names, the class counts and the image shape (None when ``items`` was empty)."""
+    Returns the shards' records (:class:`TarShardWriter`), the class counts and the image shape (None when
+    ``items`` was empty)."""
     jobs = ((arr, int(lab), resolution, image_format) for arr, lab in items)
     counts = np.zeros(num_classes, dtype=np.int64)
     shape: Optional[Tuple[int, ...]] = None
@@ -525,20 +706,21 @@ def _write_images(
                 if shape is None:
                     shape = tuple(decode_field(image_format, img_b).shape)
                 w.write(f"{split}-{i:08d}", {image_format: img_b, "cls": cls_b})
-        return w.shards, counts, shape
+        return w.records, counts, shape
     finally:
         if pool is not None:
             pool.close()
             pool.join()
 
 
-def _images_manifest(counts: Sequence[int], samples_per_shard: int, shards: List[str], image_format: str,
+def _images_manifest(counts: Sequence[int], samples_per_shard: int, records: List[Dict[str, Any]], image_format: str,
                      shape: Tuple[int, ...], num_classes: int, extra_info: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     return {
         "kind": "images",
         "num_samples": int(sum(counts)),
         "samples_per_shard": samples_per_shard,
-        "shards": shards,
+        "shards": [r["name"] for r in records],
+        "shard_info": [dict(r) for r in records],
         "image_format": image_format,
         "resolution": int(shape[0]),
         "channels": int(shape[2]),
@@ -572,12 +754,12 @@ def write_image_shards(
     _remove_shards(out_dir, split)
     manifest_path(out_dir, split).unlink(missing_ok=True)
     items = iter(source) if limit is None else iter_source_range(source, 0, limit)
-    shards, counts, shape = _write_images(items, out_dir, split, first_index=0, resolution=resolution,
+    records, counts, shape = _write_images(items, out_dir, split, first_index=0, resolution=resolution,
                                           samples_per_shard=samples_per_shard, image_format=image_format,
                                           num_classes=num_classes, workers=workers)
     if shape is None:
         raise ValueError(f"split {split!r}: the source yielded no images")
-    info = _images_manifest(counts, samples_per_shard, shards, image_format, shape, num_classes, extra_info)
+    info = _images_manifest(counts, samples_per_shard, records, image_format, shape, num_classes, extra_info)
     write_manifest(out_dir, split, info)
     return info
 
@@ -615,7 +797,7 @@ def write_image_shards_part(
     manifest_path(out_dir, split).unlink(missing_ok=True)  # its shards are being rewritten
     _remove_shards(out_dir, split, keep=lambda index: index not in own)
     items = iter_source_range(source, start, stop) if start < stop else iter(())
-    shards, counts, shape = _write_images(items, out_dir, split,
+    records, counts, shape = _write_images(items, out_dir, split,
                                           first_index=start, resolution=resolution,
                                           samples_per_shard=samples_per_shard, image_format=image_format,
                                           num_classes=num_classes, workers=workers)
@@ -630,7 +812,7 @@ def write_image_shards_part(
         "total_samples": total,
         "first_shard": own.start,
         "manifest": None if shape is None else
-        _images_manifest(counts, samples_per_shard, shards, image_format, shape, num_classes, extra_info),
+        _images_manifest(counts, samples_per_shard, records, image_format, shape, num_classes, extra_info),
         "samples_per_shard": samples_per_shard,
         "image_format": image_format,
         "num_classes": int(num_classes),
@@ -652,7 +834,8 @@ def read_part_manifests(paths: Sequence[os.PathLike | str], kind: str, split: st
             raise ValueError(f"{path}: part manifest {got}, expected {want} (give the parts in order)")
         for key in same:
             if info.get(key) != parts[0].get(key):
-                raise ValueError(f"{path}: {key} = {info.get(key)!r} differs from part 0's {parts[0].get(key)!r}")
+                raise ValueError(f"{path}: {key} = {info.get(key)!r} differs from part 0's ({paths[0]}) "
+                                 f"{parts[0].get(key)!r}; the parts must be made alike (rerun the odd one)")
     return parts
 
 
@@ -669,6 +852,7 @@ def merge_image_parts(out_dir: os.PathLike | str, split: str, part_manifests: Se
     if total == 0:
         raise ValueError(f"split {split!r}: the source yielded no images")
     shards: List[str] = []
+    records: List[Dict[str, Any]] = []
     counts = np.zeros(int(first["num_classes"]), dtype=np.int64)
     shape: Optional[Tuple[int, ...]] = None
     for path, info in zip(part_manifests, parts):
@@ -681,12 +865,16 @@ def merge_image_parts(out_dir: os.PathLike | str, split: str, part_manifests: Se
         if shape is not None and part_shape != shape:
             raise ValueError(f"{path}: images {part_shape}, part 0's are {shape}")
         shape = part_shape
+        if "shard_info" not in m:
+            raise ValueError(f"{path}: a part manifest without shard_info (written before shards recorded counts and "
+                             "hashes); rerun that part")
         shards += m["shards"]
+        records += m["shard_info"]
         counts += np.asarray(m["class_counts"], dtype=np.int64)
     if len(shards) != -(-total // sps) or int(counts.sum()) != total or shape is None:
         raise ValueError(f"split {split!r}: the parts hold {int(counts.sum())} images in {len(shards)} shards, "
                          f"expected {total} in {-(-total // sps)}")
-    info = _images_manifest(counts, sps, shards, first["image_format"], shape, first["num_classes"],
+    info = _images_manifest(counts, sps, records, first["image_format"], shape, first["num_classes"],
                             first["extra_info"])
     _remove_shards(out_dir, split, keep=lambda index: index < len(shards))
     write_manifest(out_dir, split, info)
