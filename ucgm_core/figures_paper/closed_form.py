@@ -122,7 +122,8 @@ def transport_coefficients(transport: str, t: np.ndarray) -> Dict[str, np.ndarra
 
     tr = orient(transport)
     tt = torch.as_tensor(np.asarray(t, dtype=np.float64))
-    d = tr.derivatives(tt)
+    with torch.enable_grad():  # autograd derivatives, also when called under torch.no_grad() (a sampler)
+        d = tr.derivatives(tt)
     return {
         "alpha": tr.alpha_in(tt).detach().numpy(),
         "gamma": tr.gamma_in(tt).detach().numpy(),
