@@ -208,3 +208,109 @@ def test_sparse_snapshots_error_is_the_residual_profile(tmp_path):
         gap = (direct[0.05] - direct[0.10]).abs().max()
         err = (rec - direct[0.075]).abs().max()
         assert err < 0.01 * gap, f"{profiles}: error {err:.3g} vs gap {gap:.3g}"
+
+
+# -- in the training loop ---------------------------------------------------------------------------------------------
+def _trainer(tmp_path: Path, steps: int, run: str, every: int, lr: float = 1e-3):
+    """A small TiT trained by the real Trainer (as tests/test_training_loop.py) with post-hoc EMA trackers whose
+    snapshots go to ``tmp_path/run/posthoc_ema`` (the run folder, beside the state file)."""
+    from test_training_loop import TensorLoader
+
+    from ucgm_core.models import build_model
+    from ucgm_core.training import UCGMConfig, UCGMObjective
+    from ucgm_core.training.loop import Trainer, TrainSettings
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 1, 8, 8, generator=g), torch.randint(0, 3, (40,), generator=g)
+    torch.manual_seed(123)
+    kwargs = dict(input_size=8, in_channels=1, num_classes=3, depth=1, hidden_size=32)  # ~40k parameters: fast
+    model = build_model("TiT-Tiny/2", **kwargs)
+    meta = {"architecture": "TiT-Tiny/2", "model_kwargs": kwargs, "transport": "Linear", "num_classes": 3,
+            "latent_shape": [1, 8, 8], "normalizer": {"mean": None, "std": None, "multiplier": 1.0},
+            "autoencoder": "identity", "info": {"spec": {"note": "test"}}}
+    posthoc = PosthocEMA(model, [0.05, 0.10], every, tmp_path / run / "posthoc_ema", meta=meta)
+    cfg = UCGMConfig(enhanced_ratio=0.5, enhanced_style="ft-vs-fe", num_classes=3)
+    settings = TrainSettings(steps=steps, batch_size=8, lr=lr, ema_decay=0.9, log_every=2, checkpoint_every=3)
+    return Trainer(model, UCGMObjective(cfg), TensorLoader(x, y, 8, seed=5), settings, tmp_path / run / "state.pt",
+                   log=lambda s: None, posthoc_ema=posthoc)
+
+
+def _snapshot_files(folder: Path) -> dict:
+    return {p.name: torch.load(p, weights_only=True) for p in sorted(folder.glob("step-*.pt"))}
+
+
+def test_trainer_tracks_and_resumes_exactly(tmp_path):
+    """Snapshots every 2 steps and at the last (7); a run stopped at step 3 and resumed writes the same
+    trackers and the same snapshots, bit for bit, as one run straight through."""
+    from ucgm_core.training.loop import Preempted
+
+    straight = _trainer(tmp_path, 7, "a", every=2)
+    straight.run()
+    killed = _trainer(tmp_path, 7, "b", every=2)
+    with pytest.raises(Preempted):  # as a job stopped by SIGTERM after step 3
+        killed.run(should_stop=lambda: killed.state.step >= 3)
+    resumed = _trainer(tmp_path, 7, "b", every=2)
+    assert resumed.resumed and [tr.updates for tr in resumed.posthoc_ema.trackers] == [3, 3]
+    resumed.run()
+    for a, b in zip(straight.posthoc_ema.trackers, resumed.posthoc_ema.trackers):
+        assert a.updates == b.updates == 7
+        for (n, u), v in zip(a.module.state_dict().items(), b.module.state_dict().values()):
+            assert torch.equal(u, v), n
+    files_a, files_b = _snapshot_files(tmp_path / "a" / "posthoc_ema"), _snapshot_files(tmp_path / "b" / "posthoc_ema")
+    assert list(files_a) == list(files_b) == [f"step-{s:07d}.pt" for s in (2, 4, 6, 7)]
+    for name in files_a:
+        for pa, pb in zip(files_a[name]["profiles"], files_b[name]["profiles"]):
+            assert pa["gamma"] == pb["gamma"]
+            assert all(torch.equal(pa["ema"][k], pb["ema"][k]) for k in pa["ema"]), name
+    assert not list((tmp_path / "b" / "posthoc_ema").glob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_trainer_state_without_trackers_is_refused(tmp_path):
+    from ucgm_core.training.loop import StateFileError
+
+    t = _trainer(tmp_path, 2, "c", every=1)
+    t.posthoc_ema = None
+    t.run()  # a state written with the trackers off
+    with pytest.raises(StateFileError, match=r"state\.pt: the training state holds no post-hoc EMA trackers"):
+        _trainer(tmp_path, 4, "c", every=1)
+
+
+def test_trained_model_reconstruction_and_checkpoint(tmp_path):
+    """A real (float32) training run: snapshots of 0.05 and 0.10 after every step reconstruct 0.075 equal to a
+    PowerEMA(0.075) updated in the same run. Tolerance from float32 rounding: each tracker's T updates round
+    by <= ~2 eps32 |theta| each, and the reconstruction sums the snapshots with weights x (in float64), so
+    |error| <= (sum|x| + 1) * 2 T eps32 max|theta| (~1e-5 here); the lengths themselves differ by ~1e-2.
+    reconstruct_checkpoint writes an ordinary checkpoint holding the same weights."""
+    from ucgm_core.checkpoint import build_network, load_checkpoint
+    from ucgm_core.training.posthoc_ema import reconstruct_checkpoint
+
+    T = 12
+    trainer = _trainer(tmp_path, T, "run", every=1, lr=1e-2)
+    direct = PowerEMA(trainer.model, sigma_rel=0.075)
+    trainer.run(on_step=lambda tr: direct.update(tr.model))
+    snaps = [Snapshot(step, p["gamma"], p["ema"])
+             for path, step, _ in list_snapshots(tmp_path / "run")
+             for p in [torch.load(path, weights_only=True)][0]["profiles"]]
+    x, _ = solve_weights([(s.step, s.gamma) for s in snaps], T, sigma_rel_to_gamma(0.075), "discrete")
+    rec = reconstruct(snaps, 0.075, profiles="discrete")
+    tracked_010 = trainer.posthoc_ema.trackers[1].module.state_dict()
+    theta_max = max(float(v.abs().max()) for v in direct.module.state_dict().values() if v.is_floating_point())
+    atol = (float(np.abs(x).sum()) + 1.0) * 2 * T * EPS32 * theta_max
+    gap = 0.0
+    for name, v in direct.module.state_dict().items():
+        torch.testing.assert_close(rec[name], v, rtol=0, atol=atol, msg=lambda m: f"{name}: {m}")
+        if v.is_floating_point():
+            gap = max(gap, float((v - tracked_010[name]).abs().max()))
+    assert gap > 100 * atol  # the third length is not one of the tracked ones within the tolerance
+
+    out = reconstruct_checkpoint(trainer.state_path.parent, 0.075, tmp_path / "ema-0.075.pt", profiles="discrete")
+    ckpt = load_checkpoint(out)
+    assert ckpt["step"] == T and ckpt["info"]["posthoc_ema"]["sigma_rel"] == 0.075
+    assert ckpt["info"]["spec"] == {"note": "test"}
+    net = build_network(ckpt)
+    for name, v in net.state_dict().items():
+        assert torch.equal(v, rec[name]), name
+    with pytest.raises(ValueError, match="no post-hoc EMA snapshot at or before step 0"):
+        reconstruct_checkpoint(trainer.state_path.parent, 0.075, tmp_path / "x.pt", step=0)
+    with pytest.raises(ValueError, match=r"no post-hoc EMA snapshots \(.*posthoc_ema missing\)"):
+        reconstruct_checkpoint(tmp_path / "elsewhere", 0.075, tmp_path / "x.pt")

@@ -58,6 +58,7 @@ from .. import accel
 from .. import distributed as ud
 from ..io import atomic_torch_save, atomic_write
 from .ema import EMA, unwrap
+from .posthoc_ema import PosthocEMA
 from .objective import UCGMConfig, UCGMObjective, label_drop_count
 from .optim import build_optimizer, clip_gradients_, load_optimizer_state, scrub_nonfinite_grads_
 
@@ -240,12 +241,15 @@ class Trainer:
         rank, world_size: this process in the process group (``world_size > 1`` needs an
             initialised group and ``seeding="step"``; the loader must give this rank's
             ``batch_size / world_size`` slice of each global batch).
+        posthoc_ema: power-function EMA trackers (:class:`~ucgm_core.training.posthoc_ema.PosthocEMA`,
+            ``train.posthoc_ema``), updated after every optimizer step on every rank, part of the state;
+            rank 0 writes their snapshots after the step, before ``on_step`` and the state.
     """
 
     def __init__(self, model: nn.Module, objective: UCGMObjective, loader: BatchSource,
                  settings: TrainSettings, state_path: Path, log: Callable[[str], None] = print,
                  device: torch.device | str = "cpu", ema: Optional[EMA] = None, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, posthoc_ema: Optional[PosthocEMA] = None):
         self.model, self.objective, self.loader, self.settings = model, objective, loader, settings
         self.state_path, self.log, self.device = Path(state_path), log, torch.device(device)
         self.rank, self.world_size = int(rank), int(world_size)
@@ -255,6 +259,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.params, settings.optimizer, settings.lr, settings.betas,
                                          settings.weight_decay)  # fused kernels on CUDA where torch has them
         self.ema = ema if ema is not None else EMA(model, settings.ema_decay, init=settings.ema_init)
+        self.posthoc_ema = posthoc_ema
         self.state = TrainState()
         self.resumed = False
         self.resumed_from: Optional[Path] = None  # the state file a resume read (the older copy after a fallback)
@@ -332,11 +337,17 @@ class Trainer:
             "rng": _rng_state(),
             "train": asdict(self.state),
             "settings": asdict(self.settings),
+            **({"posthoc_ema": self.posthoc_ema.state_dict()} if self.posthoc_ema is not None else {}),
         }
 
     def _load(self, state: dict) -> None:
         unwrap(self.model).load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
+        if self.posthoc_ema is not None:
+            if "posthoc_ema" not in state:
+                raise StateFileError(f"{self.state_path}: the training state holds no post-hoc EMA trackers "
+                                     "(written with train.posthoc_ema off); a run that tracks them needs a fresh state")
+            self.posthoc_ema.load_state_dict(state["posthoc_ema"], source=str(self.state_path))
         load_optimizer_state(self.optimizer, state["optimizer"])
         self.objective.load_state_dict(state["objective"], template=unwrap(self.model))
         self.loader.load_state_dict(state["loader"])
@@ -402,6 +413,8 @@ class Trainer:
         self.last_nonfinite = self._nonfinite_step(out.loss, scrub_nonfinite_grads_(self.params))
         self.optimizer.step()
         self.ema.update(self.model)
+        if self.posthoc_ema is not None:
+            self.posthoc_ema.update(self.model)
         self.state.step += 1
         return out.loss.detach()
 
@@ -433,6 +446,8 @@ class Trainer:
         self.last_nonfinite = self._nonfinite_step(total, scrub_nonfinite_grads_(self.params))
         self.optimizer.step()
         self.ema.update(self.model)
+        if self.posthoc_ema is not None:
+            self.posthoc_ema.update(self.model)
         self.state.step += 1
         return total
 
@@ -470,6 +485,8 @@ class Trainer:
                 if bar is not None:
                     bar.close()
                 raise
+            if self.posthoc_ema is not None and self.is_main:  # before the state, as on_step's snapshots
+                self.posthoc_ema.maybe_snapshot(step, last=step == s.steps)
             if on_step is not None:  # before the state is saved: what it writes (snapshots) is never skipped
                 on_step(self)
             # a checkpoint falling inside a non-finite streak is put off to the streak's end; the last
