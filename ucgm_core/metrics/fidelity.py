@@ -16,7 +16,12 @@ Conventions that follow the original evaluation (``eval.py`` of the official cod
 
 torch-fidelity 0.4.0 cannot take precomputed reference statistics, so the reference side is handled here:
 reference features and FID statistics are computed once and cached under ``cache_dir`` keyed by
-(reference id, extractor name, sha256 of the extractor weights), each file written atomically. KID and
+(reference id, extractor name, sha256 of the extractor weights, and the reference's ``fingerprint``: what its
+images are made from, e.g. the image shards' manifest and shard hashes from
+:func:`ucgm_core.data.shards.split_fingerprint`), each file written atomically. A cache entry whose recorded
+fingerprint or extractor sha256 differs from the request is recomputed, never reused (shards rebuilt from
+another ``data.source`` under the same folder name get their own features), and the evaluation result records
+the fingerprint. KID and
 precision/recall need the reference *features*, which are cached too. A :class:`ReferenceSet` may instead
 name an ``.npz`` with precomputed ``mu``/``sigma`` (e.g. the original's ``*_fid_ref.npz``): FID only.
 
@@ -145,11 +150,34 @@ class ReferenceSet:
     ``stats_path``: an .npz with precomputed ``mu``/``sigma`` in the extractor's FID layer. When given, FID
     always uses it (as ADM's evaluator does with a reference batch's ``mu``/``sigma``), and ``images`` (e.g.
     the batch's ``arr_0``) only serve KID and precision/recall.
+    ``fingerprint``: a JSON-able dict saying what the images are made from (the source files and their hashes,
+    e.g. :func:`ucgm_core.data.shards.split_fingerprint`). It is part of the cache key, recorded in the cache's
+    ``meta.json`` and in the evaluation result; a cached entry with another fingerprint is never reused. Give it
+    whenever ``images`` is a lazy loader, whose content the id alone cannot vouch for.
     """
 
     id: str
     images: ImagesLike | Callable[[], ImagesLike] | None = None
     stats_path: str | None = None
+    fingerprint: dict[str, Any] | None = None
+
+    @classmethod
+    def from_image_shards(cls, shard_dir: str | os.PathLike, split: str, id: str | None = None) -> "ReferenceSet":
+        """The images of a split of an image shard folder, loaded only on a cache miss, with the split's
+        fingerprint (manifest and shard sha256s); ``id`` defaults to ``<folder name>-<split>``."""
+        from ..data.shards import load_images, split_fingerprint
+
+        def images() -> torch.Tensor:
+            return torch.from_numpy(load_images(shard_dir, split)[0]).permute(0, 3, 1, 2)
+
+        return cls(id=id or f"{os.path.basename(os.path.normpath(shard_dir))}-{split}", images=images,
+                   fingerprint=split_fingerprint(shard_dir, split))
+
+    def fingerprint_digest(self) -> str | None:
+        """sha256 of the canonical JSON of ``fingerprint`` (None without one)."""
+        if self.fingerprint is None:
+            return None
+        return hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True, default=str).encode()).hexdigest()
 
     def load_images(self) -> ImagesLike | None:
         x = self.images
@@ -180,6 +208,7 @@ class EvaluationResult:
     extractor: str = ""
     extractor_weights_sha256: str = ""
     reference_id: str = ""
+    reference_fingerprint: dict[str, Any] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=list)
     feature_layers: dict[str, str] = field(default_factory=dict)
     metric_settings: dict[str, Any] = field(default_factory=dict)
@@ -367,8 +396,33 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]+", "_", s).strip("_") or "x"
 
 
-def _cache_folder(cache_dir: str, reference_id: str, extractor_name: str, weights_sha: str) -> str:
-    return os.path.join(cache_dir, f"{_slug(reference_id)}--{_slug(extractor_name)}--{weights_sha[:16]}")
+def _cache_folder(cache_dir: str, reference: ReferenceSet, extractor_name: str, weights_sha: str) -> str:
+    """``<id>--<extractor>--<weights sha256[:16]>[--<fingerprint sha256[:16]>]`` under ``cache_dir``."""
+    name = f"{_slug(reference.id)}--{_slug(extractor_name)}--{weights_sha[:16]}"
+    digest = reference.fingerprint_digest()
+    return os.path.join(cache_dir, name if digest is None else f"{name}--{digest[:16]}")
+
+
+def _stale_cache(folder: str, reference: ReferenceSet, extractor_name: str, weights_sha: str) -> str | None:
+    """Why the cache entry in ``folder`` cannot serve this request (None if it can): for a reference with a
+    fingerprint, its ``meta.json`` must record the same fingerprint, extractor and weights sha256 (a missing or
+    unreadable meta.json, e.g. a crash between the features and the meta, does not qualify)."""
+    if reference.fingerprint is None:
+        return None  # the id (and, for in-memory images, their sha256: _check_fingerprint) is trusted
+    meta = _read_meta(folder)
+    want = {"reference_fingerprint": json.loads(json.dumps(reference.fingerprint, default=str)),
+            "extractor": extractor_name, "extractor_weights_sha256": weights_sha}
+    diff = [k for k, v in want.items() if meta.get(k) != v]
+    return f"{os.path.join(folder, 'meta.json')} records other {', '.join(diff)}" if diff else None
+
+
+def _clear_cache(folder: str, log_reason: str) -> None:
+    """Delete a stale cache entry's files (features, statistics, meta) before it is recomputed, so that no
+    file of the old entry can be served with the new meta."""
+    warnings.warn(f"reference cache {folder}: {log_reason}; recomputing", stacklevel=3)
+    for name in os.listdir(folder):
+        if name == "meta.json" or (name.startswith(("features-", "fid-stats-")) and name.endswith((".pt", ".npz"))):
+            os.remove(os.path.join(folder, name))
 
 
 def _save_tensor(path: str, t: torch.Tensor) -> None:
@@ -415,6 +469,7 @@ def _write_meta(folder: str, reference: ReferenceSet, spec: FeatureExtractorSpec
                 images=None) -> None:
     meta = {
         "reference_id": reference.id,
+        "reference_fingerprint": json.loads(json.dumps(reference.fingerprint, default=str)),
         "images_sha256": _images_fingerprint(images) if images is not None else None,
         "extractor": spec.name,
         "extractor_weights_sha256": sha,
@@ -442,11 +497,14 @@ def reference_features(reference: ReferenceSet, extractor: FeatureExtractorSpec,
     """
     cache_dir = cache_dir or default_metrics_cache_dir()
     sha = extractor.sha256()
-    folder = _cache_folder(cache_dir, reference.id, extractor.name, sha)
+    folder = _cache_folder(cache_dir, reference, extractor.name, sha)
     paths = {layer: os.path.join(folder, f"features-{_slug(layer)}.pt") for layer in layers}
     if all(os.path.isfile(p) for p in paths.values()):
-        _check_fingerprint(folder, reference)
-        return {k: torch.load(p, map_location="cpu", weights_only=True) for k, p in paths.items()}, "cache"
+        stale = _stale_cache(folder, reference, extractor.name, sha)
+        if stale is None:
+            _check_fingerprint(folder, reference)
+            return {k: torch.load(p, map_location="cpu", weights_only=True) for k, p in paths.items()}, "cache"
+        _clear_cache(folder, stale)
     images = reference.load_images()
     if images is None:
         return None, "none"
@@ -471,13 +529,16 @@ def reference_statistics(reference: ReferenceSet, extractor: FeatureExtractorSpe
     cache_dir = cache_dir or default_metrics_cache_dir()
     layer = layer or _default_layer(extractor.name, "fid")
     sha = extractor.sha256()
-    folder = _cache_folder(cache_dir, reference.id, extractor.name, sha)
+    folder = _cache_folder(cache_dir, reference, extractor.name, sha)
     stats_path = os.path.join(folder, f"fid-stats-{_slug(layer)}.npz")
     if reference.stats_path is not None:
         return _load_stats(reference.stats_path), f"stats_file:{sha256_file(reference.stats_path)}", None
     if os.path.isfile(stats_path):
-        _check_fingerprint(folder, reference)
-        return _load_stats(stats_path), "cache", _read_meta(folder).get("num_reference")
+        stale = _stale_cache(folder, reference, extractor.name, sha)
+        if stale is None:
+            _check_fingerprint(folder, reference)
+            return _load_stats(stats_path), "cache", _read_meta(folder).get("num_reference")
+        _clear_cache(folder, stale)
     feats, source = reference_features(reference, extractor, [layer], cache_dir=cache_dir, **kw)
     if feats is None:
         return None, "none", None
@@ -555,6 +616,7 @@ def evaluate(
         extractor=extractor.name,
         extractor_weights_sha256=extractor.sha256(),
         reference_id=reference.id,
+        reference_fingerprint=json.loads(json.dumps(reference.fingerprint or {}, default=str)),
         metrics=list(metrics),
         context=dict(context or {}),
     )

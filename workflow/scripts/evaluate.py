@@ -53,7 +53,9 @@ def reference_batch_set(npz: str) -> ReferenceSet:
         return ChunkedImages([(min(lo + rows, len(arr)) - lo, functools.partial(_nhwc_block, arr, lo, lo + rows))
                               for lo in range(0, len(arr), rows)])
 
-    return ReferenceSet(id=f"{Path(npz).stem}-{sha256_file(npz)[:16]}", images=images, stats_path=npz)
+    sha = sha256_file(npz)
+    return ReferenceSet(id=f"{Path(npz).stem}-{sha[:16]}", images=images, stats_path=npz,
+                        fingerprint={"reference_batch": Path(npz).name, "sha256": sha})
 
 
 def _nhwc_block(arr: NpzArray, lo: int, hi: int) -> torch.Tensor:
@@ -61,9 +63,9 @@ def _nhwc_block(arr: NpzArray, lo: int, hi: int) -> torch.Tensor:
 
 
 def reference_set(images_dir: str, split: str) -> ReferenceSet:
-    name = Path(images_dir).name
-    return ReferenceSet(id=f"{name}-{split}",
-                        images=lambda: torch.from_numpy(load_images(images_dir, split)[0]).permute(0, 3, 1, 2))
+    """A split of an image shard folder, id ``<folder>-<split>``, with its fingerprint (manifest and shard
+    sha256s): the reference cache recomputes the features when the shards are rebuilt from other data."""
+    return ReferenceSet.from_image_shards(images_dir, split)
 
 
 def main(argv=None) -> int:
@@ -93,7 +95,8 @@ def main(argv=None) -> int:
     if a.mode == "reference":
         layers = sorted({_default_layer(spec.name, m) for m in ("fid", "isc", "kid", "prc")})
         feats, source = reference_features(ref, spec, layers, cache_dir=a.cache_dir)
-        info = {"reference_id": ref.id, "extractor": spec.name, "extractor_weights_sha256": spec.sha256(),
+        info = {"reference_id": ref.id, "reference_fingerprint": ref.fingerprint,
+                "extractor": spec.name, "extractor_weights_sha256": spec.sha256(),
                 "layers": layers, "num_reference": int(len(next(iter(feats.values())))), "source": source,
                 "cache_dir": os.path.abspath(a.cache_dir),
                 "fid_statistics": f"{a.reference_batch} (mu, sigma)" if a.reference_batch else "reference features"}
