@@ -22,11 +22,11 @@ def _dataset_urls(wc):
 def _sha256_key(wc, output):
     """Where the sha256 of a fetched file belongs in the config (named by the refusal and the first-seen hash)."""
     if wc.kind == "models":
-        return f"{WF.files[WF.experiment_of[('model', wc.key)]]}: models.{wc.key}.pretrained.sha256"
+        return f"models.{wc.key}.pretrained.sha256 in {WF.files[WF.experiment_of[('model', wc.key)]]}"
     if wc.kind == "autoencoders":
-        files = [WF.files[n] for n, e in WF.experiments.items() if wc.key in (e.get("autoencoders") or {})]
+        files = [str(WF.files[n]) for n, e in WF.experiments.items() if wc.key in (e.get("autoencoders") or {})]
         return f"autoencoders.{wc.key}.sha256 in {', '.join(files)}"
-    files = [WF.files[n] for n, e in WF.experiments.items() if (e.get("evaluation") or {}).get("reference_batch")
+    files = [str(WF.files[n]) for n, e in WF.experiments.items() if (e.get("evaluation") or {}).get("reference_batch")
              and fetched("references", reference_batch_key(e["evaluation"]["reference_batch"]),
                          e["evaluation"]["reference_batch"]) == output[0]]
     return f"evaluation.reference_batch.sha256 in {', '.join(files)}"
