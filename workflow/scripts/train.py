@@ -168,7 +168,8 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
     if data_cfg.get("latent_stats") and data_cfg["normalize_latents"]:  # fixed statistics (e.g. EDM2's)
         st = data_cfg["latent_stats"]
         normalizer = LatentNormalizer(*(torch.tensor(st[k], dtype=torch.float32).reshape(1, -1, 1, 1)
-                                        for k in ("mean", "std")), data_cfg["latent_multiplier"])
+                                        for k in ("mean", "std")), data_cfg["latent_multiplier"],
+                                      source="data.latent_stats")
     else:
         normalizer = LatentNormalizer.from_stats(stats, data_cfg["latent_multiplier"], data_cfg["normalize_latents"])
 
