@@ -314,3 +314,50 @@ def test_trained_model_reconstruction_and_checkpoint(tmp_path):
         reconstruct_checkpoint(trainer.state_path.parent, 0.075, tmp_path / "x.pt", step=0)
     with pytest.raises(ValueError, match=r"no post-hoc EMA snapshots \(.*posthoc_ema missing\)"):
         reconstruct_checkpoint(tmp_path / "elsewhere", 0.075, tmp_path / "x.pt")
+
+
+def test_train_script_keeps_snapshots_and_the_tool_writes_a_checkpoint(tmp_path):
+    """workflow/scripts/train.py with train.posthoc_ema: snapshots in the run folder (every 2 of 5 steps and
+    the last) carrying the checkpoint fields; the command line tool, given the final checkpoint, writes a
+    checkpoint of a tracked length at the last step, which must be that snapshot (x = e_i, to float64
+    rounding, then cast: float32 assert_close defaults), and of an untracked one the sampler's loader accepts."""
+    import json
+    import subprocess
+    import sys
+
+    from test_preemption import TRAIN, clean_env, make_latent_dir
+
+    from ucgm_core.checkpoint import build_network, load_checkpoint
+
+    latents = make_latent_dir(tmp_path)
+    spec = {"architecture": "TiT-Tiny/2", "architecture_overrides": {"depth": 1, "hidden_size": 32},
+            "data": {"dataset": "toy"}, "objective": {"transport": "Linear", "enhanced_ratio": 0.0},
+            "train": {"steps": 5, "batch_size": 8, "lr": 0.01, "ema_decay": 0.9, "log_every": 1,
+                      "checkpoint_every": 2, "posthoc_ema": {"sigma_rels": [0.05, 0.10], "snapshot_every": 2}}}
+    run = subprocess.run([sys.executable, TRAIN, "--latents", str(latents), "--spec", json.dumps(spec),
+                          "--out-dir", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"),
+                          "--threads", "1"], capture_output=True, text=True, env=clean_env())
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "post-hoc EMA: sigma_rel [0.05, 0.1], snapshots every 2 steps" in run.stdout
+    (run_dir,) = (tmp_path / "state").iterdir()
+    listing = list_snapshots(run_dir)
+    assert [s for _, s, _ in listing] == [2, 4, 5]
+    last = torch.load(listing[-1][0], weights_only=True)
+    assert last["meta"]["architecture"] == "TiT-Tiny/2" and last["meta"]["info"]["spec"]["train"]["steps"] == 5
+
+    final = tmp_path / "out" / "checkpoint.pt"
+    for sigma_rel in (0.10, 0.07):
+        out = tmp_path / f"ema-{sigma_rel}.pt"
+        tool = subprocess.run([sys.executable, "-m", "ucgm_core.training.posthoc_ema", str(final),
+                               "--sigma-rel", str(sigma_rel), "--out", str(out)],
+                              capture_output=True, text=True, env=clean_env())
+        assert tool.returncode == 0, tool.stdout + tool.stderr
+        ckpt = load_checkpoint(out)
+        assert ckpt["step"] == 5 and ckpt["architecture"] == "TiT-Tiny/2"
+        assert ckpt["normalizer"]["multiplier"] == load_checkpoint(final)["normalizer"]["multiplier"]
+        net = build_network(ckpt)
+        if sigma_rel == 0.10:
+            for name, v in net.state_dict().items():
+                torch.testing.assert_close(v, last["profiles"][1]["ema"][name], msg=lambda m: f"{name}: {m}")
+        y = net(torch.randn(2, 1, 8, 8), torch.rand(2), torch.zeros(2, dtype=torch.long))
+        assert y.shape == (2, 1, 8, 8) and torch.isfinite(y).all()

@@ -13,7 +13,9 @@ Thin over ``ucgm_core``; the ``train`` and ``tune`` rules call it, and it runs s
 The resumable state lives in ``<state-dir>/<fingerprint>/state.pt``, the fingerprint hashing the spec
 and the input files, so a killed job rerun with the same inputs continues where it stopped and a changed
 config starts afresh. Outputs: ``checkpoint.pt``, ``loss.csv``, ``loss.png``, ``grid.png`` in ``--out-dir``
-and periodic grids in ``<out-dir>/grids/``.
+and periodic grids in ``<out-dir>/grids/``. With ``train.posthoc_ema`` the run folder also keeps the snapshots of
+EDM2's power-function EMAs (``<state-dir>/<fingerprint>/posthoc_ema/``); ``python -m ucgm_core.training.posthoc_ema
+<out-dir>/checkpoint.pt --sigma-rel S --out FILE`` then writes a checkpoint of any EMA length.
 
 Several processes (one per GPU; see ``ucgm_core.distributed``)::
 
@@ -59,6 +61,7 @@ from ucgm_core.models import build_model  # noqa: E402
 from ucgm_core.sampling.generate import generate_images  # noqa: E402
 from ucgm_core.training.loop import Preempted, Trainer, TrainSettings  # noqa: E402
 from ucgm_core.training.objective import UCGMConfig, UCGMObjective  # noqa: E402
+from ucgm_core.training.posthoc_ema import SNAPSHOT_DIR, PosthocEMA  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -101,6 +104,29 @@ def fingerprint(spec: dict, files) -> str:
         if f is not None:
             h.update(sha256_file(f).encode())
     return h.hexdigest()[:16]
+
+
+def posthoc_trackers(cfg, model, state_dir: Path, *, spec: dict, model_kwargs: dict, transport: str,
+                     num_classes: int, latent_shape, normalizer: LatentNormalizer, autoencoder: str,
+                     info: dict):
+    """The ``train.posthoc_ema`` trackers (EDM2's post-hoc EMA) or None when the key is absent or null.
+
+    Snapshots go into the run folder ``<state-dir>/<fingerprint>/posthoc_ema/`` (outlives failed jobs, as the
+    state) and carry the checkpoint fields, so ``python -m ucgm_core.training.posthoc_ema`` can write a
+    checkpoint of any EMA length afterwards."""
+    if not cfg:
+        return None
+    if "snapshot_every" not in cfg:
+        raise SystemExit(f"train.posthoc_ema: 'snapshot_every' missing (got keys {sorted(cfg)}); expected "
+                         "{sigma_rels: [0.05, 0.10], snapshot_every: N}")
+    cpu = lambda v: v.detach().cpu() if torch.is_tensor(v) else v  # noqa: E731
+    meta = {"architecture": spec["architecture"], "model_kwargs": dict(model_kwargs), "transport": transport,
+            "num_classes": int(num_classes), "latent_shape": [int(v) for v in latent_shape],
+            "normalizer": {"mean": cpu(normalizer.mean), "std": cpu(normalizer.std),
+                           "multiplier": float(normalizer.multiplier)},
+            "autoencoder": autoencoder, "info": info}
+    return PosthocEMA(model, cfg.get("sigma_rels", [0.05, 0.10]), int(cfg["snapshot_every"]),
+                      Path(state_dir) / SNAPSHOT_DIR, meta=meta)
 
 
 def main(argv=None) -> int:
@@ -196,9 +222,17 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
              + (f", micro-batch {a.micro_batch}" if a.micro_batch else ""))
 
     state_dir = Path(a.state_dir) / fingerprint(spec, [stats, a.init, a.teacher])
+    posthoc = posthoc_trackers(t.get("posthoc_ema"), model, state_dir, spec=spec, model_kwargs=model_kwargs,
+                               transport=objective_cfg.transport, num_classes=num_classes, latent_shape=latent_shape,
+                               normalizer=normalizer, autoencoder=data_cfg["autoencoder"],
+                               info={"spec": spec, "init": a.init, "teacher": a.teacher,
+                                     "state": str(state_dir / "state.pt")})
+    if posthoc is not None:
+        log_main(f"post-hoc EMA: sigma_rel {posthoc.sigma_rels}, snapshots every {posthoc.snapshot_every} steps "
+                 f"in {posthoc.folder}")
     # the evaluation EMA starts as a copy of the starting weights (the initialisation or --init's EMA)
     trainer = Trainer(model, objective, loader, settings, state_dir / "state.pt", log=log_main, device=device,
-                      rank=env.rank, world_size=env.world_size)
+                      rank=env.rank, world_size=env.world_size, posthoc_ema=posthoc)
     if device.type == "cuda" or settings.precision != "fp32" or settings.compile:
         fused = any(g.get("fused") for g in trainer.optimizer.param_groups)
         log_main(f"compute: {settings.precision}, TF32 {'on' if settings.tf32 and device.type == 'cuda' else 'off'}, "
