@@ -368,3 +368,22 @@ def test_script_extract_refuses_with_one_line(tmp_path):
     assert run.stderr.count("\n") == 1 and "'../evil'" in run.stderr and str(arc) in run.stderr, run.stderr
     assert "Traceback" not in run.stderr + run.stdout
     assert not (tmp_path / "o").exists() and not (tmp_path / "evil").exists()
+
+
+def test_schema_defaults_are_the_library_defaults():
+    """The `download:` config keys default to what fetch does without them (one set of defaults, checked)."""
+    import importlib.util
+    import inspect
+
+    import yaml
+
+    schema = yaml.safe_load((SCRIPT.parent.parent / "schemas" / "config.schema.yaml").read_text())
+    keys = {k: v["default"] for k, v in schema["properties"]["download"]["properties"].items()}
+    spec = importlib.util.spec_from_file_location("ucgm_download_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # type: ignore[union-attr]; its main part runs only as __main__
+    SETTINGS = script.SETTINGS  # config key -> fetch keyword
+    params = inspect.signature(fetch).parameters
+    assert set(keys) == set(SETTINGS)
+    assert {SETTINGS[k]: v for k, v in keys.items()} == {SETTINGS[k]: params[SETTINGS[k]].default for k in keys}
+    assert keys["max_bytes"] == dl.DEFAULT_MAX_BYTES and keys["deadline_s"] == dl.DEFAULT_DEADLINE_S
