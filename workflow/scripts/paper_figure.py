@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import os
 import sys
+import traceback
 from typing import Callable, Dict, List, Sequence
 
 # figure name -> "module:function" in ucgm_core.figures_paper; each function takes (png, csv) and returns
@@ -70,12 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _run_from_snakemake(smk) -> None:  # pragma: no cover - exercised through snakemake in the tests
+def _run_from_snakemake(smk) -> None:
+    """The figure rules (``script:``): the figure named by ``params.figure``, output and errors in the log.
+    The umbrella rules call the command line (``manifest``) from ``shell:``."""
     with open(smk.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        if "figure" in smk.params.keys():
+        try:
             make_figure(smk.params.figure, smk.output.png, smk.output.csv)
-        else:
-            write_manifest(smk.output[0], list(smk.input))
+        except BaseException:
+            traceback.print_exc()  # into the job's log; Snakemake prints the re-raised error too
+            raise
 
 
 if "snakemake" in globals():
