@@ -28,6 +28,7 @@ import yaml
 from ucgm_core.data import download as dl
 from ucgm_core.data.datasets import CATALOGUE
 from ucgm_core.data.download import (
+    BadArchiveError,
     ChecksumRequiredError,
     DownloadError,
     RemoteFile,
@@ -265,6 +266,26 @@ def _archive_probe(members: List[Tuple[tarfile.TarInfo, bytes]], refused: str, w
     return make
 
 
+def _corrupt_archive(truncated: bool) -> Callable[[Path, str, _State, object], Probe]:
+    """Not an archive, or a tar.gz cut short: refused with the project's error, nothing left half-extracted."""
+
+    def make(tmp: Path, base: str, st: _State, mp) -> Probe:
+        arc = tmp / "bad.tar.gz"
+        if truncated:
+            with tarfile.open(arc, "w:gz") as tf:
+                for k in range(3):
+                    info = tarfile.TarInfo(f"f{k}")
+                    info.size = 100_000
+                    tf.addfile(info, io.BytesIO(os.urandom(100_000)))
+            arc.write_bytes(arc.read_bytes()[:150_000])
+        else:
+            arc.write_bytes(b"this is no archive" * 100)
+        return Probe(lambda: safe_extract(arc, tmp / "out"), BadArchiveError,
+                     [str(arc), "not a readable tar or zip archive", "nothing was extracted"], [tmp / "out"])
+
+    return make
+
+
 CHAIN = [_member("a", "sym", "."), _member("a/b", "sym", ".."), _member("a/b/escaped")]
 
 CASES: Dict[str, Callable[[Path, str, _State, object], Probe]] = {
@@ -292,6 +313,8 @@ CASES: Dict[str, Callable[[Path, str, _State, object], Probe]] = {
     "character device": _archive_probe([_member("c", "chr")], "c", "device, fifo"),
     "file replaces a symlink": _archive_probe([_member("a", "sym", "sub"), _member("a")], "a", "replaces the earlier"),
     "file used as a folder": _archive_probe([_member("f"), _member("f/g")], "f/g", "non-folder 'f'"),
+    "not an archive": _corrupt_archive(truncated=False),
+    "truncated tar.gz": _corrupt_archive(truncated=True),
 }
 
 

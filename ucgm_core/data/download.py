@@ -62,6 +62,7 @@ __all__ = [
     "ChecksumRequiredError",
     "UnsafeNameError",
     "UnsafeArchiveError",
+    "BadArchiveError",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_DEADLINE_S",
     "check_file_name",
@@ -140,6 +141,10 @@ class UnsafeArchiveError(ValueError):
     def __init__(self, archive: str, member: str, why: str):
         self.archive, self.member = archive, member
         super().__init__(f"{archive}: member {member!r} {why}; nothing was extracted")
+
+
+class BadArchiveError(ValueError):
+    """An archive that cannot be read (not a tar or zip file, truncated, corrupt compression)."""
 
 
 class _Incomplete(IOError):
@@ -682,6 +687,7 @@ def safe_extract(archive: os.PathLike | str, dest: os.PathLike | str) -> List[Pa
         UnsafeArchiveError: naming the archive and the first member with an absolute path, a ``..`` escape, a
             path or link leading outside ``dest`` (also through earlier links), a hard link to anything but an
             earlier file, a duplicate, or a device/fifo.
+        BadArchiveError: the archive cannot be read (also part-way: nothing is left then either).
         FileExistsError: ``dest`` exists and is not an empty folder.
     """
     archive = str(archive)
@@ -689,6 +695,15 @@ def safe_extract(archive: os.PathLike | str, dest: os.PathLike | str) -> List[Pa
     if dest_p.exists() and (not dest_p.is_dir() or any(dest_p.iterdir())):
         raise FileExistsError(f"{dest_p}: the extraction folder of {archive} already exists and is not empty; "
                               "expected a new or empty folder")
+    try:
+        return _extract_checked(archive, dest_p)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as e:
+        raise BadArchiveError(f"{archive}: not a readable tar or zip archive ({type(e).__name__}: {e}); "
+                              "nothing was extracted") from None
+
+
+def _extract_checked(archive: str, dest_p: Path) -> List[Path]:
+    """:func:`safe_extract` once ``dest_p`` is known to be new or empty."""
     model = _TreeModel(archive)
     is_zip = zipfile.is_zipfile(archive)
     with (zipfile.ZipFile(archive) if is_zip else tarfile.open(archive, "r:*")) as arc:
