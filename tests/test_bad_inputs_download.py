@@ -376,6 +376,7 @@ def test_redirects_within_policy_are_followed(server, tmp_path):
     assert new.full_url == "https://b.example/x"
 
 
+@pytest.mark.filterwarnings("ignore:Python 3.14 will:DeprecationWarning")  # 3.12+ with data_filter hidden
 @pytest.mark.parametrize("data_filter", [True, False])
 def test_safe_archive_extracts_with_and_without_data_filter(tmp_path, monkeypatch, data_filter):
     if not data_filter:
