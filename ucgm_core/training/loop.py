@@ -143,9 +143,14 @@ class StateFileError(RuntimeError):
 
 
 def _why(err: BaseException) -> str:
-    """``Type: first line of the message`` (torch's messages run over many lines)."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else '(no message)'}"
+    """``Type: the line that says what went wrong`` (torch's messages run over many lines; a
+    ``weights_only`` refusal says why on its "WeightsUnpickler error" line, not the first)."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    why = next((ln.split("error:", 1)[1].strip() for ln in lines if ln.startswith("WeightsUnpickler error:")),
+               lines[0] if lines else "(no message)")
+    if " was not an allowed global" in why:  # drop torch's advice to allowlist it
+        why = why.split(" was not an allowed global")[0] + ", refused by torch.load(weights_only=True)"
+    return f"{type(err).__name__}: {why}"
 
 
 def load_state_file(paths: Sequence[Path], device: torch.device | str = "cpu",

@@ -2,7 +2,7 @@
 """Prepare the feature extractor of the evaluation: train the dataset classifier, or check Inception weights.
 
     python workflow/scripts/extractor.py classifier --images results/shards/fashion_mnist_28 --steps 1500 --out X.pt
-    python workflow/scripts/extractor.py inception --weights PATH --out X.pth   # copy local weights after checking them
+    python workflow/scripts/extractor.py inception --weights PATH --out X.pth   # check local weights, copy (sha256 verified)
     python workflow/scripts/extractor.py inception --out X.pth                  # fetch torch-fidelity's (sha256 checked)
 
 The classifier is trained on the train split of the image shards and its test accuracy (on the test split)
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -59,10 +58,11 @@ def main(argv=None) -> int:
         if a.weights:
             if not os.path.isfile(a.weights):
                 raise SystemExit(f"extractor.weights: {a.weights} does not exist")
-            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-            tmp = a.out + ".tmp"
-            shutil.copyfile(a.weights, tmp)
-            os.replace(tmp, a.out)
+            try:  # checked (sha256, weights_only), copied atomically, the copy's sha256 verified
+                info = inception.copy_inception_weights(a.weights, a.out)
+            except ValueError as e:
+                raise SystemExit(f"extractor.weights: {e}") from None
+            log(f"{a.weights}: {info['provenance']}")
         else:
             inception.torch_fidelity_weights(a.out)
         log(f"inception weights at {a.out}; sha256 {inception.sha256_file(a.out)}; "
