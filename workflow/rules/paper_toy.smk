@@ -1,0 +1,155 @@
+# Paper figures, miniature scale: Fig. 2a, 2b, 2c, 3 and 4 from small MLPs trained on 2-D toy data with
+# the real UCGM-T objective and sampled with the real UCGM-S (ucgm_core/figures_paper/toy_runs.py).
+# Each figure is results/figures/paper_mini/<name>.png with <name>.csv beside it (the same columns as the
+# paper-scale results/figures/paper/<name>.csv of workflow/rules/paper_figures.smk). Models are cached one
+# file each in results/paper_mini/toy/ and shared by the figures. Budgets: config key `paper_toy`.
+from ucgm_core.figures_paper.toy_runs import FIGURE_FILES, MODEL_KEY_PATTERN, TrainSettings, figure_models
+
+TOY_DIR = "results/paper_mini/toy"
+
+
+def toy_settings(train_only=False):
+    """The config's `paper_toy` mapping as JSON (training keys only for the model rule: evaluation
+    budgets do not retrain)."""
+    cfg = dict(WF.experiments[WF.main].get("paper_toy", {}))
+    if train_only:
+        cfg = {k: v for k, v in cfg.items() if k in TrainSettings.__dataclass_fields__}
+    return json.dumps(cfg, sort_keys=True)
+
+
+def toy_models(figure):
+    return [f"{TOY_DIR}/{key}.pt" for key in figure_models(figure)]
+
+
+def toy_figure_outputs(figure, subcategory):
+    name = FIGURE_FILES[figure]
+    labels = {"figure": subcategory, "scale": "miniature (2-D toy)", "file": name}
+    return {
+        "png": report(f"results/figures/{{scale}}/{name}.png", caption=f"../report/paper_{figure}.rst",
+                      category="Paper figures", subcategory=subcategory, labels=dict(labels, kind="plot")),
+        "csv": report(f"results/figures/{{scale}}/{name}.csv", caption=f"../report/paper_{figure}.rst",
+                      category="Paper figures", subcategory=subcategory, labels=dict(labels, kind="data")),
+    }
+
+
+rule paper_toy_model:
+    output:
+        f"{TOY_DIR}/{{toymodel}}.pt",
+    wildcard_constraints:
+        toymodel=MODEL_KEY_PATTERN,
+    log:
+        "results/logs/paper_toy/model_{toymodel}.log",
+    benchmark:
+        "results/benchmarks/paper_toy/model_{toymodel}.tsv"
+    params:
+        task="train",
+        settings=lambda wc: toy_settings(train_only=True),
+    threads: 1
+    script:
+        "../scripts/paper_toy.py"
+
+
+rule paper_toy_fig2a:
+    input:
+        toy_models("fig2a"),
+    output:
+        **toy_figure_outputs("fig2a", "Fig. 2a"),
+    wildcard_constraints:
+        scale="paper_mini",
+    log:
+        "results/logs/paper_toy/{scale}_fig2a.log",
+    benchmark:
+        "results/benchmarks/paper_toy/{scale}_fig2a.tsv"
+    params:
+        task="figure",
+        figure="fig2a",
+        settings=lambda wc: toy_settings(),
+    threads: 1
+    script:
+        "../scripts/paper_toy.py"
+
+
+rule paper_toy_fig2b:
+    input:
+        toy_models("fig2b"),
+    output:
+        **toy_figure_outputs("fig2b", "Fig. 2b"),
+    wildcard_constraints:
+        scale="paper_mini",
+    log:
+        "results/logs/paper_toy/{scale}_fig2b.log",
+    benchmark:
+        "results/benchmarks/paper_toy/{scale}_fig2b.tsv"
+    params:
+        task="figure",
+        figure="fig2b",
+        settings=lambda wc: toy_settings(),
+    threads: 1
+    script:
+        "../scripts/paper_toy.py"
+
+
+rule paper_toy_fig2c:
+    input:
+        toy_models("fig2c"),
+    output:
+        **toy_figure_outputs("fig2c", "Fig. 2c"),
+    wildcard_constraints:
+        scale="paper_mini",
+    log:
+        "results/logs/paper_toy/{scale}_fig2c.log",
+    benchmark:
+        "results/benchmarks/paper_toy/{scale}_fig2c.tsv"
+    params:
+        task="figure",
+        figure="fig2c",
+        settings=lambda wc: toy_settings(),
+    threads: 1
+    script:
+        "../scripts/paper_toy.py"
+
+
+rule paper_toy_fig3:
+    input:
+        toy_models("fig3"),
+    output:
+        **toy_figure_outputs("fig3", "Fig. 3"),
+    wildcard_constraints:
+        scale="paper_mini",
+    log:
+        "results/logs/paper_toy/{scale}_fig3.log",
+    benchmark:
+        "results/benchmarks/paper_toy/{scale}_fig3.tsv"
+    params:
+        task="figure",
+        figure="fig3",
+        settings=lambda wc: toy_settings(),
+    threads: 1
+    script:
+        "../scripts/paper_toy.py"
+
+
+rule paper_toy_fig4:
+    input:
+        toy_models("fig4"),
+    output:
+        **toy_figure_outputs("fig4", "Fig. 4"),
+    wildcard_constraints:
+        scale="paper_mini",
+    log:
+        "results/logs/paper_toy/{scale}_fig4.log",
+    benchmark:
+        "results/benchmarks/paper_toy/{scale}_fig4.tsv"
+    params:
+        task="figure",
+        figure="fig4",
+        settings=lambda wc: toy_settings(),
+    threads: 1
+    script:
+        "../scripts/paper_toy.py"
+
+
+rule paper_toy_figures:
+    """The five trained-toy miniatures (a part of the miniature umbrella target)."""
+    input:
+        [f"results/figures/paper_mini/{FIGURE_FILES[f]}.{ext}" for f in FIGURE_FILES for ext in ("png", "csv")],
