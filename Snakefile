@@ -16,6 +16,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/paper_figures.smk"
 include: "workflow/rules/paper_tables.smk"
+include: "workflow/rules/paper_toy.smk"
 include: "workflow/rules/cluster.smk"
 
 
