@@ -16,14 +16,14 @@ import os
 import struct
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .fidelity import ChunkedImages
 
-__all__ = ["NpzArray", "SampleShards", "open_sample_shards", "PER_SHARD_KEYS", "UNCOMPARED_KEYS",
-           "DEFAULT_BLOCK_BYTES"]
+__all__ = ["NpzArray", "SampleShards", "open_sample_shards", "expected_meta_problems", "PER_SHARD_KEYS",
+           "UNCOMPARED_KEYS", "DEFAULT_BLOCK_BYTES"]
 
 # metadata that differs from shard to shard by design; left out of the evaluation contract
 PER_SHARD_KEYS = ("count", "shard", "first_index", "seconds")
@@ -139,6 +139,17 @@ def _read_exactly(f, buf: memoryview, what: NpzArray) -> None:
         done += got
 
 
+def _check_coverage(paths: list[str], uniq: np.ndarray, num_samples: int) -> None:
+    """The (unique, sorted) image indices of the shards must be exactly 0 .. num_samples - 1."""
+    if len(uniq) == num_samples and (num_samples == 0 or (uniq[0] == 0 and uniq[-1] == num_samples - 1)):
+        return
+    missing = np.setdiff1d(np.arange(num_samples), uniq)
+    extra = uniq[(uniq < 0) | (uniq >= num_samples)]
+    raise ValueError(f"sample shards {paths[0]} ... {paths[-1]} ({len(paths)} files) hold {len(uniq)} images, "
+                     f"expected images 0..{num_samples - 1}: {len(missing)} missing (e.g. {missing[:3].tolist()}), "
+                     f"{len(extra)} outside (e.g. {extra[:3].tolist()})")
+
+
 @dataclass
 class SampleShards:
     """The sample shards of one evaluation, checked for consistency; the images are not loaded."""
@@ -171,18 +182,27 @@ class SampleShards:
         return ChunkedImages(chunks)
 
 
-def open_sample_shards(paths: Sequence[str | os.PathLike]) -> SampleShards:
+def expected_meta_problems(meta: Mapping[str, Any], expect: Mapping[str, Any]) -> list[str]:
+    """Each key of ``expect`` whose value in a shard's ``meta`` differs (missing counts as differing)."""
+    return [f"{k} is {meta.get(k, '(missing)')!r}, expected {v!r}" for k, v in expect.items() if meta.get(k) != v]
+
+
+def open_sample_shards(paths: Sequence[str | os.PathLike], expect: Mapping[str, Any] | None = None,
+                       expect_source: str = "the evaluation's settings") -> SampleShards:
     """Open sample shards for evaluation and check that they belong together.
 
     Every shard's metadata must equal the first shard's in every key except :data:`UNCOMPARED_KEYS`
-    (checkpoint sha256, sampler method, steps, NFE, options, guidance, weights, quantisation, seed, ...);
-    each shard's ``indices`` must match its ``images`` in length (and its ``count``), no image index may
-    occur twice, and all images must have one shape and dtype. A violation raises ``ValueError`` naming the
-    shard file and what differs.
+    (checkpoint sha256, sampler method, steps, NFE, options, guidance, weights, quantisation, seed, seed
+    scheme, ...); each shard's ``indices`` must match its ``images`` in length (and its ``count``), no image
+    index may occur twice, and all images must have one shape and dtype. With ``expect`` (metadata key ->
+    value, e.g. the sampler's settings from the config; ``expect_source`` says where they come from), every
+    shard must also hold those values, and with ``expect["num_samples"]`` the shards must hold exactly images
+    0 .. num_samples - 1. A violation raises ``ValueError`` naming the shard file(s) and what differs.
     """
     paths = [os.fspath(p) for p in paths]
     if not paths:
         raise ValueError("no sample shards")
+    expect = dict(expect or {})
     metas, indices, arrays = [], [], []
     for p in paths:
         with np.load(p, allow_pickle=False) as z:
@@ -206,6 +226,9 @@ def open_sample_shards(paths: Sequence[str | os.PathLike]) -> SampleShards:
             if arr.shape[1:] != a0.shape[1:] or arr.dtype != a0.dtype:
                 raise ValueError(f"sample shard {p} has images {arr.shape[1:]} {arr.dtype}, "
                                  f"{paths[0]} has {a0.shape[1:]} {a0.dtype}")
+        wrong = expected_meta_problems(meta, expect)  # after the pairwise check: that one names both shards
+        if wrong:
+            raise ValueError(f"sample shard {p} was not made with {expect_source}: {'; '.join(wrong)}")
         metas.append(meta)
         indices.append(idx)
         arrays.append(arr)
@@ -216,4 +239,6 @@ def open_sample_shards(paths: Sequence[str | os.PathLike]) -> SampleShards:
         where = [p for p, ix in zip(paths, indices) if np.any(ix == v)]
         raise ValueError(f"sample shards overlap: {len(idx) - len(uniq)} repeated image indices "
                          f"(e.g. image {v} in {', '.join(where)})")
+    if "num_samples" in expect:
+        _check_coverage(paths, uniq, int(expect["num_samples"]))
     return SampleShards(paths=paths, metas=metas, indices=idx, image_arrays=arrays)

@@ -7,6 +7,10 @@ are split into shards, batches or processes.
 The originals' samplers (:mod:`.originals`) get the model in their own parametrisation
 (:func:`~.originals.original_network`), the labels and the null label, and do their own guidance; the
 other samplers get the model with labels and guidance bound (:func:`~.guidance.guided`).
+
+Non-finite samples (NaN or infinite values, from the sampler or from decoding) are never quantised:
+:class:`NonFiniteSamplesError` stops the run at the first batch that has any, naming the sampler, the
+steps, the stage and how many images of the batch were affected, before the caller writes anything.
 """
 
 from __future__ import annotations
@@ -20,14 +24,40 @@ from torch import Tensor, nn
 
 from ..accel import autocast, autocast_dtype
 from ..data.loader import LatentNormalizer
-from ..metrics.imageutil import to_uint8
+from ..io import to_uint8
 from ..transports import orient
 from .guidance import guided
 from .noise import PerImageNoise, per_image_seeds
 from .originals import original_info, original_network
 from .registry import get_sampler
 
-__all__ = ["GenerationResult", "labels_for", "generate_images"]
+__all__ = ["GenerationResult", "NonFiniteSamplesError", "labels_for", "generate_images", "count_nonfinite"]
+
+
+class NonFiniteSamplesError(ValueError):
+    """Samples with NaN or infinite values; ``bad`` images of ``total`` in the batch of ``indices``."""
+
+    def __init__(self, message: str, bad: int, total: int, indices: Sequence[int]):
+        super().__init__(message)
+        self.bad, self.total, self.indices = int(bad), int(total), [int(i) for i in indices]
+
+
+def count_nonfinite(x: Tensor) -> Tensor:
+    """A bool ``[B]``: which images of a batch ``[B, ...]`` hold any NaN or infinite value."""
+    return ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+
+
+def _check_finite(x: Tensor, stage: str, method: str, steps: int, indices: np.ndarray) -> None:
+    """Raise :class:`NonFiniteSamplesError` naming the sampler, steps, stage and images when ``x`` is not finite."""
+    bad = count_nonfinite(x)
+    n = int(bad.sum())
+    if n:
+        which = indices[bad.cpu().numpy()]
+        raise NonFiniteSamplesError(
+            f"sampler {method!r} at {steps} steps gave {n} of {len(indices)} images with NaN or infinite values "
+            f"{stage} (images {', '.join(map(str, which[:8].tolist()))}{', ...' if n > 8 else ''} of the batch "
+            f"{int(indices[0])}..{int(indices[-1])}); non-finite images cannot be quantised or scored",
+            n, len(indices), which.tolist())
 
 
 @dataclass
@@ -85,6 +115,9 @@ def generate_images(
     after each batch with the number of images done so far (progress logs; tests use it as the event
     "generating"). ``precision="bf16"`` runs the network under bf16 autocast (on ``device``'s type; its
     outputs come back float32, and the sampler's own arithmetic and ``decode`` stay outside it).
+
+    Raises :class:`NonFiniteSamplesError` at the first batch whose samples (before or after ``decode``)
+    hold a NaN or an infinite value.
     """
     indices = np.asarray(list(indices), dtype=np.int64)
     sampler = get_sampler(method)
@@ -120,7 +153,10 @@ def generate_images(
                     res = sampler(net, noise_src.initial(), tr, steps=steps, noise_source=noise_src,
                                   **(options or {}))
             x = normalizer.denormalize(res.sample.to(torch.float32))
-            out.append(to_uint8(decode(x), quantize).cpu().numpy())
+            _check_finite(x, "in the sampler's output (before decoding)", method, steps, indices[lo:hi])
+            images = decode(x)
+            _check_finite(images, "after decoding", method, steps, indices[lo:hi])
+            out.append(to_uint8(images, quantize).cpu().numpy())
             nfe = res.nfe
             if on_batch is not None:
                 on_batch(hi, len(indices))

@@ -1,11 +1,23 @@
 # Stage 7b: FID / IS / KID / precision-recall of one (sampler, steps) with torch-fidelity and the configured
-# extractor; the result JSON carries the evaluation contract.
+# extractor; the result JSON carries the evaluation contract, and every shard must match the sampler's
+# settings (the expected metadata, --expect). Config text reaches the shell only through `:q`.
 
 
 def evaluate_inputs(wc):
     exp = sampler_experiment(wc.sampler)
     return {"shards": sample_shards(wc.sampler, wc.steps), "weights": extractor_weights(exp),
             "reference": reference_marker(exp)}
+
+
+def expected_shard_meta(wc):
+    """What every shard's metadata must say for this evaluation (sample.py's keys, from the config)."""
+    s, ev = SAMPLERS[wc.sampler], evaluation_of(wc.sampler)
+    spec = json.loads(sampler_spec(wc.sampler))
+    return json.dumps({"method": s["method"], "steps": int(wc.steps), "options": s["options"],
+                       "guidance": s["guidance"], "weights": s["weights"], "quantize": spec["quantize"],
+                       "precision": spec.get("precision", "fp32"), "seed": ev["seed"],
+                       "num_samples": ev["num_samples"], "samples_per_shard": ev["samples_per_shard"]},
+                      sort_keys=True)
 
 
 def evaluation_context(wc):
@@ -30,12 +42,14 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate/{sampler}/steps{steps}.tsv"
     params:
-        reference=lambda wc: reference_args(sampler_experiment(wc.sampler)),
+        reference=lambda wc: reference_argv(sampler_experiment(wc.sampler)),
         kind=lambda wc: sampler_experiment(wc.sampler)["extractor"]["kind"],
-        metrics=lambda wc: " ".join(evaluation_of(wc.sampler)["metrics"]),
+        metrics=lambda wc: evaluation_of(wc.sampler)["metrics"],
         context=evaluation_context,
+        expect=expected_shard_meta,
     threads: 1
     shell:
-        "{PY} {SCRIPTS}/evaluate.py samples --shards {input.shards} {params.reference}"
-        " --extractor {params.kind} --weights {input.weights} --cache-dir results/reference/cache"
-        " --metrics {params.metrics} --context {params.context:q} --threads {threads} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/evaluate.py samples --shards {input.shards:q} {params.reference:q}"
+        " --extractor {params.kind:q} --weights {input.weights:q} --cache-dir results/reference/cache"
+        " --metrics {params.metrics:q} --context {params.context:q} --expect {params.expect:q}"
+        " --threads {threads} --out {output:q} > {log:q} 2>&1"

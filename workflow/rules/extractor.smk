@@ -1,5 +1,15 @@
 # Stage 7a: the evaluation's feature extractor and the cached reference features (a split of the dataset,
-# or an ADM reference batch whose mu/sigma give FID and whose images give precision/recall).
+# or an ADM reference batch whose mu/sigma give FID and whose images give precision/recall). Paths from the
+# config (extractor.weights, a reference batch's source) reach the shell only through `:q`.
+
+
+def reference_argv(exp):
+    """evaluate.py's arguments naming an experiment's reference, one list item each (quoted by `:q`)."""
+    ev = exp["evaluation"]
+    if ev.get("reference_batch"):
+        return ["--reference-batch",
+                fetched("references", reference_batch_key(ev["reference_batch"]), ev["reference_batch"])]
+    return ["--images", shards_dir(exp), "--split", ev["reference_split"]]
 
 
 rule extractor_classifier:
@@ -17,8 +27,8 @@ rule extractor_classifier:
         seed=lambda wc: _classifier_experiment(wc)["extractor"]["seed"],
     threads: 2
     shell:
-        "{PY} {SCRIPTS}/extractor.py classifier --images results/shards/{wildcards.data} --steps {params.steps}"
-        " --seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/extractor.py classifier --images results/shards/{wildcards.data:q} --steps {params.steps}"
+        " --seed {params.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 def _classifier_experiment(wc):
@@ -46,9 +56,9 @@ rule extractor_inception:
     benchmark:
         "results/benchmarks/extractor/inception.tsv"
     params:
-        weights=lambda wc, input: f"--weights {input[0]}" if input else "",
+        weights=lambda wc, input: ["--weights", input[0]] if input else [],
     shell:
-        "{PY} {SCRIPTS}/extractor.py inception {params.weights} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/extractor.py inception {params.weights:q} --out {output:q} > {log:q} 2>&1"
 
 
 def _reference_experiment(marker):
@@ -80,8 +90,8 @@ rule reference:
     benchmark:
         "results/benchmarks/reference/{ref}.tsv"
     params:
-        args=lambda wc: reference_args(_reference_experiment(f"results/reference/{wc.ref}.json")),
+        args=lambda wc: reference_argv(_reference_experiment(f"results/reference/{wc.ref}.json")),
         kind=lambda wc: _reference_experiment(f"results/reference/{wc.ref}.json")["extractor"]["kind"],
     shell:
-        "{PY} {SCRIPTS}/evaluate.py reference {params.args} --extractor {params.kind}"
-        " --weights {input.weights} --cache-dir results/reference/cache --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/evaluate.py reference {params.args:q} --extractor {params.kind:q}"
+        " --weights {input.weights:q} --cache-dir results/reference/cache --out {output:q} > {log:q} 2>&1"

@@ -12,8 +12,8 @@ def _latents_experiment(wc):
 def _latents_mode_args(wc, output):
     part = prep_part(wc.part)
     if part is None:
-        return f"--stats-out {output[0]}"
-    return f"--part {part[0]} --parts {part[1]} --part-manifest {output[1]} --part-stats {output[0]}"
+        return ["--stats-out", output[0]]
+    return ["--part", str(part[0]), "--parts", str(part[1]), "--part-manifest", output[1], "--part-stats", output[0]]
 
 
 rule latents:
@@ -37,9 +37,9 @@ rule latents:
         ae_kwargs=lambda wc: autoencoder_kwargs(_latents_experiment(wc)),
         mode=_latents_mode_args,
     shell:
-        "{PY} -m ucgm_core.data.latents --image-dir {params.image_dir} --out-dir {params.out_dir}"
-        " --autoencoder {wildcards.autoencoder} --ae-kwargs {params.ae_kwargs:q} --splits train"
-        " {params.mode} > {log} 2>&1"
+        "{PY} -m ucgm_core.data.latents --image-dir {params.image_dir:q} --out-dir {params.out_dir:q}"
+        " --autoencoder {wildcards.autoencoder:q} --ae-kwargs {params.ae_kwargs:q} --splits train"
+        " {params.mode:q} > {log:q} 2>&1"
 
 
 # train.json and stats.pt of latents prepared in parts come from the merge, never from one latents job
@@ -68,5 +68,5 @@ rule latents_merge:
         parts=lambda wc: LATENTS_IN_PARTS[f"results/latents/{wc.latent_data}"],
     threads: 1
     shell:
-        "{PY} -m ucgm_core.data.latents --out-dir results/latents/{wildcards.latent_data} --splits train"
-        " --merge-parts {input.manifests} --merge-stats {input.stats} --stats-out {output[0]} > {log} 2>&1"
+        "{PY} -m ucgm_core.data.latents --out-dir results/latents/{wildcards.latent_data:q} --splits train"
+        " --merge-parts {input.manifests:q} --merge-stats {input.stats:q} --stats-out {output[0]:q} > {log:q} 2>&1"

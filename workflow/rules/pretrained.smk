@@ -12,25 +12,26 @@ def pretrained_inputs(wc):
 
 
 def pretrained_args(wc, input):
+    """pretrained.py's arguments, one list item per word (quoted by `:q`: no config text is shell syntax)."""
     exp = model_experiment(wc.model)
     d, spec = exp["data"], MODELS[wc.model]
-    args = [f"--architecture {spec['architecture']}",
-            f"--overrides {shlex.quote(json.dumps(spec.get('architecture_overrides') or {}, sort_keys=True))}",
-            f"--dataset {d['dataset']} --resolution {d['resolution']} --autoencoder {d['autoencoder']}",
-            f"--ae-kwargs {shlex.quote(autoencoder_kwargs(exp))}", f"--multiplier {d['latent_multiplier']}"]
+    args = ["--architecture", spec["architecture"],
+            "--overrides", json.dumps(spec.get("architecture_overrides") or {}, sort_keys=True),
+            "--dataset", d["dataset"], "--resolution", str(d["resolution"]), "--autoencoder", d["autoencoder"],
+            "--ae-kwargs", autoencoder_kwargs(exp), "--multiplier", str(d["latent_multiplier"])]
     if d.get("num_classes"):
-        args.append(f"--num-classes {d['num_classes']}")
+        args += ["--num-classes", str(d["num_classes"])]
     if not d["normalize_latents"]:
         args.append("--no-normalize")
     elif d.get("latent_stats"):
-        args.append(f"--latent-stats {shlex.quote(json.dumps(d['latent_stats']))}")
+        args += ["--latent-stats", json.dumps(d["latent_stats"])]
     else:
-        args.append(f"--stats {input.stats}")
+        args += ["--stats", input.stats]
     if spec["pretrained"].get("sha256"):
-        args.append(f"--sha256 {spec['pretrained']['sha256']}")
+        args += ["--sha256", spec["pretrained"]["sha256"]]
     if spec["pretrained"].get("allow_unsafe_pickle"):
         args.append("--allow-unsafe-pickle")
-    return " ".join(args)
+    return args
 
 
 rule pretrained:
@@ -47,4 +48,4 @@ rule pretrained:
     params:
         args=pretrained_args,
     shell:
-        "{PY} {SCRIPTS}/pretrained.py --weights {input.weights:q} {params.args} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/pretrained.py --weights {input.weights:q} {params.args:q} --out {output:q} > {log:q} 2>&1"

@@ -1,5 +1,7 @@
 # Stage 8: tables (CSV) and figures (PNG) from the evaluation results; all go into `snakemake --report`.
 # A table target also makes its figures: FID versus NFE of its rows, and one strip of samples per row.
+# Config text (labels, paper sources, titles) reaches the shell only through `:q` (shlex.quote, each item of a
+# list on its own): a `$(...)`, a backtick or a quote in a label is an argument, never shell syntax.
 
 
 def table_rows(table):
@@ -27,7 +29,7 @@ rule table:
     params:
         rows=lambda wc: table_rows(wc.table),
     shell:
-        "{PY} {SCRIPTS}/report.py table --evals {input.evals} --rows {params.rows:q} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/report.py table --evals {input.evals:q} --rows {params.rows:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule table_figure:
@@ -42,7 +44,7 @@ rule table_figure:
     params:
         title=lambda wc: f"{wc.table}: FID versus NFE",
     shell:
-        "{PY} {SCRIPTS}/report.py fid-vs-nfe --evals {input} --title {params.title:q} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/report.py fid-vs-nfe --evals {input:q} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule table_samples:
@@ -55,10 +57,9 @@ rule table_samples:
     benchmark:
         "results/benchmarks/figures/{table}_samples.tsv"
     params:
-        labels=lambda wc: " ".join(json.dumps(f"{SAMPLERS[s].get('label') or s}, {n} steps")
-                                   for s, n in table_strips(wc.table)),
+        labels=lambda wc: json.dumps([f"{SAMPLERS[s].get('label') or s}, {n} steps" for s, n in table_strips(wc.table)]),
     shell:
-        "{PY} {SCRIPTS}/report.py rows-grid --shards {input} --labels {params.labels} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/report.py rows-grid --shards {input:q} --labels-json {params.labels:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule sampler_figure:
@@ -74,7 +75,7 @@ rule sampler_figure:
     params:
         title=lambda wc: f"{wc.sampler}: FID versus NFE",
     shell:
-        "{PY} {SCRIPTS}/report.py fid-vs-nfe --evals {input} --title {params.title:q} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/report.py fid-vs-nfe --evals {input:q} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule sample_grid:
@@ -92,4 +93,4 @@ rule sample_grid:
     params:
         size=lambda wc: evaluation_of(wc.sampler)["grid_size"],
     shell:
-        "{PY} {SCRIPTS}/report.py grid --shard {input} --size {params.size} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/report.py grid --shard {input:q} --size {params.size} --out {output:q} > {log:q} 2>&1"

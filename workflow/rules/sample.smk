@@ -1,5 +1,6 @@
 # Stage 6: generation in shards, one job per shard; image i always gets seed per_image_seed(seed, i) and
-# label i mod num_classes, so the samples do not depend on the split into shards or jobs.
+# label i mod num_classes, so the samples do not depend on the split into shards or jobs. Config text (the
+# sampler spec, autoencoder arguments) reaches the shell only through `:q`.
 
 
 def sample_inputs(wc):
@@ -28,7 +29,7 @@ rule sample:
         batch_size=lambda wc: evaluation_of(wc.sampler)["batch_size"],
     threads: 1
     shell:
-        "{PY} {SCRIPTS}/sample.py --checkpoint {input.checkpoint} --spec {params.spec:q} --steps {wildcards.steps}"
+        "{PY} {SCRIPTS}/sample.py --checkpoint {input.checkpoint:q} --spec {params.spec:q} --steps {wildcards.steps}"
         " --ae-kwargs {params.ae_kwargs:q} --shard {wildcards.shard} --samples-per-shard {params.samples_per_shard}"
         " --num-samples {params.num_samples} --seed {params.seed} --batch-size {params.batch_size}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {threads} --out {output:q} > {log:q} 2>&1"

@@ -10,7 +10,7 @@ def _shards_experiment(wc):
 
 def _shards_part_args(wc, output):
     part = prep_part(wc.part)
-    return "" if part is None else f"--part {part[0]} --parts {part[1]} --part-manifest {output[0]}"
+    return [] if part is None else ["--part", str(part[0]), "--parts", str(part[1]), "--part-manifest", output[0]]
 
 
 rule shards:
@@ -29,14 +29,14 @@ rule shards:
     params:
         raw=lambda wc: raw_location(_shards_experiment(wc)),
         out_dir=lambda wc: f"results/shards/{wc.dataset}_{wc.resolution}",
-        num_classes=lambda wc: (f"--num-classes {_shards_experiment(wc)['data']['num_classes']}"
-                                if _shards_experiment(wc)["data"].get("num_classes") else ""),
+        num_classes=lambda wc: (["--num-classes", str(_shards_experiment(wc)["data"]["num_classes"])]
+                                if _shards_experiment(wc)["data"].get("num_classes") else []),
         part=_shards_part_args,
     threads: 1
     shell:
-        "{PY} -m ucgm_core.data.shards --dataset {wildcards.dataset} --raw-dir {params.raw:q}"
-        " --out-dir {params.out_dir} --resolution {wildcards.resolution} --splits {wildcards.split}"
-        " {params.num_classes} {params.part} --workers {threads} > {log} 2>&1"
+        "{PY} -m ucgm_core.data.shards --dataset {wildcards.dataset:q} --raw-dir {params.raw:q}"
+        " --out-dir {params.out_dir:q} --resolution {wildcards.resolution} --splits {wildcards.split}"
+        " {params.num_classes:q} {params.part:q} --workers {threads} > {log:q} 2>&1"
 
 
 # {split}.json of data prepared in parts comes from the merge, never from one shards job
@@ -60,5 +60,5 @@ rule shards_merge:
         parts=lambda wc: SHARDS_IN_PARTS[f"results/shards/{wc.data}"],
     threads: 1
     shell:
-        "{PY} -m ucgm_core.data.shards --out-dir results/shards/{wildcards.data} --splits {wildcards.split}"
-        " --merge-parts {input} > {log} 2>&1"
+        "{PY} -m ucgm_core.data.shards --out-dir results/shards/{wildcards.data:q} --splits {wildcards.split}"
+        " --merge-parts {input:q} > {log:q} 2>&1"

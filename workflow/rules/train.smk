@@ -1,6 +1,7 @@
 # Stage 4: multi-step UCGM-T from scratch. The resumable state lives in results/state/<model>/ (not an
 # output), so a killed job continues where it stopped; a changed spec starts a fresh state. With
-# train.gpus > 1 the job runs one process per GPU under torchrun (the global batch is unchanged).
+# train.gpus > 1 the job runs one process per GPU under torchrun (the global batch is unchanged). Arguments
+# are lists quoted item by item (`:q`): no config text becomes shell syntax.
 
 
 def training_inputs(wc):
@@ -16,18 +17,20 @@ def training_inputs(wc):
 
 
 def launcher(wc):
+    """The command that runs train.py: python, or torchrun with one process per GPU (a list of words)."""
     gpus = model_resources(wc.model, "gpus", 1)
-    return f"torchrun --standalone --nproc_per_node {gpus}" if gpus > 1 else PY
+    return ["torchrun", "--standalone", "--nproc_per_node", str(gpus)] if gpus > 1 else [PY]
 
 
 def training_args(wc, input):
+    """train.py's data and weights arguments, one list item per word."""
     exp = model_experiment(wc.model)
-    args = [f"--latents {latents_dir(exp)}", f"--stats {input.stats}", f"--ae-kwargs {shlex.quote(autoencoder_kwargs(exp))}"]
+    args = ["--latents", latents_dir(exp), "--stats", input.stats, "--ae-kwargs", autoencoder_kwargs(exp)]
     if "init" in input.keys():
-        args.append(f"--init {input.init}")
+        args += ["--init", input.init]
     if "teacher" in input.keys():
-        args.append(f"--teacher {input.teacher}")
-    return " ".join(args)
+        args += ["--teacher", input.teacher]
+    return args
 
 
 TRAIN_OUTPUTS = {
@@ -60,9 +63,9 @@ rule train:
         gpu=lambda wc: model_resources(wc.model, "gpus", 1),
         runtime=lambda wc, attempt: int(60 * model_resources(wc.model, "hours", 24)) * attempt,
     shell:
-        "{params.launcher} {SCRIPTS}/train.py {params.args} --spec {params.spec:q}"
-        " --out-dir results/models/{wildcards.model} --state-dir results/state/{wildcards.model}"
-        " --threads {threads} > {log} 2>&1"
+        "{params.launcher:q} {SCRIPTS}/train.py {params.args:q} --spec {params.spec:q}"
+        " --out-dir results/models/{wildcards.model:q} --state-dir results/state/{wildcards.model:q}"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 rule snapshot:
@@ -78,4 +81,4 @@ rule snapshot:
     benchmark:
         "results/benchmarks/snapshot/{model}/step-{step}.tsv"
     shell:
-        "{PY} {SCRIPTS}/snapshot.py --checkpoint {input} --step {wildcards.step} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/snapshot.py --checkpoint {input:q} --step {wildcards.step} --out {output:q} > {log:q} 2>&1"

@@ -23,6 +23,6 @@ rule tune:
         gpu=lambda wc: model_resources(wc.model, "gpus", 1),
         runtime=lambda wc, attempt: int(60 * model_resources(wc.model, "hours", 12)) * attempt,
     shell:
-        "{params.launcher} {SCRIPTS}/train.py {params.args} --spec {params.spec:q}"
-        " --out-dir results/models/{wildcards.model} --state-dir results/state/{wildcards.model}"
-        " --threads {threads} > {log} 2>&1"
+        "{params.launcher:q} {SCRIPTS}/train.py {params.args:q} --spec {params.spec:q}"
+        " --out-dir results/models/{wildcards.model:q} --state-dir results/state/{wildcards.model:q}"
+        " --threads {threads} > {log:q} 2>&1"

@@ -10,8 +10,11 @@
 The reference features are computed once per (reference images, extractor weights) and cached in
 ``--cache-dir``. The result JSON carries the evaluation contract: sample count, seeds, extractor and
 its weights' sha256, reference set, and the samples' checkpoint, sampler and knobs (from the shards).
-The shards must agree on checkpoint, sampler and knobs (a mixed set is refused, naming the shard and
-the key); their images are streamed in blocks (``--block-mb``), so memory does not grow with the
+The shards must agree on checkpoint, sampler and knobs (a mixed set is refused, naming both shards and
+the keys), and with ``--expect`` (JSON: metadata key -> value, the sampler's settings from the config)
+every shard must hold those values and the shards must hold exactly images 0 .. num_samples - 1 (a
+missing shard, or one made by another sampler setting, is refused naming the shard, key and both values),
+all before any feature is computed; their images are streamed in blocks (``--block-mb``), so memory does not grow with the
 number of samples beyond their features.
 """
 
@@ -32,7 +35,7 @@ from _common import load_spec, log, set_threads  # noqa: E402
 
 from ucgm_core.data.shards import load_images  # noqa: E402
 from ucgm_core.metrics.imageutil import sha256_file  # noqa: E402
-from ucgm_core.metrics.sample_shards import NpzArray, open_sample_shards  # noqa: E402
+from ucgm_core.metrics.sample_shards import NpzArray, SampleShards, open_sample_shards  # noqa: E402
 from ucgm_core.metrics.fidelity import (ChunkedImages, FeatureExtractorSpec, ReferenceSet, evaluate,  # noqa: E402
                                         reference_features, _default_layer)
 
@@ -68,6 +71,17 @@ def reference_set(images_dir: str, split: str) -> ReferenceSet:
     return ReferenceSet.from_image_shards(images_dir, split)
 
 
+def open_checked_shards(a: argparse.Namespace) -> SampleShards:
+    """The ``--shards`` of samples mode, checked against one another and against ``--expect`` (metadata and
+    indices only: a mixed or incomplete set is refused before any image is read)."""
+    if not a.shards:
+        raise SystemExit("samples mode needs --shards")
+    expect = load_spec(a.expect)
+    if not isinstance(expect, dict):
+        raise SystemExit(f"--expect: expected a JSON object of metadata keys, got {a.expect[:200]!r}")
+    return open_sample_shards(a.shards, expect, "the sampler's settings in the config (--expect)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("mode", choices=["reference", "samples"])
@@ -80,6 +94,8 @@ def main(argv=None) -> int:
     p.add_argument("--shards", nargs="*", default=[])
     p.add_argument("--metrics", nargs="+", default=["fid", "isc", "kid", "prc"])
     p.add_argument("--context", default="{}", help="JSON: extra contract fields (sampler name, model, ...)")
+    p.add_argument("--expect", default="{}",
+                   help="JSON: metadata every shard must hold (method, steps, options, seed, num_samples, ...)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--block-mb", type=int, default=64,
                    help="samples mode: read the shards' images in blocks of at most this many MiB")
@@ -89,6 +105,7 @@ def main(argv=None) -> int:
     spec = FeatureExtractorSpec(EXTRACTORS[a.extractor], a.weights)
     if (a.images is None) == (a.reference_batch is None):
         raise SystemExit("give one of --images (a split of an image shard folder) or --reference-batch")
+    shards = open_checked_shards(a) if a.mode == "samples" else None  # before any other work
     ref = reference_batch_set(a.reference_batch) if a.reference_batch else reference_set(a.images, a.split)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,9 +123,6 @@ def main(argv=None) -> int:
         log(f"reference {ref.id}: {info['num_reference']} images, features {source}")
         return 0
 
-    if not a.shards:
-        raise SystemExit("samples mode needs --shards")
-    shards = open_sample_shards(a.shards)  # metadata and indices only; refuses a mixed set of shards
     context = {**load_spec(a.context), "samples": shards.meta, "num_shards": len(shards.paths),
                "seed_range": [int(shards.indices.min()), int(shards.indices.max())],
                "sampling_seconds": shards.sampling_seconds}

@@ -5,6 +5,7 @@
     python workflow/scripts/report.py fid-vs-nfe --evals results/eval/ucgm/steps*.json --out fig.png [--title T]
     python workflow/scripts/report.py grid --shard results/samples/ucgm/steps8/shard-0000.npz --size 10 --out g.png
     python workflow/scripts/report.py rows-grid --shards a/shard-0000.npz b/shard-0000.npz --labels A B --out g.png
+    python workflow/scripts/report.py rows-grid --shards ... --labels-json '["A", "B"]' --out g.png
 
 A table has one row per (sampler, steps) with FID, IS, KID, precision and recall, the sampler method and what
 it is (``sampler_source``: UCGM-S, a generic baseline, or the original repository@commit and function that a
@@ -62,6 +63,17 @@ def row(path: str, rows: dict | None = None) -> dict:
     }
 
 
+def json_labels(text: str) -> list:
+    """``--labels-json``: a JSON list of strings; a clear error naming the option otherwise."""
+    try:
+        labels = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--labels-json: not valid JSON ({e}); expected a list of strings") from None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise SystemExit(f"--labels-json: {text[:200]!r} is not a list of strings")
+    return labels
+
+
 def atomic_csv(df: pd.DataFrame, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -87,7 +99,9 @@ def main(argv=None) -> int:
     g.add_argument("--out", required=True)
     r = sub.add_parser("rows-grid", help="one row of images per shard (a model's samples), like the paper's figure 1")
     r.add_argument("--shards", nargs="+", required=True)
-    r.add_argument("--labels", nargs="+", required=True)
+    labels = r.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", nargs="+")
+    labels.add_argument("--labels-json", help="the labels as a JSON list of strings (any text, even a leading '-')")
     r.add_argument("--per-row", type=int, default=8)
     r.add_argument("--out", required=True)
     a = p.parse_args(argv)
@@ -107,14 +121,18 @@ def main(argv=None) -> int:
         plot_fid_vs_nfe(series, a.out, title=a.title, metric=a.metric.upper() if a.metric != "is" else "IS")
         log(f"wrote {a.out}")
     elif a.cmd == "rows-grid":
-        if len(a.labels) != len(a.shards):
-            raise SystemExit(f"{len(a.shards)} shards but {len(a.labels)} labels")
+        labels = a.labels if a.labels is not None else json_labels(a.labels_json)
+        if len(labels) != len(a.shards):
+            raise SystemExit(f"{len(a.shards)} shards but {len(labels)} labels")
         rows = []
         for path in a.shards:
             with np.load(path) as z:
                 imgs = z["images"][: a.per_row]
             rows.append(np.repeat(imgs, 3, axis=1) if imgs.shape[1] == 1 else imgs)
-        save_labelled_rows(rows, a.labels, a.out)
+        # matplotlib reads "$...$" as mathtext: an escaped "$" is drawn as itself
+        save_labelled_rows(rows, [label.replace("$", r"\$") for label in labels], a.out)
+        for path, label in zip(a.shards, labels):
+            log(f"row {label} <- {path}")
         log(f"wrote {a.out}")
     else:
         with np.load(a.shard) as z:

@@ -17,6 +17,11 @@ guidance, e.g. 40 steps -> 80; for an original's sampler its paper's count, e.g.
 steps, 500 for "250 x 2"; and ``evaluations_per_image``, the network rows per image actually run, e.g. 435
 for REPA-E's "250 x 2", whose guidance interval covers 185 of the 250 steps).
 
+Non-finite samples (NaN or infinite, from the sampler or the decoder) stop the job with an error naming
+the output, the shard, the sampler, the steps and how many images of the batch were affected; nothing is
+written. ``meta`` also records ``seed_scheme`` (how image i's noise and label are chosen) and ``num_classes``,
+so that shards made differently are not mixed in one evaluation.
+
 Interruptions: the shard is written to a hidden ``.<name>.tmp<pid>`` file, flushed to disk and renamed
 onto ``--out``, so a killed job leaves either nothing or the complete file under the output name; the
 temporary files of dead processes are removed at the next start. SIGTERM/SIGUSR1 stop the job with
@@ -47,7 +52,7 @@ from ucgm_core.autoencoders import get_autoencoder  # noqa: E402
 from ucgm_core.distributed import PREEMPTED_EXIT_CODE  # noqa: E402
 from ucgm_core.checkpoint import build_network, checkpoint_normalizer, load_checkpoint, sha256_file  # noqa: E402
 from ucgm_core.sampling import get_sampler, original_info, paper_nfe, sampler_source  # noqa: E402
-from ucgm_core.sampling.generate import generate_images  # noqa: E402
+from ucgm_core.sampling.generate import NonFiniteSamplesError, generate_images  # noqa: E402
 
 
 def shard_indices(shard: int, samples_per_shard: int, num_samples: int) -> range:
@@ -75,6 +80,10 @@ def parse_args(argv=None):
                    help="keep an existing complete --out made with the same checkpoint and settings")
     return p.parse_args(argv)
 
+
+# how image i's noise and label are chosen (in every shard's metadata: shards made under another scheme
+# cannot be mixed with these in one evaluation)
+SEED_SCHEME = "noise per_image_seed(seed, i), label i mod num_classes"
 
 REQUEST_KEYS = ("checkpoint_sha256", "method", "steps", "options", "guidance", "weights", "quantize", "seed",
                 "shard", "samples_per_shard", "num_samples", "first_index", "count")
@@ -174,14 +183,18 @@ def main(argv=None) -> int:
         ae_kwargs.setdefault("channels", ckpt["latent_shape"][0])
     ae = get_autoencoder(ae_name, **ae_kwargs).to(a.device)
     t0 = time.time()
-    res = generate_images(
-        net, indices, seed=a.seed, method=spec["method"], steps=a.steps, transport=ckpt["transport"],
-        latent_shape=ckpt["latent_shape"], num_classes=ckpt["num_classes"], normalizer=checkpoint_normalizer(ckpt),
-        decode=ae.decode, options=spec.get("options") or {}, guidance_scale=float(guidance.get("scale", 0.0)),
-        guidance_interval=guidance.get("interval"), batch_size=a.batch_size, device=a.device,
-        quantize=request["quantize"], precision=request["precision"],
-        on_batch=lambda done, total: log(f"generated {done}/{total} images"),
-    )
+    try:
+        res = generate_images(
+            net, indices, seed=a.seed, method=spec["method"], steps=a.steps, transport=ckpt["transport"],
+            latent_shape=ckpt["latent_shape"], num_classes=ckpt["num_classes"],
+            normalizer=checkpoint_normalizer(ckpt), decode=ae.decode, options=spec.get("options") or {},
+            guidance_scale=float(guidance.get("scale", 0.0)), guidance_interval=guidance.get("interval"),
+            batch_size=a.batch_size, device=a.device, quantize=request["quantize"], precision=request["precision"],
+            on_batch=lambda done, total: log(f"generated {done}/{total} images"),
+        )
+    except NonFiniteSamplesError as e:  # no shard is written: a NaN image must never be scored
+        raise SystemExit(f"{out}: shard {a.shard} (images {indices.start}..{indices.stop - 1}) of checkpoint "
+                         f"{a.checkpoint}: {e}; nothing written") from None
     seconds = time.time() - t0
     sampler = get_sampler(spec["method"])
     if original_info(sampler) is not None:  # the original's paper's own count ("250 x 2", EDM's 2n - 1)
@@ -196,7 +209,8 @@ def main(argv=None) -> int:
         "options": spec.get("options") or {}, "guidance": guidance, "weights": spec.get("weights", "ema"),
         "quantize": request["quantize"], "seed": a.seed, "shard": a.shard, "samples_per_shard": a.samples_per_shard,
         "num_samples": a.num_samples, "first_index": indices.start, "count": len(indices),
-        "precision": request["precision"], "seconds": round(seconds, 3),
+        "precision": request["precision"], "seconds": round(seconds, 3), "seed_scheme": SEED_SCHEME,
+        "num_classes": int(ckpt["num_classes"]),
     }
     buf = io.BytesIO()
     np.savez(buf, images=res.images, labels=res.labels, indices=res.indices, seeds=res.seeds,
