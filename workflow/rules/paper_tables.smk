@@ -57,6 +57,7 @@ def fig2_coords(panel):
     return json.dumps(coords, sort_keys=True)
 
 
+# Config text reaches the shell only through `:q` (as in report.smk).
 # Seconds of work on the evaluation JSONs, no GPU: run beside Snakemake (see workflow/rules/cluster.smk).
 localrules:
     paper_table,
@@ -88,8 +89,8 @@ rule paper_table:
         rows=lambda wc: table_rows(paper_table_name(wc)),
         references=lambda wc: json.dumps(PAPER_TABLE_REFERENCES[paper_table_name(wc)], sort_keys=True),
     shell:
-        "{PY} {SCRIPTS}/paper_tables.py table --evals {input.evals} --rows {params.rows:q} "
-        "--references {params.references:q} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/paper_tables.py table --evals {input.evals:q} --rows {params.rows:q} "
+        "--references {params.references:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule paper_fig2_data:
@@ -109,8 +110,8 @@ rule paper_fig2_data:
     params:
         coords=lambda wc: fig2_coords(wc.panel),
     shell:
-        "{PY} {SCRIPTS}/paper_tables.py fig2 --figure {wildcards.panel} --evals {input} "
-        "--coords {params.coords:q} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/paper_tables.py fig2 --figure {wildcards.panel} --evals {input:q} "
+        "--coords {params.coords:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule paper_fig2_plot:
@@ -128,4 +129,4 @@ rule paper_fig2_plot:
     benchmark:
         "results/benchmarks/paper_tables/{scale}/{panel}_png.tsv"
     shell:
-        "{PY} {SCRIPTS}/paper_tables.py plot --figure {wildcards.panel} --csv {input} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/paper_tables.py plot --figure {wildcards.panel} --csv {input:q} --out {output:q} > {log:q} 2>&1"
