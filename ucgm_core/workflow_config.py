@@ -449,8 +449,9 @@ def _cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List
                         f"expected one of {available_autoencoders()}")
     stride = _autoencoder_stride(data["autoencoder"])
     if stride and data["resolution"] % stride:
+        near = data["resolution"] // stride * stride or stride
         problems.append(f"data.resolution: {data['resolution']} is not a multiple of the stride {stride} of "
-                        f"autoencoder {data['autoencoder']!r}; expected e.g. {data['resolution'] // stride * stride or stride}")
+                        f"autoencoder {data['autoencoder']!r}; expected a multiple of {stride}, e.g. {near}")
     if data.get("latent_stats") and len(data["latent_stats"]["mean"]) != len(data["latent_stats"]["std"]):
         problems.append("data.latent_stats: mean and std must have the same length (one value per channel)")
     problems += _source_problems("evaluation.reference_batch", cfg["evaluation"].get("reference_batch"))

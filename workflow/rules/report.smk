@@ -57,9 +57,11 @@ rule table_samples:
     benchmark:
         "results/benchmarks/figures/{table}_samples.tsv"
     params:
-        labels=lambda wc: json.dumps([f"{SAMPLERS[s].get('label') or s}, {n} steps" for s, n in table_strips(wc.table)]),
+        labels=lambda wc: json.dumps([f"{SAMPLERS[s].get('label') or s}, {n} steps"
+                                      for s, n in table_strips(wc.table)]),
     shell:
-        "{PY} {SCRIPTS}/report.py rows-grid --shards {input:q} --labels-json {params.labels:q} --out {output:q} > {log:q} 2>&1"
+        "{PY} {SCRIPTS}/report.py rows-grid --shards {input:q} --labels-json {params.labels:q} --out {output:q}"
+        " > {log:q} 2>&1"
 
 
 rule sampler_figure:

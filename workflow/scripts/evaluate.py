@@ -14,8 +14,8 @@ The shards must agree on checkpoint, sampler and knobs (a mixed set is refused, 
 the keys), and with ``--expect`` (JSON: metadata key -> value, the sampler's settings from the config)
 every shard must hold those values and the shards must hold exactly images 0 .. num_samples - 1 (a
 missing shard, or one made by another sampler setting, is refused naming the shard, key and both values),
-all before any feature is computed; their images are streamed in blocks (``--block-mb``), so memory does not grow with the
-number of samples beyond their features.
+all before any feature is computed. Their images are streamed in blocks (``--block-mb``), so memory does
+not grow with the number of samples beyond their features.
 """
 
 from __future__ import annotations
