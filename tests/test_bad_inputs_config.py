@@ -121,14 +121,13 @@ CASES: List[Case] = [
     Case("http pretrained weights without sha256",
          _set("models.released_http", {"architecture": "UNet-S", "pretrained": {"source": "http://example.org/w.pt"}}),
          "models.released_http.pretrained.sha256:", ("'http://example.org/w.pt'", "sha256 (64 hex digits)")),
-    Case("https autoencoder weights without sha256",
-         _set("autoencoders.sdvae_ema_f8c4", {"source": "https://example.org/vae.safetensors"}),
-         "autoencoders.sdvae_ema_f8c4.sha256:", ("'https://example.org/vae.safetensors'",
-                                                 "autoencoders.sdvae_ema_f8c4.allow_unverified: true")),
-    Case("https reference batch without sha256",
+    Case("http autoencoder weights without sha256",
+         _set("autoencoders.sdvae_ema_f8c4", {"source": "http://example.org/vae.safetensors"}),
+         "autoencoders.sdvae_ema_f8c4.sha256:", ("'http://example.org/vae.safetensors'", "download.allow_unverified")),
+    Case("http reference batch without sha256",
          _both(_set("extractor", {"kind": "inception"}),
-               _set("evaluation.reference_batch", {"source": "https://example.org/ref.npz"})),
-         "evaluation.reference_batch.sha256:", ("'https://example.org/ref.npz'", "allow_unverified")),
+               _set("evaluation.reference_batch", {"source": "HTTP://example.org/ref.npz"})),
+         "evaluation.reference_batch.sha256:", ("'HTTP://example.org/ref.npz'", "must be verified")),
 ]
 
 
@@ -204,13 +203,20 @@ def test_problems_of_several_experiment_files_come_together(tmp_path):
     assert any(m.startswith(f"{files[1]}: models.exp_b_multistep.train.gpus:") for m in msgs), msgs
 
 
+def test_https_without_sha256_is_left_to_the_fetch_rule():
+    """An https URL without sha256 validates (the fetch rule refuses it unless download.allow_unverified); one
+    with its sha256, a local path and a file:// URL need nothing."""
+    cfg = _base()
+    cfg["models"]["released"] = {"architecture": "UNet-S", "pretrained": {"source": "https://example.org/w.pt"}}
+    cfg["models"]["released_sha"] = {"architecture": "UNet-S",
+                                     "pretrained": {"source": "http://example.org/w.pt", "sha256": SHA}}
+    cfg["autoencoders"] = {"sdvae_ema_f8c4": {"source": "file:///weights/vae.safetensors"}}
+    validate_config(cfg, "ok.yaml")
+
+
 def test_shipped_configs_still_validate():
-    """The embedded default with every paper experiment (URLs without a known hash opt in explicitly)."""
+    """The embedded default with every paper experiment."""
     with open(DEFAULT) as f:
         cfg = yaml.safe_load(f)
     wf = load_workflow(cfg, str(DEFAULT), base_dir=ROOT)
     assert len(wf.experiments) > 5
-    for name, m in wf.models.items():
-        src = (m.get("pretrained") or {})
-        if src.get("source", "").startswith("https://") and not src.get("sha256"):
-            assert src["allow_unverified"] is True, name
