@@ -11,7 +11,6 @@ Settings: a JSON mapping of config ``paper_toy`` keys (``--settings``; defaults 
 ``EvalSettings`` where absent). One thread: the networks are too small for a second one to help.
 """
 
-from __future__ import annotations
 
 import argparse
 import json
@@ -40,13 +39,14 @@ def train(key: str, out: str, settings: dict, log: Callable[[str], None]) -> Non
     train_settings, _ = split_settings(settings)
     ckpt = train_model(spec, train_settings, log=log)
     save_model(ckpt, out)
-    log(f"{key}: trained {train_settings.train_steps} steps in {ckpt['seconds']:.1f} s -> {out}")
+    log(f"{key}: trained {train_settings.train_steps} steps in {ckpt['seconds']:.1f} s "
+        f"({ckpt['cpu_seconds']:.1f} s CPU) -> {out}")
 
 
 def figure(name: str, csv: str, png: str, models: List[str], settings: dict, log: Callable[[str], None]) -> None:
     """Sample and measure the cached ``models`` for figure ``name``, write its CSV, plot it."""
     _, ev = split_settings(settings)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     df, notes = figure_rows(name, load_models(models), ev)
     Path(csv).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(csv).with_name(f".{Path(csv).name}.tmp")
@@ -58,7 +58,8 @@ def figure(name: str, csv: str, png: str, models: List[str], settings: dict, log
         log(f"{name}: metric floor (two independent {FIG2_DATASET} draws of {ev.eval_samples} points): "
             f"{data_floor(FIG2_DATASET, ev):.4f}")
     PLOTS[name](csv, png)
-    log(f"{name}: {len(df)} rows in {time.perf_counter() - start:.1f} s -> {csv}, {png}")
+    log(f"{name}: {len(df)} rows in {time.perf_counter() - start:.1f} s ({time.process_time() - cpu_start:.1f} s CPU) "
+        f"-> {csv}, {png}")
 
 
 def stdout_log(msg: str) -> None:
