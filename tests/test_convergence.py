@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, Tuple
 
 import pytest
 import torch
@@ -68,7 +67,7 @@ def mixture_samples(n: int, gen: torch.Generator) -> Tensor:
     return MU[k] + STD[k, None] * torch.randn(n, 2, generator=gen, dtype=F64)
 
 
-def statistics(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def statistics(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(mean [2], covariance [2, 2], mode weights [K]) of samples [n, 2, ...]."""
     x = x.reshape(len(x), 2).to(F64)
     log_p = torch.log(WEIGHTS) - 2 * torch.log(STD) - ((x[:, None] - MU[None]) ** 2).sum(-1) / (2 * STD**2)
@@ -76,7 +75,7 @@ def statistics(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return x.mean(0), torch.cov(x.T), modes
 
 
-def population() -> Dict[str, object]:
+def population() -> dict[str, object]:
     """The mixture's statistics and the RMS sampling error of each for N i.i.d. samples, estimated from
     400k exact samples (a fixed seed; the estimate's own relative error is ~0.5%)."""
     x = mixture_samples(400_000, torch.Generator().manual_seed(0))
@@ -94,18 +93,18 @@ def population() -> Dict[str, object]:
 POP = population()
 
 
-def bounds(kind: str) -> Dict[str, float]:
+def bounds(kind: str) -> dict[str, float]:
     return {k: 4 * POP["rms"][k] + ALLOWANCE[kind][k] for k in ALLOWANCE[kind]}
 
 
-def errors(samples: Tensor) -> Dict[str, float]:
+def errors(samples: Tensor) -> dict[str, float]:
     mean, cov, modes = statistics(samples)
     t_mean, t_cov, t_modes = POP["truth"]
     return {"mean": float((mean - t_mean).norm()), "cov": float((cov - t_cov).norm()),
             "modes": 0.5 * float((modes - t_modes).abs().sum())}
 
 
-def within(err: Dict[str, float], bound: Dict[str, float]) -> bool:
+def within(err: dict[str, float], bound: dict[str, float]) -> bool:
     return all(err[k] <= bound[k] for k in bound)
 
 
@@ -115,7 +114,7 @@ class MixtureLoader:
     def __init__(self, batch: int, seed: int):
         self.batch, self.seed, self.k = batch, seed, 0
 
-    def next_batch(self) -> Tuple[Tensor, Tensor]:
+    def next_batch(self) -> tuple[Tensor, Tensor]:
         gen = torch.Generator().manual_seed(1_000_003 * self.seed + self.k)
         self.k += 1
         x = mixture_samples(self.batch, gen).to(torch.float32).reshape(self.batch, 2, 1, 1)
@@ -154,7 +153,7 @@ def objective(consistency_ratio: float) -> UCGMObjective:
         huber_c=20.0, cosine_loss=False, time_dist=(0.8, 1.0, 1.0) if few else (1.0, 1.0, 1.0), num_classes=1))
 
 
-def train(tmp: Path, consistency_ratio: float, lr: float, init: Dict[str, Tensor] | None = None) -> Trainer:
+def train(tmp: Path, consistency_ratio: float, lr: float, init: dict[str, Tensor] | None = None) -> Trainer:
     torch.manual_seed(0)
     model = MLP()
     if init is not None:

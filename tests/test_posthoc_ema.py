@@ -13,8 +13,20 @@ from scipy import integrate
 from torch import nn
 
 from ucgm_core.training.posthoc_ema import (
-    SIGMA_REL_MAX, PosthocEMA, PowerEMA, Snapshot, discrete_profile, gamma_to_sigma_rel, list_snapshots,
-    power_ema_beta, profile, profile_gram, profile_inner_product, reconstruct, sigma_rel_to_gamma, solve_weights,
+    SIGMA_REL_MAX,
+    PosthocEMA,
+    PowerEMA,
+    Snapshot,
+    discrete_profile,
+    gamma_to_sigma_rel,
+    list_snapshots,
+    power_ema_beta,
+    profile,
+    profile_gram,
+    profile_inner_product,
+    reconstruct,
+    sigma_rel_to_gamma,
+    solve_weights,
 )
 
 EPS64 = float(np.finfo(np.float64).eps)
@@ -39,7 +51,7 @@ def test_sigma_rel_is_the_profiles_relative_std():
     deviation is sigma_rel * t (quad's error on these smooth integrands is ~1e-14; tolerance 1e-9)."""
     for gamma in (0.0, 2.5, 6.94, 16.97):
         for t in (1.0, 37.0, 1000.0):
-            f = lambda tau: float(profile(np.array(tau), t, gamma))  # noqa: E731
+            f = lambda tau: float(profile(np.array(tau), t, gamma))
             mass = integrate.quad(f, 0, t)[0]
             mean = integrate.quad(lambda tau: tau * f(tau), 0, t)[0]
             var = integrate.quad(lambda tau: (tau - mean) ** 2 * f(tau), 0, t)[0]
@@ -223,7 +235,7 @@ def _trainer(tmp_path: Path, steps: int, run: str, every: int, lr: float = 1e-3)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(40, 1, 8, 8, generator=g), torch.randint(0, 3, (40,), generator=g)
     torch.manual_seed(123)
-    kwargs = dict(input_size=8, in_channels=1, num_classes=3, depth=1, hidden_size=32)  # ~40k parameters: fast
+    kwargs = dict(input_size=8, in_channels=1, num_classes=3, depth=1, hidden_size=32)  # 31k parameters: fast
     model = build_model("TiT-Tiny/2", **kwargs)
     meta = {"architecture": "TiT-Tiny/2", "model_kwargs": kwargs, "transport": "Linear", "num_classes": 3,
             "latent_shape": [1, 8, 8], "normalizer": {"mean": None, "std": None, "multiplier": 1.0},

@@ -40,9 +40,10 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,9 +53,23 @@ from ..io import atomic_torch_save
 from .ema import ema_update_, frozen_copy
 
 __all__ = [
-    "FORMAT", "SNAPSHOT_DIR", "SIGMA_REL_MAX", "sigma_rel_to_gamma", "gamma_to_sigma_rel", "power_ema_beta",
-    "profile", "discrete_profile", "profile_inner_product", "profile_gram", "solve_weights", "PowerEMA",
-    "Snapshot", "reconstruct", "PosthocEMA", "list_snapshots", "reconstruct_checkpoint",
+    "FORMAT",
+    "SIGMA_REL_MAX",
+    "SNAPSHOT_DIR",
+    "PosthocEMA",
+    "PowerEMA",
+    "Snapshot",
+    "discrete_profile",
+    "gamma_to_sigma_rel",
+    "list_snapshots",
+    "power_ema_beta",
+    "profile",
+    "profile_gram",
+    "profile_inner_product",
+    "reconstruct",
+    "reconstruct_checkpoint",
+    "sigma_rel_to_gamma",
+    "solve_weights",
 ]
 
 FORMAT = "ucgm-posthoc-ema/1"
@@ -114,7 +129,7 @@ def profile(tau: np.ndarray, t: float, gamma: float) -> np.ndarray:
     return np.where(inside, g1 * safe ** float(gamma) / float(t), 0.0)
 
 
-def discrete_profile(t: int, gamma: float, length: Optional[int] = None) -> np.ndarray:
+def discrete_profile(t: int, gamma: float, length: int | None = None) -> np.ndarray:
     """Weights of ``theta_1 .. theta_t`` in the tracked power EMA after update ``t`` (float64), zero-padded
     to ``length``: ``w_tau = (tau^(gamma+1) - (tau-1)^(gamma+1)) / t^(gamma+1)``, the product
     ``(1 - beta_tau) prod_{s > tau} beta_s`` in closed form; written as
@@ -140,7 +155,7 @@ def profile_inner_product(t_a: float, gamma_a: float, t_b: float, gamma_b: float
     return ga1 * gb1 / (ga1 + gb1 - 1.0) * (m / float(t_a)) ** ga1 * (m / float(t_b)) ** gb1 / m
 
 
-def profile_gram(keys: Sequence[Tuple[int, float]]) -> np.ndarray:
+def profile_gram(keys: Sequence[tuple[int, float]]) -> np.ndarray:
     """Matrix of :func:`profile_inner_product` over ``(step, gamma)`` pairs."""
     n = len(keys)
     gram = np.empty((n, n), dtype=np.float64)
@@ -150,8 +165,8 @@ def profile_gram(keys: Sequence[Tuple[int, float]]) -> np.ndarray:
     return gram
 
 
-def solve_weights(keys: Sequence[Tuple[int, float]], target_step: int, target_gamma: float,
-                  profiles: str = "auto") -> Tuple[np.ndarray, float]:
+def solve_weights(keys: Sequence[tuple[int, float]], target_step: int, target_gamma: float,
+                  profiles: str = "auto") -> tuple[np.ndarray, float]:
     """Least-squares weights ``x`` of snapshots ``keys = [(step, gamma), ...]`` for the target profile
     ``(target_step, target_gamma)`` and the relative residual ``||sum x_i p_i - p_r|| / ||p_r||`` (float64).
 
@@ -190,7 +205,7 @@ class PowerEMA:
     (:func:`power_ema_beta`) in the parameters' own dtype. Give ``sigma_rel`` or ``gamma``.
     """
 
-    def __init__(self, model: nn.Module, sigma_rel: Optional[float] = None, gamma: Optional[float] = None):
+    def __init__(self, model: nn.Module, sigma_rel: float | None = None, gamma: float | None = None):
         if (sigma_rel is None) == (gamma is None):
             raise ValueError(f"PowerEMA: give exactly one of sigma_rel and gamma (got sigma_rel={sigma_rel}, "
                              f"gamma={gamma})")
@@ -203,7 +218,7 @@ class PowerEMA:
         self.updates += 1
         ema_update_(self.module, model, power_ema_beta(self.updates, self.gamma))
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"module": self.module.state_dict(), "gamma": self.gamma, "sigma_rel": self.sigma_rel,
                 "updates": self.updates}
 
@@ -224,23 +239,23 @@ class Snapshot:
     state: Mapping[str, Tensor]
 
 
-def _combine(states: Iterable[Tuple[float, Mapping[str, Tensor]]], last: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+def _combine(states: Iterable[tuple[float, Mapping[str, Tensor]]], last: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``sum_i x_i state_i`` in float64 for floating tensors, cast back to their dtype; other tensors
     (integer buffers) come from ``last``, as the trackers copy buffers verbatim."""
-    acc: Dict[str, Tensor] = {}
+    acc: dict[str, Tensor] = {}
     for x, state in states:
         for name, v in state.items():
             if torch.is_floating_point(v):
                 term = v.detach().to("cpu", torch.float64) * float(x)
                 acc[name] = term if name not in acc else acc[name].add_(term)
-    out: Dict[str, Tensor] = {}
+    out: dict[str, Tensor] = {}
     for name, v in last.items():
         out[name] = acc[name].to(v.dtype) if torch.is_floating_point(v) else v.detach().cpu().clone()
     return out
 
 
-def reconstruct(snapshots: Sequence[Snapshot], target_sigma_rel: float, step: Optional[int] = None,
-                profiles: str = "auto") -> Dict[str, Tensor]:
+def reconstruct(snapshots: Sequence[Snapshot], target_sigma_rel: float, step: int | None = None,
+                profiles: str = "auto") -> dict[str, Tensor]:
     """The power EMA of length ``target_sigma_rel`` at ``step`` (default: the latest snapshot's),
     reconstructed from ``snapshots`` (those at or before ``step``) by least squares over their profiles
     (:func:`solve_weights`); a state dict on the CPU in the snapshots' dtypes (summed in float64)."""
@@ -272,7 +287,7 @@ class PosthocEMA:
     """
 
     def __init__(self, model: nn.Module, sigma_rels: Sequence[float], snapshot_every: int,
-                 folder: os.PathLike | str, meta: Optional[Mapping[str, Any]] = None):
+                 folder: os.PathLike | str, meta: Mapping[str, Any] | None = None):
         sigma_rels = [float(s) for s in sigma_rels]
         if not sigma_rels or len(set(sigma_rels)) != len(sigma_rels):
             raise ValueError(f"train.posthoc_ema.sigma_rels must be a non-empty list of distinct values, "
@@ -285,7 +300,7 @@ class PosthocEMA:
         self.meta = dict(meta) if meta is not None else None
 
     @property
-    def sigma_rels(self) -> List[float]:
+    def sigma_rels(self) -> list[float]:
         return [tr.sigma_rel for tr in self.trackers]
 
     def update(self, model: nn.Module) -> None:
@@ -296,7 +311,7 @@ class PosthocEMA:
     def snapshot_path(self, step: int) -> Path:
         return self.folder / f"step-{int(step):07d}.pt"
 
-    def maybe_snapshot(self, step: int, last: bool = False) -> Optional[Path]:
+    def maybe_snapshot(self, step: int, last: bool = False) -> Path | None:
         """Write the trackers' averages at ``step`` if it is a multiple of ``snapshot_every`` or ``last``."""
         if int(step) < 1 or not (last or int(step) % self.snapshot_every == 0):
             return None
@@ -316,7 +331,7 @@ class PosthocEMA:
         atomic_torch_save(payload, path)
         return path
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"sigma_rels": self.sigma_rels, "snapshot_every": self.snapshot_every,
                 "trackers": [tr.state_dict() for tr in self.trackers]}
 
@@ -360,7 +375,7 @@ def _snapshot_folder(run_dir: os.PathLike | str) -> Path:
                      "train with train.posthoc_ema set")
 
 
-def list_snapshots(run_dir: os.PathLike | str) -> List[Tuple[Path, int, List[Tuple[float, float]]]]:
+def list_snapshots(run_dir: os.PathLike | str) -> list[tuple[Path, int, list[tuple[float, float]]]]:
     """``[(file, step, [(sigma_rel, gamma), ...]), ...]`` of a run's snapshots, by step."""
     folder = _snapshot_folder(run_dir)
     out = []
@@ -373,8 +388,8 @@ def list_snapshots(run_dir: os.PathLike | str) -> List[Tuple[Path, int, List[Tup
 
 
 def reconstruct_checkpoint(run_dir: os.PathLike | str, sigma_rel: float, out: os.PathLike | str,
-                           step: Optional[int] = None, profiles: str = "auto",
-                           template: Optional[os.PathLike | str] = None) -> Path:
+                           step: int | None = None, profiles: str = "auto",
+                           template: os.PathLike | str | None = None) -> Path:
     """Write a model checkpoint at ``out`` whose EMA (and online) weights are the power EMA of length
     ``sigma_rel`` at ``step`` (default: the last snapshot), reconstructed from ``run_dir``'s snapshots.
 
@@ -438,7 +453,7 @@ def reconstruct_checkpoint(run_dir: os.PathLike | str, sigma_rel: float, out: os
                            autoencoder=meta["autoencoder"], step=step, model=net, ema=net, info=info)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Reconstruct a post-hoc EMA of any length as a model checkpoint.")
     p.add_argument("run_dir", help="run folder (with posthoc_ema/), snapshot folder, or the model's checkpoint")
     p.add_argument("--sigma-rel", type=float, required=True, help=f"EMA length, in (0, {SIGMA_REL_MAX:.4f}]")
