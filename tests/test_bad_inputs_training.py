@@ -473,3 +473,16 @@ def test_extractor_script_refuses_mismatched_weights(tmp_path):
     assert run.returncode == 1, run.stderr[-2000:]
     assert f"extractor.weights: {path}: sha256 {sha256_file(path)}, expected one starting with" in run.stderr
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_extractor_script_copies_weights_without_a_known_hash_and_says_so(tmp_path):
+    """Weights with no known checksum (a test's random Inception) are copied, verified and recorded as such."""
+    path = _weights(tmp_path / "weights-inception-random-tiny-test.pth")
+    out = tmp_path / "extractor" / "weights.pth"
+    run = subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / "extractor.py"), "inception",
+                          "--weights", str(path), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"{path}: unverified: neither torch-fidelity's file nor a recorded conversion" in run.stdout + run.stderr
+    assert sha256_file(out) == sha256_file(path)
+    record = json.loads(Path(f"{out}.json").read_text())
+    assert record["sha256"] == sha256_file(path) and record["copied_from"] == str(path)
