@@ -360,7 +360,7 @@ def test_train_script_keeps_snapshots_and_the_tool_writes_a_checkpoint(tmp_path)
     final = tmp_path / "out" / "checkpoint.pt"
     for sigma_rel in (0.10, 0.07):
         out = tmp_path / f"ema-{sigma_rel}.pt"
-        tool = subprocess.run([sys.executable, "-m", "ucgm_core.training.posthoc_ema", str(final),
+        tool = subprocess.run([sys.executable, str(Path(TRAIN).with_name("posthoc_ema.py")), str(final),
                                "--sigma-rel", str(sigma_rel), "--out", str(out)],
                               capture_output=True, text=True, env=clean_env())
         assert tool.returncode == 0, tool.stdout + tool.stderr

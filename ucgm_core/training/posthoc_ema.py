@@ -31,15 +31,13 @@ Written from the paper's equations. The pieces, one function each:
 folder and writes an ordinary model checkpoint (:mod:`ucgm_core.checkpoint`) whose EMA is the
 reconstruction, so the sampler uses it like any other. Command line::
 
-    python -m ucgm_core.training.posthoc_ema RUN_DIR_OR_CHECKPOINT --sigma-rel 0.08 --out ema-0.080.pt
+    python workflow/scripts/posthoc_ema.py RUN_DIR_OR_CHECKPOINT --sigma-rel 0.08 --out ema-0.080.pt
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -451,21 +449,3 @@ def reconstruct_checkpoint(run_dir: os.PathLike | str, sigma_rel: float, out: os
                            latent_shape=meta["latent_shape"],
                            normalizer=LatentNormalizer(n.get("mean"), n.get("std"), float(n.get("multiplier", 1.0))),
                            autoencoder=meta["autoencoder"], step=step, model=net, ema=net, info=info)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Reconstruct a post-hoc EMA of any length as a model checkpoint.")
-    p.add_argument("run_dir", help="run folder (with posthoc_ema/), snapshot folder, or the model's checkpoint")
-    p.add_argument("--sigma-rel", type=float, required=True, help=f"EMA length, in (0, {SIGMA_REL_MAX:.4f}]")
-    p.add_argument("--out", required=True, help="checkpoint to write")
-    p.add_argument("--step", type=int, default=None, help="time of the average (default: the last snapshot)")
-    p.add_argument("--profiles", choices=PROFILE_KINDS, default="auto")
-    p.add_argument("--template", default=None, help="checkpoint supplying architecture and normalizer")
-    a = p.parse_args(argv)
-    out = reconstruct_checkpoint(a.run_dir, a.sigma_rel, a.out, a.step, a.profiles, a.template)
-    print(f"wrote {out} (sigma_rel {a.sigma_rel}, gamma {sigma_rel_to_gamma(a.sigma_rel):.4f})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

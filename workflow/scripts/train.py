@@ -14,7 +14,7 @@ The resumable state lives in ``<state-dir>/<fingerprint>/state.pt``, the fingerp
 and the input files, so a killed job rerun with the same inputs continues where it stopped and a changed
 config starts afresh. Outputs: ``checkpoint.pt``, ``loss.csv``, ``loss.png``, ``grid.png`` in ``--out-dir``
 and periodic grids in ``<out-dir>/grids/``. With ``train.posthoc_ema`` the run folder also keeps the snapshots of
-EDM2's power-function EMAs (``<state-dir>/<fingerprint>/posthoc_ema/``); ``python -m ucgm_core.training.posthoc_ema
+EDM2's power-function EMAs (``<state-dir>/<fingerprint>/posthoc_ema/``); ``python workflow/scripts/posthoc_ema.py
 <out-dir>/checkpoint.pt --sigma-rel S --out FILE`` then writes a checkpoint of any EMA length.
 
 Several processes (one per GPU; see ``ucgm_core.distributed``)::
@@ -112,7 +112,7 @@ def posthoc_trackers(cfg, model, state_dir: Path, *, spec: dict, model_kwargs: d
     """The ``train.posthoc_ema`` trackers (EDM2's post-hoc EMA) or None when the key is absent or null.
 
     Snapshots go into the run folder ``<state-dir>/<fingerprint>/posthoc_ema/`` (outlives failed jobs, as the
-    state) and carry the checkpoint fields, so ``python -m ucgm_core.training.posthoc_ema`` can write a
+    state) and carry the checkpoint fields, so ``python workflow/scripts/posthoc_ema.py`` can write a
     checkpoint of any EMA length afterwards."""
     if not cfg:
         return None
