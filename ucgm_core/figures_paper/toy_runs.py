@@ -16,7 +16,8 @@ models trained with each lambda (not few-step tuned from a lambda = 0 model).
 
 Sampling (UCGM-S, order 1, identity time warp, end gaps (0.001, 0): N steps evaluate t = 1 - 0.999 k / N,
 k = 0 .. N-1, and return x_hat of the last). The paper pairs the stochasticity rho with lambda (Table 5,
-"rho = lambda best"), so Fig. 2a samples each row with rho = lambda; Fig. 2b and 2c use rho = 0.
+"rho = lambda best"), so Fig. 2a samples each row with rho = lambda and Fig. 3 its lambda = 1 model with rho = 1; Fig. 2b, 2c, 4
+and Fig. 3's lambda = 0 model use rho = 0.
 Quirk: the paper's kappa (Table 5's column, 0.5 for the VA-VAE multi-step model) is the *extrapolation*
 ratio of UCGM-S (``extrapolation``), not its stochasticity; Fig. 2c varies it. UCGM-S extrapolates from the
 third step on, so kappa changes nothing at 1 and 2 steps.
@@ -55,7 +56,9 @@ FIG2B_STEPS = 32
 KAPPAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 FIG2C_STEPS = (1, 2, 4, 8, 16, 32)
 FIG3_DATASETS = ("moons", "scurve", "swissroll")
-FIG3_STEPS = {0.0: 32, 1.0: 2}  # lambda -> UCGM-S steps: the multi-step model walks 32, the few-step 2
+# lambda -> (UCGM-S steps, stochasticity rho): the multi-step model walks 32 deterministic steps, the few-step
+# model takes the paper's few-step sampler (2 steps, rho = lambda = 1; Table 5)
+FIG3_SAMPLERS = {0.0: (32, 0.0), 1.0: (2, 1.0)}
 FIG4_LAMBDAS = (0.0, 0.5, 1.0)
 FIG2_DATASET = "gmix"
 END_GAPS = (0.001, 0.0)
@@ -156,7 +159,7 @@ def figure_models(figure: str) -> List[str]:
     elif figure == "fig2c":
         specs = [ModelSpec(FIG2_DATASET, "Linear", 0.0, 0.0)]
     elif figure == "fig3":
-        specs = [ModelSpec(ds, "Linear", lam, 0.0) for ds in FIG3_DATASETS for lam in FIG3_STEPS]
+        specs = [ModelSpec(ds, "Linear", lam, 0.0) for ds in FIG3_DATASETS for lam in FIG3_SAMPLERS]
     elif figure == "fig4":
         specs = [ModelSpec(FIG2_DATASET, "Linear", lam, 0.0) for lam in FIG4_LAMBDAS]
     else:
@@ -319,7 +322,8 @@ def fig2c_rows(models: Models, ev: EvalSettings) -> pd.DataFrame:
 
 
 def fig3_rows(models: Models, ev: EvalSettings) -> Tuple[pd.DataFrame, List[str]]:
-    """Sampler trajectories of the lambda = 0 (32 steps) and lambda = 1 (2 steps) models from the same noise.
+    """Sampler trajectories of the lambda = 0 (32 steps, rho = 0) and lambda = 1 (2 steps, rho = 1) models
+    from the same noise.
 
     Per trajectory: step 0 .. M-1 are the states the network saw (step 0 is the noise), step M the
     returned sample (t = 0). Also returns summary lines: each model's sliced W2 at its step count and the
@@ -327,17 +331,17 @@ def fig3_rows(models: Models, ev: EvalSettings) -> Tuple[pd.DataFrame, List[str]
     rows, notes = [], []
     for ds in FIG3_DATASETS:
         ends = {}
-        for lam, steps in FIG3_STEPS.items():
+        for lam, (steps, rho) in FIG3_SAMPLERS.items():
             spec, model = models[ModelSpec(ds, "Linear", lam, 0.0).key]
-            final, _, states, _ = sample(model, spec, ev.fig3_trajectories, ev.seed, steps, record=True)
+            final, _, states, _ = sample(model, spec, ev.fig3_trajectories, ev.seed, steps, rho, record=True)
             ends[lam] = final
             path = [(x, t) for x, t in states] + [(final, 0.0)]
             for step, (x, t) in enumerate(path):
                 for j in range(ev.fig3_trajectories):
                     rows.append({"dataset": ds, "lambda": lam, "trajectory": j, "step": step, "t": t,
                                  "x": float(x[j, 0]), "y": float(x[j, 1])})
-            notes.append(f"fig3 {ds} lambda={lam:g} ({steps} steps): {METRIC_NAME} "
-                         f"{distance(model, spec, ev, steps):.4f}")
+            notes.append(f"fig3 {ds} lambda={lam:g} ({steps} steps, rho={rho:g}): {METRIC_NAME} "
+                         f"{distance(model, spec, ev, steps, stochasticity=rho):.4f}")
         gap = float((ends[0.0] - ends[1.0]).norm(dim=1).mean())
         notes.append(f"fig3 {ds}: mean end-point distance lambda=0 vs lambda=1 from the same noise {gap:.4f}")
     return pd.DataFrame(rows, columns=COLUMNS["fig3"]), notes
