@@ -1,6 +1,7 @@
 """Data stages of the pipeline: download -> image shards -> latent shards -> training loader.
 
-Modules (each also a command-line entry point, ``python -m ucgm_core.data.<module> --help``):
+Modules (the command lines of the stages are in ``workflow/scripts/`` and, for now, in ``shards`` and
+``latents``):
 
 * :mod:`ucgm_core.data.download` -- mirrored, resumable, checksum-verified downloads; safe extraction.
 * :mod:`ucgm_core.data.datasets` -- the catalogue of dataset specs and their raw-format readers.

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -50,6 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_spec, log, set_threads  # noqa: E402
 
+from ucgm_core.io import atomic_write_bytes  # noqa: E402
 from ucgm_core import distributed as ud  # noqa: E402
 from ucgm_core.autoencoders import get_autoencoder  # noqa: E402
 from ucgm_core.checkpoint import load_checkpoint, save_checkpoint, sha256_file  # noqa: E402
@@ -91,7 +91,7 @@ SEMANTICS = 2
 
 
 # how the network runs, not what it computes: changing it resumes the same state
-NOT_FINGERPRINTED = ("compile",)
+NOT_FINGERPRINTED = ("compile", "max_nonfinite_steps")
 
 
 def fingerprint(spec: dict, files) -> str:
@@ -296,12 +296,8 @@ def _main(a, env: ud.DistEnv, device: torch.device) -> int:
     # -- outputs (rank 0) ------------------------------------------------------------------------------
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_payload(model, trainer.ema.module, state.step, out_dir / "checkpoint.pt")
-    tmp = out_dir / ".loss.csv.tmp"
-    with open(tmp, "w") as f:
-        f.write("step,loss,images_per_second\n")
-        for step, loss, rate in state.losses:
-            f.write(f"{step},{loss:.6f},{rate:.2f}\n")
-    os.replace(tmp, out_dir / "loss.csv")
+    rows = "".join(f"{step},{loss:.6f},{rate:.2f}\n" for step, loss, rate in state.losses)
+    atomic_write_bytes(out_dir / "loss.csv", ("step,loss,images_per_second\n" + rows).encode())
     plot_loss_curve(state.losses, out_dir / "loss.png", title=f"{out_dir.name}: UCGM-T loss "
                     f"(lambda={objective_cfg.consistency_ratio:g}, zeta={objective_cfg.enhanced_ratio:g})")
     grid(out_dir / "grid.png", trainer.ema.module)
