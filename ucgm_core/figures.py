@@ -13,7 +13,8 @@ from .io import atomic_write
 __all__ = ["class_rows", "image_grid", "save_grid", "save_labelled_rows", "plot_loss_curve", "plot_fid_vs_nfe", "atomic_savefig"]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,7 +62,7 @@ def save_labelled_rows(rows: Sequence[np.ndarray], labels: Sequence[str], path: 
                        row_height: float = 1.2) -> Path:
     """One labelled strip per entry of ``rows`` (uint8 ``[n, C, H, W]`` each, any resolution), stacked; the
     paper's figure 1 layout: a model (sampler, NFE) per row."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), 1, figsize=(row_height * max(len(r) for r in rows), row_height * len(rows)),
                              squeeze=False)
     for ax, imgs, label in zip(axes[:, 0], rows, labels):
@@ -85,7 +86,7 @@ def atomic_savefig(fig, path: os.PathLike | str) -> Path:
 
 def plot_loss_curve(losses: Sequence[Tuple[int, float, float]], path: os.PathLike | str, title: str = "") -> Path:
     """Training loss (mean over each logging window) against step."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     if losses:
         steps, values = zip(*[(s, l) for s, l, *_ in losses])
@@ -102,7 +103,7 @@ def plot_loss_curve(losses: Sequence[Tuple[int, float, float]], path: os.PathLik
 def plot_fid_vs_nfe(series: Dict[str, List[Tuple[float, float]]], path: os.PathLike | str, title: str = "",
                     metric: str = "FID") -> Path:
     """One line per series: ``{label: [(nfe, value), ...]}``; log-scaled NFE axis."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, points in series.items():
         pts = sorted((float(n), float(v)) for n, v in points if v is not None)

@@ -27,6 +27,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from ..figures import pyplot
+
 __all__ = [
     "GaussianMixture1D",
     "FIG7_MIXTURE",
@@ -242,15 +244,6 @@ def fig7_data(mix: GaussianMixture1D = FIG7_MIXTURE, n_traj: int = 25, n_t: int 
     return rows
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: os.PathLike | str) -> None:
     """Write a matplotlib figure as PNG atomically (ucgm_core.io)."""
     from ucgm_core.io import atomic_write
@@ -272,7 +265,7 @@ def plot_fig7(rows: Sequence[dict], path: os.PathLike | str, mix: GaussianMixtur
     trajectories on top and the endpoints' share of each mode in the panel title."""
     import pandas as pd
 
-    plt = _pyplot()
+    plt = pyplot()
     frame = pd.DataFrame(list(rows))
     fig, axes = plt.subplots(1, len(FIG7_PANELS), figsize=(5.2 * len(FIG7_PANELS), 3.8), sharey=True)
     split = float(np.mean(mix.means))
@@ -343,7 +336,7 @@ def plot_fig8(rows: Sequence[dict], path: os.PathLike | str) -> None:
     """Three panels of Beta densities, one curve per (a, b)."""
     import pandas as pd
 
-    plt = _pyplot()
+    plt = pyplot()
     frame = pd.DataFrame(list(rows))
     fig, axes = plt.subplots(1, len(FIG8_PANELS), figsize=(4.0 * len(FIG8_PANELS), 3.0))
     for ax, (panel, params) in zip(np.atleast_1d(axes), FIG8_PANELS):

@@ -24,7 +24,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pandas as pd
 
-from ..figures import _pyplot, atomic_savefig
+from ..figures import atomic_savefig, pyplot
 
 COLUMNS: Dict[str, List[str]] = {
     "fig2a": ["lambda", "steps", "metric", "value", "paper_log_fid"],
@@ -72,7 +72,7 @@ def plot_fig2a(csv: str | os.PathLike, png: str | os.PathLike) -> Path:
     steps = sorted(df["steps"].unique())
     grid = df.pivot_table(index="lambda", columns="steps", values="value").reindex(index=lams, columns=steps)
     paper = df.pivot_table(index="lambda", columns="steps", values="paper_log_fid").reindex(index=lams, columns=steps)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.1 * len(steps) + 2.2, 0.75 * len(lams) + 1.4))
     values = grid.to_numpy(dtype=float)
     shown = np.log10(np.clip(values, 1e-12, None))
@@ -102,7 +102,7 @@ def plot_fig2b(csv: str | os.PathLike, png: str | os.PathLike) -> Path:
     df = read_figure_csv("fig2b", csv)
     transports = list(dict.fromkeys(df["transport"]))
     zetas = sorted(df["zeta"].unique(), reverse=True)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 * len(transports) + 1.5, 3.2))
     width = 0.8 / len(zetas)
     for k, zeta in enumerate(zetas):
@@ -121,7 +121,7 @@ def plot_fig2b(csv: str | os.PathLike, png: str | os.PathLike) -> Path:
 def plot_fig2c(csv: str | os.PathLike, png: str | os.PathLike) -> Path:
     """``value`` (log axis) against sampling steps, one line per kappa."""
     df = read_figure_csv("fig2c", csv)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 3.2))
     for kappa in sorted(df["kappa"].unique()):
         sub = df[df["kappa"] == kappa].sort_values("steps")
@@ -156,7 +156,7 @@ def plot_fig3(csv: str | os.PathLike, png: str | os.PathLike) -> Path:
     lams = sorted(df["lambda"].unique())
     colours = {lam: c for lam, c in zip(lams, ("tab:blue", "tab:red", "tab:green", "tab:orange"))}
     extent = float(np.ceil(max(df["x"].abs().quantile(0.99), df["y"].abs().quantile(0.99), 2.0)))
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.3 * len(datasets), 3.4), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
         _density(ax, ds, extent)
@@ -188,7 +188,7 @@ def plot_fig4(csv: str | os.PathLike, png: str | os.PathLike, columns: int = 6) 
     last = int(df["step"].max())
     picks = sorted({int(round(v)) for v in np.linspace(0, last, columns)})
     extent = 2.0
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(lams), len(picks), figsize=(1.6 * len(picks) + 0.6, 1.6 * len(lams) + 0.5),
                              squeeze=False)
     for r, lam in enumerate(lams):
