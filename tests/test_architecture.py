@@ -132,3 +132,16 @@ def test_no_private_names_imported_across_modules():
         if n.startswith("_") and not n.startswith("__")
     )
     assert not bad, "private names imported across modules (make them public or move them):\n" + "\n".join(bad)
+
+
+def test_schema_is_package_data_and_the_workflow_links_to_it():
+    """A non-editable install must find the schema: it lives in the package and pyproject ships it."""
+    import tomllib
+
+    from ucgm_core.workflow_config import SCHEMA_PATH
+
+    assert SCHEMA_PATH.is_file() and PKG in SCHEMA_PATH.resolve().parents, SCHEMA_PATH
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ucgm_core"]
+    rel = SCHEMA_PATH.relative_to(PKG).as_posix()
+    assert any(Path(rel).match(pattern) for pattern in data), (rel, data)
+    assert (ROOT / "workflow" / "schemas" / "config.schema.yaml").resolve() == SCHEMA_PATH.resolve()

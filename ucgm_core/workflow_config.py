@@ -1,7 +1,7 @@
 """The workflow's configuration: JSON-schema validation, defaults and cross-checks.
 
 ``load_config(path)`` (or ``validate_config(dict)``) is what the ``Snakefile`` runs before any job:
-the schema (``workflow/schemas/config.schema.yaml``) checks keys, types and ranges and fills in the
+the schema (``ucgm_core/schemas/config.schema.yaml``, package data; ``workflow/schemas/`` links to it) checks keys, types and ranges and fills in the
 defaults of missing optional keys; the cross-checks then refuse what a schema cannot see (a dataset,
 autoencoder, architecture or sampler option that does not exist, a sampler or table naming an
 unknown model or sampler, a model initialised from itself) and the values that would otherwise fail
@@ -29,7 +29,8 @@ import yaml
 __all__ = ["ConfigError", "SCHEMA_PATH", "load_config", "validate_config", "sampler_option_names", "Workflow",
            "load_workflow", "split_model_ref", "deep_merge"]
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+# Package data (pyproject.toml), so a non-editable install finds it; workflow/schemas/ links to it.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 # keyword arguments of a sampler that the workflow itself provides (labels, null_label: the originals' samplers;
 # guide_network: EDM2's guide network, which the workflow does not provide)
