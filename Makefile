@@ -1,6 +1,7 @@
 # Two entry points, both self-contained on a fresh machine:
 #   make run   - set up .venv and build the embedded default (Fashion-MNIST) with Snakemake
 #   make test  - set up .venv and run the test suite (skip reasons listed; with CI=true a skip fails)
+#   make lint  - ruff over the package, the workflow scripts, tests and benchmarks (pyproject's [tool.ruff])
 #   make test-kernels - the parity tests again under torch's other CPU kernels than this machine's own
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ VENV ?= .venv
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 
-.PHONY: setup run test test-kernels bench
+.PHONY: setup run test test-kernels lint bench
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
@@ -23,6 +24,9 @@ run: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q -rs tests
+
+lint: setup
+	$(VENV)/bin/ruff check ucgm_core workflow tests benchmarks
 
 # float32 kernels (pow, exp, matmul, reductions) differ in the last bits between AVX-512, AVX2 and the
 # scalar "default" kernels: rerun the tests that compare with tests/fixtures under each kernel below

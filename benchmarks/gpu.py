@@ -301,7 +301,7 @@ def bench_sampling(models, args, device) -> List[dict]:
         accel.compile_forward(model, args.compile)
         c, s, _ = spec["latent_shape"]
 
-        def run(steps):
+        def run(steps, model=model):
             return generate_images(model, range(args.sample_batch), seed=0, method="ucgm", steps=steps,
                                    transport="Linear", latent_shape=[c, s, s], num_classes=NUM_CLASSES,
                                    normalizer=LatentNormalizer(None, None, 1.0), decode=lambda x: x.clamp(0, 1),

@@ -27,7 +27,6 @@ from ucgm_core.models.edm2 import (
     MPFourier,
     convert_edm2_checkpoint,
     edm2_kwargs_from_original,
-    expected_edm2_layout,
 )
 from ucgm_core.models.songunet import (
     SONGUNET_CIFAR10,

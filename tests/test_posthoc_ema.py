@@ -51,7 +51,9 @@ def test_sigma_rel_is_the_profiles_relative_std():
     deviation is sigma_rel * t (quad's error on these smooth integrands is ~1e-14; tolerance 1e-9)."""
     for gamma in (0.0, 2.5, 6.94, 16.97):
         for t in (1.0, 37.0, 1000.0):
-            f = lambda tau: float(profile(np.array(tau), t, gamma))
+            def f(tau, t=t, gamma=gamma):
+                return float(profile(np.array(tau), t, gamma))
+
             mass = integrate.quad(f, 0, t)[0]
             mean = integrate.quad(lambda tau: tau * f(tau), 0, t)[0]
             var = integrate.quad(lambda tau: (tau - mean) ** 2 * f(tau), 0, t)[0]

@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 from ucgm_core.metrics import classifier as clf_mod  # noqa: E402
 from ucgm_core.metrics import fidelity as fid_mod  # noqa: E402
-from ucgm_core.metrics.fidelity import ChunkedImages, EvaluationResult, FeatureExtractorSpec, ReferenceSet  # noqa: E402
+from ucgm_core.metrics.fidelity import ChunkedImages, EvaluationResult, FeatureExtractorSpec  # noqa: E402
 from ucgm_core.metrics.imageutil import to_uint8  # noqa: E402
 from ucgm_core.metrics.sample_shards import NpzArray, open_sample_shards  # noqa: E402
 

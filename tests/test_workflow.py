@@ -6,7 +6,6 @@ of Debian's ``dataset-fashion-mnist`` (the download rule's first mirror); skippe
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re

@@ -89,7 +89,7 @@ def plot_loss_curve(losses: Sequence[Tuple[int, float, float]], path: os.PathLik
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     if losses:
-        steps, values = zip(*[(s, l) for s, l, *_ in losses])
+        steps, values = zip(*[(s, v) for s, v, *_ in losses])
         ax.plot(steps, values, lw=1.2)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

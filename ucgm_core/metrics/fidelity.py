@@ -58,7 +58,7 @@ from torch_fidelity.metric_prc import prc_features_to_metric, KEY_METRIC_PRECISI
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from . import classifier as _classifier  # registers the "ucgm-classifier" extractor
+from . import classifier as _classifier  # noqa: F401 - registers the "ucgm-classifier" extractor
 from . import inception as _inception
 from .imageutil import atomic_torch_save, atomic_write, ensure_rgb_uint8, sha256_file, to_uint8
 

@@ -33,7 +33,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_spec, log, set_threads  # noqa: E402
 
-from ucgm_core.data.shards import load_images  # noqa: E402
 from ucgm_core.metrics.imageutil import sha256_file  # noqa: E402
 from ucgm_core.metrics.sample_shards import NpzArray, SampleShards, open_sample_shards  # noqa: E402
 from ucgm_core.metrics.fidelity import (ChunkedImages, FeatureExtractorSpec, ReferenceSet, evaluate,  # noqa: E402
