@@ -17,6 +17,7 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/paper_figures.smk"
 include: "workflow/rules/paper_tables.smk"
 include: "workflow/rules/paper_toy.smk"
+include: "workflow/rules/paper_fig4.smk"
 include: "workflow/rules/cluster.smk"
 
 

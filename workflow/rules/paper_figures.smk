@@ -4,9 +4,9 @@
 # each with <name>.csv beside it (the plotted data). The closed-form figures (Fig. 7, Fig. 8) need no model,
 # so both scales compute the same thing. Fig. 2, 3, 4 come from workflow/rules/paper_toy.smk, the paper's
 # tables from workflow/rules/paper_tables.smk; the umbrella targets paper_mini and paper_scale collect them.
-# TODO(lead): results/figures/paper/fig3_toy2d.png and fig4_xhat_per_lambda.png have no rule yet (paper_toy.smk
-# makes Fig. 3 and 4 at paper_mini scale only, paper_tables.smk makes Fig. 2 at paper scale), so paper_scale
-# stops at the DAG with a MissingInputException naming those two files; paper_mini plans completely.
+# Fig. 3 at paper scale is the same 2-D toy run as its miniature (the paper's figure is a toy; rule
+# paper_toy_fig3 serves both scales); Fig. 4 at paper scale is workflow/rules/paper_fig4.smk (the Fig. 2a
+# ImageNet models, one GPU job).
 
 PAPER_FIGURES = ["fig2a_lambda_steps", "fig2b_zeta_transport", "fig2c_kappa_steps", "fig3_toy2d",
                  "fig4_xhat_per_lambda", "fig7_pf_ode_1d", "fig8_beta"]

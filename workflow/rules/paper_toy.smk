@@ -21,9 +21,9 @@ def toy_models(figure):
     return [f"{TOY_DIR}/{key}.pt" for key in figure_models(figure)]
 
 
-def toy_figure_outputs(figure, subcategory):
+def toy_figure_outputs(figure, subcategory, scale_label="miniature (2-D toy)"):
     name = FIGURE_FILES[figure]
-    labels = {"figure": subcategory, "scale": "miniature (2-D toy)", "file": name}
+    labels = {"figure": subcategory, "scale": scale_label, "file": name}
     return {
         "png": report(f"results/figures/{{scale}}/{name}.png", caption=f"../report/paper_{figure}.rst",
                       category="Paper figures", subcategory=subcategory, labels=dict(labels, kind="plot")),
@@ -109,13 +109,14 @@ rule paper_toy_fig2c:
         "../scripts/paper_toy.py"
 
 
+# Fig. 3 is a 2-D toy in the paper itself, so its paper scale (results/figures/paper/) is this same toy run.
 rule paper_toy_fig3:
     input:
         toy_models("fig3"),
     output:
-        **toy_figure_outputs("fig3", "Fig. 3"),
+        **toy_figure_outputs("fig3", "Fig. 3", scale_label="{scale} (2-D toy, the paper's own scale)"),
     wildcard_constraints:
-        scale="paper_mini",
+        scale="paper|paper_mini",
     log:
         "results/logs/paper_toy/{scale}_fig3.log",
     benchmark:
