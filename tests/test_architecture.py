@@ -145,3 +145,36 @@ def test_schema_is_package_data_and_the_workflow_links_to_it():
     rel = SCHEMA_PATH.relative_to(PKG).as_posix()
     assert any(Path(rel).match(pattern) for pattern in data), (rel, data)
     assert (ROOT / "workflow" / "schemas" / "config.schema.yaml").resolve() == SCHEMA_PATH.resolve()
+
+
+def command_line_uses(source: str, filename: str = "<source>") -> List[str]:
+    """What in ``source`` belongs to a command line: ``import argparse`` / ``from argparse import ...`` (also
+    inside functions), ``sys.argv`` and ``if __name__ == "__main__"``, as ``"line N: what"``."""
+    found: List[str] = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Import):
+            found += [f"line {node.lineno}: import {a.name}" for a in node.names if a.name.split(".")[0] == "argparse"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "argparse":
+            found.append(f"line {node.lineno}: from {node.module} import ...")
+        elif isinstance(node, ast.Attribute) and node.attr == "argv" and isinstance(node.value, ast.Name) \
+                and node.value.id == "sys":
+            found.append(f"line {node.lineno}: sys.argv")
+        elif isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "__name__" \
+                and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.comparators):
+            found.append(f'line {node.lineno}: __name__ == "__main__"')
+    return found
+
+
+def test_no_argparse_in_the_library():
+    """Command lines live in the stage tools (workflow/scripts/); the package only has typed functions they
+    call (issue 12). The reader must see every form in planted code and in a real tool, then none in ucgm_core."""
+    planted = ("import argparse\ndef f():\n    from argparse import ArgumentParser\n    import sys\n"
+               "    return sys.argv\nif __name__ == '__main__':\n    f()\n")
+    assert sorted(command_line_uses(planted)) == ["line 1: import argparse", "line 3: from argparse import ...",
+                                                  "line 5: sys.argv", 'line 6: __name__ == "__main__"']
+    for tool in ("shards.py", "latents.py", "inception_weights.py"):
+        path = ROOT / "workflow" / "scripts" / tool
+        assert any("import argparse" in u for u in command_line_uses(path.read_text(), str(path))), path
+    bad = [f"{path.relative_to(ROOT)} {use}" for path in sorted(PKG.rglob("*.py"))
+           for use in command_line_uses(path.read_text(), str(path))]
+    assert not bad, "command lines in the library (move them to a tool in workflow/scripts/):\n" + "\n".join(bad)

@@ -258,7 +258,7 @@ def merge_replaced_shard(images, latents, tmp):
 REFUSED = [
     ("cut shard (v2 manifest: size)", cut_shard_v2, ShardIntegrityError,
      r"img/train-000000.tar: \d+ bytes, the manifest .*train.json records \d+ \(a cut, short or rewritten shard\); "
-     r"rebuild the image shards with python -m ucgm_core.data.shards"),
+     r"rebuild the image shards with python workflow/scripts/shards.py"),
     ("cut shard, version-1 manifest", cut_shard_v1, ValueError,
      r"train-000000.tar: ends at byte \d+ without the end-of-archive marker"),
     ("short shard (5 of 10 images)", short_shard, ShardIntegrityError,
@@ -274,12 +274,12 @@ REFUSED = [
      r"train.json: manifest version 99, this code reads 1 to 2"),
     ("latents from a version-1 image manifest", latents_from_v1_images, ShardIntegrityError,
      r"img/train.json: an image manifest without per-shard counts and sha256 .*rebuild the image shards with "
-     r"python -m ucgm_core.data.shards"),
+     r"python workflow/scripts/shards.py"),
     ("latents from a short image shard", latents_from_short_image_shard, ShardIntegrityError,
      r"img/train-000000.tar: 5 samples, the manifest .*img/train.json records 10"),
     ("latents without fingerprint (version 1)", latents_v1_manifest, ShardIntegrityError,
      r"lat/train.json: latents without a fingerprint of what made them .*rebuild the latents with "
-     r"python -m ucgm_core.data.latents --no-resume"),
+     r"python workflow/scripts/latents.py --no-resume"),
     ("latent shape that broadcasts", latent_shape_broadcasts, ShardIntegrityError,
      r"lat/train-000000.tar: sample train-00000003: latent.npy has shape \(1, 8, 8\), the manifest .*train.json "
      r"says latent_shape \[3, 8, 8\]"),
@@ -401,9 +401,12 @@ def test_cli_resume_with_other_ae_kwargs(images, tmp_path, capsys):
     """The CLI the latents rule runs: kwargs changed between runs -> re-encoded, manifest names the new ones."""
     out = tmp_path / "cli"
     args = ["--image-dir", str(images), "--out-dir", str(out), "--splits", "train", "--autoencoder", "identity"]
-    assert lt.main(args + ["--ae-kwargs", json.dumps({"channels": C})]) == 0
+    spec = importlib.util.spec_from_file_location("ucgm_latents_tool_h3", ROOT / "workflow" / "scripts" / "latents.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(args + ["--ae-kwargs", json.dumps({"channels": C})]) == 0
     capsys.readouterr()
-    assert lt.main(args + ["--ae-kwargs", json.dumps({"channels": C, "tf32": False})]) == 0
+    assert tool.main(args + ["--ae-kwargs", json.dumps({"channels": C, "tf32": False})]) == 0
     assert capsys.readouterr().out.count("re-encoding") == 2
     assert read_manifest(out, "train")["autoencoder_kwargs"] == {"channels": C, "tf32": False}
 

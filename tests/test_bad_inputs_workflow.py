@@ -120,7 +120,7 @@ def test_config_text_never_becomes_shell_syntax(tmp_path):
     for argv in calls:
         by_script.setdefault(Path(argv[0]).name if argv[0] != "-m" else argv[1], []).append(argv)
     assert {"sample.py", "evaluate.py", "report.py", "pretrained.py", "extractor.py", "train.py",
-            "ucgm_core.data.shards", "ucgm_core.data.latents"} <= set(by_script), sorted(by_script)
+            "shards.py", "latents.py"} <= set(by_script), sorted(by_script)
     # every value reaches its script verbatim
     rows_grid = [a for a in by_script["report.py"] if a[1] == "rows-grid"]
     labels = json.loads(_value_after(rows_grid[0], "--labels-json"))
@@ -130,7 +130,7 @@ def test_config_text_never_becomes_shell_syntax(tmp_path):
     assert rows["ucgm"]["label"] == HOSTILE and rows["ucgm"]["paper"][0]["source"] == HOSTILE
     specs = [json.loads(_value_after(a, "--spec")) for a in by_script["sample.py"]]
     assert HOSTILE in [s.get("compile") for s in specs]
-    assert {_value_after(a, "--raw-dir") for a in by_script["ucgm_core.data.shards"]} == {f"{d}/raw"}
+    assert {_value_after(a, "--raw-dir") for a in by_script["shards.py"]} == {f"{d}/raw"}
     assert _value_after(by_script["pretrained.py"][0], "--weights") == f"{d}/weights.pt"
     inception = [a for a in by_script["extractor.py"] if a[1] == "inception"]
     assert _value_after(inception[0], "--weights") == f"{d}/inception.pth"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,19 @@ from ucgm_core.data.latents import (
 )
 from ucgm_core.data.loader import LatentArrays, LatentLoader, LatentNormalizer, load_latent_arrays
 from ucgm_core.data.shards import read_manifest, write_image_shards
+
+TOOL = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "latents.py"
+
+
+def _load_tool():
+    """The latents stage tool (its command line; the library has none)."""
+    spec = importlib.util.spec_from_file_location("ucgm_latents_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+tool = _load_tool()
 
 N_TRAIN, N_TEST, C, S = 45, 12, 3, 8
 
@@ -114,15 +129,15 @@ def test_latent_stats(latent_dir, tmp_path, suffix):
 def test_latents_cli(image_shards, tmp_path, capsys):
     root, _ = image_shards
     out = tmp_path / "cli"
-    rc = lt.main(["--image-dir", str(root), "--out-dir", str(out), "--autoencoder", "identity",
+    rc = tool.main(["--image-dir", str(root), "--out-dir", str(out), "--autoencoder", "identity",
                   "--batch-size", "10", "--stats-out", str(out / "stats.json"), "--stats-samples", "30"])
     assert rc == 0
     assert read_manifest(out, "test")["num_samples"] == N_TEST
     st = json.loads((out / "stats.json").read_text())
     assert st["num_samples"] == 30 and np.array(st["mean"]).shape == (1, C, 1, 1)
-    assert lt.main(["--out-dir", str(out), "--stats-only", "--stats-out", str(out / "s2.pt"), "--seed", "1"]) == 0
+    assert tool.main(["--out-dir", str(out), "--stats-only", "--stats-out", str(out / "s2.pt"), "--seed", "1"]) == 0
     with pytest.raises(SystemExit) as e:
-        lt.main(["--help"])
+        tool.main(["--help"])
     assert e.value.code == 0
 
 
@@ -231,7 +246,7 @@ def _files(folder) -> dict:
 
 def _cli_one(root, out, *extra) -> None:
     """One job, as the workflow's latents rule runs it with data.prep_jobs = 1."""
-    assert lt.main(["--image-dir", str(root), "--out-dir", str(out), "--autoencoder", "identity", "--splits", "train",
+    assert tool.main(["--image-dir", str(root), "--out-dir", str(out), "--autoencoder", "identity", "--splits", "train",
                     "--batch-size", "7", "--stats-out", str(out / "stats.pt"), *extra]) == 0
 
 
@@ -239,11 +254,11 @@ def _cli_parts(root, out, parts, *extra, order=None) -> None:
     """K part jobs (any order) and the merge, as the workflow's latents and latents_merge rules run them."""
     d = [out / "parts" / f"{k:04d}-of-{parts:04d}" for k in range(parts)]
     for k in order or range(parts):
-        assert lt.main(["--image-dir", str(root), "--out-dir", str(out), "--autoencoder", "identity", "--splits",
+        assert tool.main(["--image-dir", str(root), "--out-dir", str(out), "--autoencoder", "identity", "--splits",
                         "train", "--batch-size", "7", "--part", str(k), "--parts", str(parts),
                         "--part-manifest", str(d[k] / "train.json"), "--part-stats", str(d[k] / "stats.pt"),
                         *extra]) == 0
-    assert lt.main(["--out-dir", str(out), "--splits", "train", "--merge-parts", *[str(p / "train.json") for p in d],
+    assert tool.main(["--out-dir", str(out), "--splits", "train", "--merge-parts", *[str(p / "train.json") for p in d],
                     "--merge-stats", *[str(p / "stats.pt") for p in d], "--stats-out", str(out / "stats.pt"),
                     *extra]) == 0
 
@@ -337,8 +352,10 @@ def test_a_part_without_shards_does_not_load_torch(image_shards, tmp_path):
     import sys
 
     root, _ = image_shards
-    code = ("import sys; from ucgm_core.data import latents as lt; "
-            f"rc = lt.main(['--image-dir', {str(root)!r}, '--out-dir', {str(tmp_path)!r}, '--autoencoder', 'sdvae_ema_f8c4', "
+    code = ("import importlib.util, sys; "
+            f"spec = importlib.util.spec_from_file_location('latents_tool', {str(TOOL)!r}); "
+            "tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool); "
+            f"rc = tool.main(['--image-dir', {str(root)!r}, '--out-dir', {str(tmp_path)!r}, '--autoencoder', 'sdvae_ema_f8c4', "
             f"'--splits', 'train', '--part', '0', '--parts', '5', '--part-manifest', {str(tmp_path / 'm.json')!r}, "
             f"'--part-stats', {str(tmp_path / 's.pt')!r}]); "
             "assert rc == 0 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import io
 import json
 import os
@@ -31,6 +32,18 @@ from ucgm_core.data.download import fetch_all
 from ucgm_core.data.shards import adm_center_crop, iter_images, load_images, prepare_image, read_manifest, write_image_shards
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+TOOL = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "shards.py"
+
+
+def _load_tool():
+    """The shards stage tool (its command line; the library has none)."""
+    spec = importlib.util.spec_from_file_location("ucgm_shards_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+tool = _load_tool()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,15 +292,20 @@ def test_shards_readable_by_webdataset(tmp_path):
 
 def test_shards_cli(tmp_path, capsys):
     _write_idx_dataset(tmp_path / "raw", n_train=30, n_test=10)
-    rc = sh.main(["--dataset", "fashion_mnist", "--raw-dir", str(tmp_path / "raw"), "--out-dir", str(tmp_path / "sh"),
+    rc = tool.main(["--dataset", "fashion_mnist", "--raw-dir", str(tmp_path / "raw"), "--out-dir", str(tmp_path / "sh"),
                   "--resolution", "32", "--samples-per-shard", "16", "--limit", "20"])
     assert rc == 0
     tr, te = read_manifest(tmp_path / "sh", "train"), read_manifest(tmp_path / "sh", "test")
     assert (tr["num_samples"], len(tr["shards"]), tr["resolution"]) == (20, 2, 32)
     assert te["num_samples"] == 10
     with pytest.raises(SystemExit) as e:
-        sh.main(["--help"])
+        tool.main(["--help"])
     assert e.value.code == 0
+    capsys.readouterr()
+    missing = tmp_path / "nowhere"
+    assert tool.main(["--dataset", "fashion_mnist", "--raw-dir", str(missing), "--out-dir", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err == f"error: --raw-dir {missing}: no such file or folder (dataset fashion_mnist)\n"
+    assert not (tmp_path / "x").exists()
 
 
 def test_catalogue_contents():
@@ -321,9 +339,9 @@ def _files(folder: Path) -> dict:
 def _cli_parts(raw: Path, out: Path, split: str, parts: int, *extra: str, order=None) -> None:
     manifests = [str(out / "parts" / f"{k:04d}-of-{parts:04d}" / f"{split}.json") for k in range(parts)]
     for k in order or range(parts):  # independent: any order (side by side on a cluster)
-        assert sh.main(["--dataset", "fashion_mnist", "--raw-dir", str(raw), "--out-dir", str(out), "--splits", split,
+        assert tool.main(["--dataset", "fashion_mnist", "--raw-dir", str(raw), "--out-dir", str(out), "--splits", split,
                         "--part", str(k), "--parts", str(parts), "--part-manifest", manifests[k], *extra]) == 0
-    assert sh.main(["--out-dir", str(out), "--splits", split, "--merge-parts", *manifests]) == 0
+    assert tool.main(["--out-dir", str(out), "--splits", split, "--merge-parts", *manifests]) == 0
 
 
 def test_parts_give_the_same_shards_and_manifest_whatever_k(tmp_path):
@@ -331,7 +349,7 @@ def test_parts_give_the_same_shards_and_manifest_whatever_k(tmp_path):
     write nothing): byte-identical shards and manifest, parts run in any order, with workers."""
     _write_idx_dataset(tmp_path / "raw", n_train=67, n_test=10)
     raw, common = tmp_path / "raw", ["--samples-per-shard", "10", "--resolution", "32"]
-    assert sh.main(["--dataset", "fashion_mnist", "--raw-dir", str(raw), "--out-dir", str(tmp_path / "one"),
+    assert tool.main(["--dataset", "fashion_mnist", "--raw-dir", str(raw), "--out-dir", str(tmp_path / "one"),
                     "--splits", "train", *common]) == 0
     one = _files(tmp_path / "one")
     assert sorted(one) == sorted(["train.json"] + [f"train-{i:06d}.tar" for i in range(7)])

@@ -4,9 +4,11 @@ converted weights are available locally) the real TF-FID Inception path."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ from ucgm_core.metrics import fidelity as fid_mod
 from ucgm_core.metrics import inception as inc_mod
 from ucgm_core.metrics.fidelity import EvaluationResult, FeatureExtractorSpec, ReferenceSet, evaluate
 from ucgm_core.metrics.imageutil import ensure_rgb_uint8, sha256_file, to_uint8
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -299,10 +303,17 @@ def test_torch_fidelity_weights_checksum(tmp_path):
         inc_mod.torch_fidelity_weights(tmp_path / "missing.pth", download=False)
 
 
-def test_inception_cli_help():
+def test_inception_cli_help(capsys):
+    """The weights tool (workflow/scripts/inception_weights.py, the command line config/README.md names)."""
+    spec = importlib.util.spec_from_file_location("ucgm_inception_weights_tool",
+                                                  ROOT / "workflow" / "scripts" / "inception_weights.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
     with pytest.raises(SystemExit) as e:
-        inc_mod.main(["--help"])
+        tool.main(["--help"])
     assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert all(cmd in out for cmd in ("convert", "fetch", "info", "find")), out
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -30,25 +30,16 @@ reduced over samples and spatial positions in float64 on one thread (``std`` unb
 ``torch.std``). Saved as a ``.pt`` dict ``{mean, std, num_samples, seed, split}`` (or ``.json`` with
 nested lists), written atomically.
 
-CLI::
-
-    python -m ucgm_core.data.latents --image-dir resources/shards/fashion_mnist_28 \\
-        --out-dir resources/latents/identity/fashion_mnist_28 --autoencoder identity \\
-        --stats-out resources/latents/identity/fashion_mnist_28/stats.pt
-    # the same in 3 jobs (run side by side), then the merge:
-    python -m ucgm_core.data.latents ... --splits train --part 0 --parts 3 --part-manifest p0.json --part-stats p0.pt
-    python -m ucgm_core.data.latents --out-dir ... --splits train --merge-parts p0.json p1.json p2.json \\
-        --merge-stats p0.pt p1.pt p2.pt --stats-out .../stats.pt
+The stage (:func:`encode_latents`, :func:`merge_latent_parts`) is run by the workflow's latents rules through
+``workflow/scripts/latents.py``, which holds its command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
 import os
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -89,6 +80,7 @@ __all__ = [
     "images_to_tensor",
     "encode_split",
     "encode_part",
+    "encode_latents",
     "merge_latent_parts",
     "iter_latents",
     "compute_latent_stats",
@@ -793,108 +785,72 @@ def check_latent_stats(mean: torch.Tensor, std: torch.Tensor, source: str) -> No
                                 "normalise; recompute the statistics, or set data.normalize_latents: false)"))
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m ucgm_core.data.latents",
-        description="Encode image shards with an autoencoder (plain + horizontally flipped) into "
-        "latent shards, and/or compute the per-channel latent statistics file; or encode one part of a "
-        "split (--part/--parts), or merge the parts into the split's manifest and statistics (--merge-parts).",
-    )
-    p.add_argument("--image-dir", help="image shard folder (from ucgm_core.data.shards)")
-    p.add_argument("--out-dir", required=True, help="latent shard folder to write (or read, with --stats-only)")
-    p.add_argument("--autoencoder", default="identity", help="registry name (default identity)")
-    p.add_argument("--ae-kwargs", default="{}", help='JSON keyword arguments for the autoencoder, e.g. \'{"channels": 1}\'')
-    p.add_argument("--splits", nargs="+", default=["train", "test"], help="splits to encode (default train test)")
-    p.add_argument("--batch-size", type=int, default=256, help="encoding batch size (default 256)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored latent dtype")
-    p.add_argument("--no-resume", action="store_true", help="re-encode shards that already exist")
-    p.add_argument("--stats-out", default=None, help="write latent statistics here (.pt or .json)")
-    p.add_argument("--stats-split", default="train", help="split the statistics come from (default train)")
-    p.add_argument("--stats-samples", type=int, default=10000, help="latents used for statistics (default 10000)")
-    p.add_argument("--seed", type=int, default=0, help="seed choosing the statistics samples (default 0)")
-    p.add_argument("--stats-only", action="store_true", help="skip encoding; compute statistics from --out-dir")
-    p.add_argument("--part", type=int, default=None, help="encode only part PART (0-based) of --parts (one split)")
-    p.add_argument("--parts", type=int, default=None, help="number of parts the split is encoded in")
-    p.add_argument("--part-manifest", default=None, help="where the part's manifest goes (with --part)")
-    p.add_argument("--part-stats", default=None,
-                   help="where the part's share of the statistics sample goes (.pt, with --part)")
-    p.add_argument("--merge-parts", nargs="+", default=None, metavar="PART_MANIFEST",
-                   help="write the split's manifest (and --stats-out) from these parts (0 .. K-1 in order; one split)")
-    p.add_argument("--merge-stats", nargs="+", default=None, metavar="PART_STATS",
-                   help="the parts' --part-stats files, in the same order (with --merge-parts and --stats-out)")
-    return p
-
-
 def _make_autoencoder(name: str, kwargs: Dict[str, Any]) -> Autoencoder:
     from ..autoencoders import get_autoencoder
 
     return get_autoencoder(name, **kwargs)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    if (args.part is not None or args.merge_parts) and len(args.splits) != 1:
-        parser.error("--part and --merge-parts take exactly one split (--splits)")
-    if args.merge_parts:
-        if args.stats_out and (not args.merge_stats or args.stats_split != args.splits[0]):
-            parser.error("--merge-parts with --stats-out needs --merge-stats, and --stats-split equal to --splits")
-        t0 = time.time()
-        info, stats = merge_latent_parts(args.out_dir, args.splits[0], args.merge_parts, args.merge_stats or [],
-                                         args.stats_out)
-        if stats is not None and (stats["num_samples"], stats["seed"]) != \
-                (min(args.stats_samples, info["num_samples"]), args.seed):
-            parser.error(f"the parts drew {stats['num_samples']} statistics samples with seed {stats['seed']}, "
-                         f"not --stats-samples {args.stats_samples} --seed {args.seed}")
-        print(f"{args.splits[0]}: {info['num_samples']} latents {info['latent_shape']} in {len(info['shards'])} shards "
-              f"from {len(args.merge_parts)} parts -> {args.out_dir} ({time.time() - t0:.1f}s)")
-        if stats is not None:
-            print(f"stats ({stats['num_samples']} {args.splits[0]} latents): mean {stats['mean'].flatten().tolist()} "
-                  f"std {stats['std'].flatten().tolist()} -> {args.stats_out}")
-        return 0
-    if args.part is not None and not (args.parts and args.part_manifest and args.part_stats):
-        parser.error("--part needs --parts, --part-manifest and --part-stats")
-    if not args.stats_only:
-        if not args.image_dir:
-            print("error: --image-dir is required unless --stats-only", file=sys.stderr)
-            return 2
-        kwargs = json.loads(args.ae_kwargs)
-        if args.autoencoder == "identity" and "channels" not in kwargs:
-            kwargs["channels"] = int(read_manifest(args.image_dir, args.splits[0])["channels"])
-        if args.part is not None:
+def encode_latents(
+    image_dir: Optional[os.PathLike | str],
+    out_dir: os.PathLike | str,
+    *,
+    splits: Sequence[str] = ("train", "test"),
+    autoencoder: str = "identity",
+    autoencoder_kwargs: Optional[Dict[str, Any]] = None,
+    batch_size: int = 256,
+    device: Optional[str] = None,
+    dtype: str = "float32",
+    resume: bool = True,
+    stats_out: Optional[os.PathLike | str] = None,
+    stats_split: str = "train",
+    stats_samples: int = 10000,
+    seed: int = 0,
+    part: Optional[int] = None,
+    parts: Optional[int] = None,
+    part_manifest: Optional[os.PathLike | str] = None,
+    part_stats: Optional[os.PathLike | str] = None,
+    log: Callable[[str], None] = print,
+) -> None:
+    """The latents stage (``workflow/scripts/latents.py``): encode ``splits`` of the image shards in
+    ``image_dir`` with registry autoencoder ``autoencoder`` (:func:`encode_split`), then, when ``stats_out`` is
+    given, write the statistics of ``stats_split`` there (:func:`compute_latent_stats`). With ``part`` (and
+    ``parts``, ``part_manifest``, ``part_stats``) only that part of the one split is encoded
+    (:func:`encode_part`: no statistics, and no autoencoder made unless a shard needs encoding, so no torch
+    import for an empty part). ``image_dir`` None: statistics only, from the latents already in ``out_dir``.
+    The identity autoencoder gets the image shards' channel count unless ``autoencoder_kwargs`` names one;
+    ``device`` None: CUDA when available. Logs one line per split."""
+    if image_dir is not None:
+        kwargs = dict(autoencoder_kwargs or {})
+        if autoencoder == "identity" and "channels" not in kwargs:
+            kwargs["channels"] = int(read_manifest(image_dir, splits[0])["channels"])
+        if part is not None:
+            if parts is None or part_manifest is None or part_stats is None:
+                raise ValueError(f"part {part} of split {splits[0]!r} needs parts, part_manifest and part_stats")
             t0 = time.time()
-            part = encode_part(
-                args.image_dir, args.out_dir, args.splits[0], lambda: _make_autoencoder(args.autoencoder, kwargs),
-                part=args.part, parts=args.parts, part_manifest=args.part_manifest, part_stats=args.part_stats,
-                batch_size=args.batch_size, device=args.device, dtype=args.dtype, resume=not args.no_resume,
-                autoencoder_name=args.autoencoder, autoencoder_kwargs=kwargs, stats_samples=args.stats_samples,
-                seed=args.seed,
+            info = encode_part(
+                image_dir, out_dir, splits[0], lambda: _make_autoencoder(autoencoder, kwargs),
+                part=part, parts=parts, part_manifest=part_manifest, part_stats=part_stats,
+                batch_size=batch_size, device=device, dtype=dtype, resume=resume,
+                autoencoder_name=autoencoder, autoencoder_kwargs=kwargs, stats_samples=stats_samples, seed=seed,
+                log=log,
             )
-            m = part["manifest"]
-            print(f"{args.splits[0]} part {args.part}/{args.parts}: {m['num_samples']} latents in {len(m['shards'])} "
-                  f"shards from shard {part['first_shard']} -> {args.out_dir} ({time.time() - t0:.1f}s)")
-            return 0
-        ae = _make_autoencoder(args.autoencoder, kwargs)
-        if args.device is None:
+            m = info["manifest"]
+            log(f"{splits[0]} part {part}/{parts}: {m['num_samples']} latents in {len(m['shards'])} "
+                f"shards from shard {info['first_shard']} -> {out_dir} ({time.time() - t0:.1f}s)")
+            return
+        ae = _make_autoencoder(autoencoder, kwargs)
+        if device is None:
             import torch
 
-            args.device = "cuda" if torch.cuda.is_available() else "cpu"
-        for split in args.splits:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        for split in splits:
             t0 = time.time()
-            info = encode_split(
-                args.image_dir, args.out_dir, split, ae,
-                batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                resume=not args.no_resume, autoencoder_name=args.autoencoder, autoencoder_kwargs=kwargs,
-            )
-            print(f"{split}: {info['num_samples']} latents {info['latent_shape']} -> {args.out_dir} ({time.time() - t0:.1f}s)")
-    if args.stats_out:
-        stats = compute_latent_stats(args.out_dir, args.stats_split, args.stats_samples, args.seed)
-        save_latent_stats(args.stats_out, stats)
-        print(f"stats ({stats['num_samples']} {args.stats_split} latents): mean {stats['mean'].flatten().tolist()} "
-              f"std {stats['std'].flatten().tolist()} -> {args.stats_out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            info = encode_split(image_dir, out_dir, split, ae, batch_size=batch_size, device=device, dtype=dtype,
+                                resume=resume, autoencoder_name=autoencoder, autoencoder_kwargs=kwargs, log=log)
+            log(f"{split}: {info['num_samples']} latents {info['latent_shape']} -> {out_dir} ({time.time() - t0:.1f}s)")
+    if stats_out:
+        stats = compute_latent_stats(out_dir, stats_split, stats_samples, seed)
+        save_latent_stats(stats_out, stats)
+        log(f"stats ({stats['num_samples']} {stats_split} latents): mean {stats['mean'].flatten().tolist()} "
+            f"std {stats['std'].flatten().tolist()} -> {stats_out}")

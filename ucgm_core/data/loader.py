@@ -23,20 +23,13 @@ batch, so a run may resume with another number of processes.
 Normalisation (:class:`LatentNormalizer`): ``(z - mean) / std * multiplier`` with per-channel
 ``mean``/``std`` of shape ``[1, C, 1, 1]``, or ``z * multiplier`` without statistics (SD-VAE
 configs: ``latent_norm False``, multiplier 0.18215). ``denormalize`` inverts it for decoding.
-
-CLI (inspection / throughput)::
-
-    python -m ucgm_core.data.loader --latent-dir DIR --stats DIR/stats.pt --batch-size 64 --steps 100
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -294,46 +287,3 @@ class LatentLoader:
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
 
-
-def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m ucgm_core.data.loader",
-        description="Load a latent split, draw batches and report load time, throughput and batch statistics.",
-    )
-    p.add_argument("--latent-dir", required=True, help="latent shard folder (from ucgm_core.data.latents)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--stats", default=None, help="statistics file (.pt/.json); required unless --no-normalize")
-    p.add_argument("--no-normalize", action="store_true", help="multiplier only, no mean/std (SD-VAE style)")
-    p.add_argument("--multiplier", type=float, default=1.0, help="latent multiplier (default 1.0)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=100, help="batches to draw (default 100)")
-    p.add_argument("--seed", type=int, default=0)
-    return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _build_parser().parse_args(argv)
-    t0 = time.time()
-    data = load_latent_arrays(args.latent_dir, args.split)
-    t1 = time.time()
-    norm = LatentNormalizer.from_stats(args.stats, args.multiplier, normalize=not args.no_normalize)
-    loader = LatentLoader(data, args.batch_size, seed=args.seed, normalizer=norm)
-    t2 = time.time()
-    s1 = s2 = 0.0
-    count = 0
-    for _ in range(args.steps):
-        x, _y = next(loader)
-        s1 += float(x.sum())
-        s2 += float((x.double() ** 2).sum())
-        count += x.numel()
-    t3 = time.time()
-    mean = s1 / count
-    print(f"loaded {len(data)} x {tuple(data.latents.shape[1:])} in {t1 - t0:.2f}s, setup {t2 - t1:.2f}s; "
-          f"{args.steps} batches of {args.batch_size} in {t3 - t2:.3f}s "
-          f"({args.steps * args.batch_size / max(t3 - t2, 1e-9):.0f} samples/s); "
-          f"batch mean {mean:.4f} std {np.sqrt(max(s2 / count - mean ** 2, 0)):.4f}; state {loader.state_dict()}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

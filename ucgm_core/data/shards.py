@@ -23,18 +23,12 @@ latent shards (:mod:`ucgm_core.data.latents`). Members carry mtime 0 and no owne
 input gives byte-identical shards. Every shard and manifest is written to a temporary name and
 renamed into place, so a crash never leaves a half-written file under its final name.
 
-CLI::
-
-    python -m ucgm_core.data.shards --dataset fashion_mnist --raw-dir resources/raw/fashion_mnist \\
-        --out-dir resources/shards/fashion_mnist_28 [--resolution 28] [--samples-per-shard 10000]
-    # the same split in 3 jobs (run side by side), then the merge:
-    python -m ucgm_core.data.shards ... --splits train --part 0 --parts 3 --part-manifest parts/0.json
-    python -m ucgm_core.data.shards --out-dir ... --splits train --merge-parts parts/0.json parts/1.json parts/2.json
+The stage (:func:`build_image_shards`, :func:`merge_image_parts_logged`) is run by the workflow's shards rules
+through ``workflow/scripts/shards.py``, which holds its command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import hashlib
 import io
@@ -44,7 +38,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -74,6 +68,8 @@ __all__ = [
     "iter_source_range",
     "write_image_shards_part",
     "merge_image_parts",
+    "ImageSourceError",
+    "build_image_shards",
     "read_part_manifests",
     "atomic_write_bytes",
     "iter_tar_files",
@@ -370,8 +366,8 @@ class ShardIntegrityError(ValueError):
 
 #: How to rebuild a split, by manifest kind (for error messages).
 REBUILD_HINT = {
-    "images": "rebuild the image shards with python -m ucgm_core.data.shards (the workflow's shards rule)",
-    "latents": "rebuild the latents with python -m ucgm_core.data.latents --no-resume (the workflow's latents rule)",
+    "images": "rebuild the image shards with python workflow/scripts/shards.py (the workflow's shards rule)",
+    "latents": "rebuild the latents with python workflow/scripts/latents.py --no-resume (the workflow's latents rule)",
 }
 
 
@@ -846,11 +842,13 @@ def read_part_manifests(paths: Sequence[os.PathLike | str], kind: str, split: st
     return parts
 
 
-def merge_image_parts(out_dir: os.PathLike | str, split: str, part_manifests: Sequence[os.PathLike | str]) -> Dict[str, Any]:
+def merge_image_parts(out_dir: os.PathLike | str, split: str, part_manifests: Sequence[os.PathLike | str],
+                      log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Write ``{split}.json`` from the part manifests of :func:`write_image_shards_part` (all K of them, in
     order), after checking that their shards cover the split in order; shards of the split that no part
     wrote (left by an earlier, larger run) are deleted. The manifest is the one :func:`write_image_shards`
-    writes. Returns it."""
+    writes. ``log``, when given, gets one line saying what was merged. Returns it."""
+    t0 = time.time()
     out_dir = Path(out_dir)
     parts = read_part_manifests(part_manifests, "images-part", split,
                          ("total_samples", "samples_per_shard", "image_format", "num_classes", "extra_info"))
@@ -886,90 +884,76 @@ def merge_image_parts(out_dir: os.PathLike | str, split: str, part_manifests: Se
     _remove_shards(out_dir, split, keep=lambda index: index < len(shards))
     write_manifest(out_dir, split, info)
     read_manifest(out_dir, split)  # every shard is on disk
+    if log is not None:
+        log(f"{split}: {info['num_samples']} images in {len(info['shards'])} shards from "
+            f"{len(part_manifests)} parts -> {out_dir} ({time.time() - t0:.1f}s)")
     return info
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m ucgm_core.data.shards",
-        description="Read a dataset's raw files and write webdataset image shards "
-        "({split}-{index:06d}.tar + {split}.json) with the ADM center crop; or one part of a split "
-        "(--part/--parts), or the merge of the parts (--merge-parts).",
-    )
-    p.add_argument("--dataset", help="catalogue name: fashion_mnist, mnist, cifar10, imagenet, imagefolder")
-    p.add_argument("--raw-dir", "--source", dest="raw_dir",
-                   help="download folder (fashion_mnist, mnist, cifar10) or on-disk dataset (imagefolder, imagenet)")
-    p.add_argument("--out-dir", required=True, help="shard folder to write")
-    p.add_argument("--resolution", type=int, default=None, help="output size (default: the dataset's native size)")
-    p.add_argument("--samples-per-shard", type=int, default=10000, help="samples per tar shard (default 10000)")
-    p.add_argument("--image-format", choices=("png", "npy"), default="png", help="image field (default png)")
-    p.add_argument("--splits", nargs="+", default=None, help="splits to write (default: all of the dataset's)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N samples per split (smoke tests)")
-    p.add_argument("--workers", type=int, default=1, help="preprocessing processes (default 1)")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="class count to expect instead of the catalogue's (e.g. a subset of ImageNet)")
-    p.add_argument("--part", type=int, default=None, help="write only part PART (0-based) of --parts (one split)")
-    p.add_argument("--parts", type=int, default=None, help="number of parts the split is written in")
-    p.add_argument("--part-manifest", default=None, help="where the part's manifest goes (with --part)")
-    p.add_argument("--merge-parts", nargs="+", default=None, metavar="PART_MANIFEST",
-                   help="write {split}.json from these part manifests (parts 0 .. K-1 in order; one split)")
-    return p
+class ImageSourceError(ValueError):
+    """The dataset cannot be read as asked: its raw folder is missing, or its images vary in size and no
+    resolution was given (:func:`build_image_shards`; the stage tool reports it in one line)."""
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .datasets import get_dataset
+def build_image_shards(
+    dataset: str,
+    raw_dir: os.PathLike | str,
+    out_dir: os.PathLike | str,
+    *,
+    splits: Optional[Sequence[str]] = None,
+    resolution: Optional[int] = None,
+    samples_per_shard: int = 10000,
+    image_format: str = "png",
+    limit: Optional[int] = None,
+    workers: int = 1,
+    num_classes: Optional[int] = None,
+    part: Optional[int] = None,
+    parts: Optional[int] = None,
+    part_manifest: Optional[os.PathLike | str] = None,
+    log: Callable[[str], None] = print,
+) -> List[Dict[str, Any]]:
+    """The shards stage (``workflow/scripts/shards.py``): read catalogue dataset ``dataset`` from ``raw_dir``
+    and write the image shards of ``splits`` (default: all of the dataset's) into ``out_dir`` with
+    :func:`write_image_shards`, or, with ``part``/``parts``/``part_manifest``, part ``part`` of the one split
+    with :func:`write_image_shards_part`. ``resolution`` None: the dataset's native size; ``num_classes``
+    None: the catalogue's (else a subset, e.g. of ImageNet). Logs one line per split; returns the manifests
+    (part manifests with ``part``). Raises :class:`ImageSourceError` for a missing ``raw_dir`` or a
+    variable-size dataset without ``resolution``."""
+    from .datasets import get_dataset  # deferred: the catalogue's readers import this module
 
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    if (args.part is not None or args.merge_parts) and (not args.splits or len(args.splits) != 1):
-        parser.error("--part and --merge-parts take exactly one split (--splits)")
-    if args.merge_parts:
-        t0 = time.time()
-        info = merge_image_parts(args.out_dir, args.splits[0], args.merge_parts)
-        print(f"{args.splits[0]}: {info['num_samples']} images in {len(info['shards'])} shards from "
-              f"{len(args.merge_parts)} parts -> {args.out_dir} ({time.time() - t0:.1f}s)")
-        return 0
-    if (args.part is None) != (args.parts is None) or (args.part is not None and not args.part_manifest):
-        parser.error("--part, --parts and --part-manifest go together")
-    if not args.dataset or not args.raw_dir:
-        parser.error("--dataset and --raw-dir are required")
-    ds = get_dataset(args.dataset)
-    resolution = args.resolution or ds.image_size
+    ds = get_dataset(dataset)
+    resolution = resolution or ds.image_size
     if resolution is None:
-        print(f"error: dataset {ds.name!r} has variable-size images; pass --resolution", file=sys.stderr)
-        return 2
-    if not os.path.exists(args.raw_dir):
-        print(f"error: --raw-dir {args.raw_dir}: no such file or folder (dataset {ds.name})", file=sys.stderr)
-        return 2
-    for split in args.splits or ds.splits:
+        raise ImageSourceError(f"dataset {ds.name!r} has variable-size images; pass --resolution")
+    if not os.path.exists(raw_dir):
+        raise ImageSourceError(f"--raw-dir {raw_dir}: no such file or folder (dataset {ds.name})")
+    infos: List[Dict[str, Any]] = []
+    for split in splits or ds.splits:
         t0 = time.time()
-        source = ds.read(args.raw_dir, split) if args.num_classes is None else \
-            ds.reader(Path(args.raw_dir), split, args.num_classes)
-        common = dict(
+        source = ds.read(raw_dir, split) if num_classes is None else ds.reader(Path(raw_dir), split, num_classes)
+        common: Dict[str, Any] = dict(
             resolution=resolution,
-            samples_per_shard=args.samples_per_shard,
-            image_format=args.image_format,
-            num_classes=args.num_classes or ds.num_classes or source.num_classes,
-            limit=args.limit,
-            workers=args.workers,
+            samples_per_shard=samples_per_shard,
+            image_format=image_format,
+            num_classes=num_classes or ds.num_classes or source.num_classes,
+            limit=limit,
+            workers=workers,
             extra_info={"dataset": ds.name},
         )
-        if args.part is not None:
-            part = write_image_shards_part(source, args.out_dir, split, part=args.part, parts=args.parts,
-                                           part_manifest=args.part_manifest, **common)
-            m = part["manifest"] or {"num_samples": 0, "shards": []}
+        if part is not None:
+            if parts is None or part_manifest is None:
+                raise ValueError(f"split {split!r}: part {part} needs parts and part_manifest")
+            info = write_image_shards_part(source, out_dir, split, part=part, parts=parts,
+                                           part_manifest=part_manifest, **common)
+            m = info["manifest"] or {"num_samples": 0, "shards": []}
             rate = m["num_samples"] / max(time.time() - t0, 1e-9)
-            print(f"{split} part {args.part}/{args.parts}: {m['num_samples']} of {part['total_samples']} images in "
-                  f"{len(m['shards'])} shards from shard {part['first_shard']} -> {args.out_dir} "
-                  f"({time.time() - t0:.1f}s, {rate:.0f} images/s)")
-            continue
-        info = write_image_shards(source, args.out_dir, split, **common)
-        print(
-            f"{split}: {info['num_samples']} images {info['resolution']}x{info['resolution']}x{info['channels']} "
-            f"in {len(info['shards'])} shards -> {args.out_dir} ({time.time() - t0:.1f}s)"
-        )
-    return 0
+            log(f"{split} part {part}/{parts}: {m['num_samples']} of {info['total_samples']} images in "
+                f"{len(m['shards'])} shards from shard {info['first_shard']} -> {out_dir} "
+                f"({time.time() - t0:.1f}s, {rate:.0f} images/s)")
+        else:
+            info = write_image_shards(source, out_dir, split, **common)
+            log(f"{split}: {info['num_samples']} images {info['resolution']}x{info['resolution']}x{info['channels']} "
+                f"in {len(info['shards'])} shards -> {out_dir} ({time.time() - t0:.1f}s)")
+        infos.append(info)
+    return infos
 
-
-if __name__ == "__main__":
-    sys.exit(main())

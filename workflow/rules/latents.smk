@@ -37,7 +37,7 @@ rule latents:
         ae_kwargs=lambda wc: autoencoder_kwargs(_latents_experiment(wc)),
         mode=_latents_mode_args,
     shell:
-        "{PY} -m ucgm_core.data.latents --image-dir {params.image_dir:q} --out-dir {params.out_dir:q}"
+        "{PY} {SCRIPTS}/latents.py --image-dir {params.image_dir:q} --out-dir {params.out_dir:q}"
         " --autoencoder {wildcards.autoencoder:q} --ae-kwargs {params.ae_kwargs:q} --splits train"
         " {params.mode:q} > {log:q} 2>&1"
 
@@ -68,5 +68,5 @@ rule latents_merge:
         parts=lambda wc: LATENTS_IN_PARTS[f"results/latents/{wc.latent_data}"],
     threads: 1
     shell:
-        "{PY} -m ucgm_core.data.latents --out-dir results/latents/{wildcards.latent_data:q} --splits train"
+        "{PY} {SCRIPTS}/latents.py --out-dir results/latents/{wildcards.latent_data:q} --splits train"
         " --merge-parts {input.manifests:q} --merge-stats {input.stats:q} --stats-out {output[0]:q} > {log:q} 2>&1"

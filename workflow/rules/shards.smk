@@ -34,7 +34,7 @@ rule shards:
         part=_shards_part_args,
     threads: 1
     shell:
-        "{PY} -m ucgm_core.data.shards --dataset {wildcards.dataset:q} --raw-dir {params.raw:q}"
+        "{PY} {SCRIPTS}/shards.py --dataset {wildcards.dataset:q} --raw-dir {params.raw:q}"
         " --out-dir {params.out_dir:q} --resolution {wildcards.resolution} --splits {wildcards.split}"
         " {params.num_classes:q} {params.part:q} --workers {threads} > {log:q} 2>&1"
 
@@ -60,5 +60,5 @@ rule shards_merge:
         parts=lambda wc: SHARDS_IN_PARTS[f"results/shards/{wc.data}"],
     threads: 1
     shell:
-        "{PY} -m ucgm_core.data.shards --out-dir results/shards/{wildcards.data:q} --splits {wildcards.split}"
+        "{PY} {SCRIPTS}/shards.py --out-dir results/shards/{wildcards.data:q} --splits {wildcards.split}"
         " --merge-parts {input:q} > {log:q} 2>&1"
