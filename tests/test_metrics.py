@@ -393,3 +393,13 @@ def test_low_rank_frechet_distance_equals_the_full_one(n, d):
     full = float(fid_statistics_to_metric(stats_gen, stats_ref, False)[KEY_METRIC_FID])
     low = frechet_distance_low_rank(gen, stats_ref["mu"], stats_ref["sigma"])
     assert low == pytest.approx(full, rel=1e-6, abs=1e-6)
+
+
+def test_the_evaluation_says_how_its_images_were_quantised():
+    """uint8 input was quantised upstream (the sampler's `quantize`); float input is truncated here."""
+    from ucgm_core.metrics.fidelity import TRUNCATED, describe_quantization
+
+    u8 = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+    assert describe_quantization(u8).startswith("uint8 as given")
+    assert describe_quantization(u8.numpy()).startswith("uint8 as given")
+    assert describe_quantization(torch.rand(2, 1, 4, 4)) == TRUNCATED

@@ -214,7 +214,7 @@ class EvaluationResult:
     metrics: list[str] = field(default_factory=list)
     feature_layers: dict[str, str] = field(default_factory=dict)
     metric_settings: dict[str, Any] = field(default_factory=dict)
-    quantization: str = "uint8 = trunc(255 * clamp(x, 0, 1))"
+    quantization: str = ""  # what made the uint8 images scored (describe_quantization)
     torch_fidelity_version: str = torch_fidelity.__version__
     context: dict[str, Any] = field(default_factory=dict)
     # --- diagnostics ---
@@ -572,6 +572,22 @@ def frechet_distance_low_rank(features: np.ndarray, mu_ref: np.ndarray, sigma_re
 # evaluation
 
 
+TRUNCATED = "uint8 = trunc(255 * clamp(x, 0, 1))"
+
+
+def describe_quantization(generated: ImagesLike) -> str:
+    """How the images scored were quantised: float input is quantised here by :func:`to_uint8` (truncation,
+    as the original evaluation), uint8 input was quantised before (e.g. by the sampler's ``quantize``, which
+    the pipeline records in the evaluation's ``context``)."""
+    x = generated
+    if isinstance(x, Dataset) and not torch.is_tensor(x):
+        x = x[0] if len(x) else None  # type: ignore[arg-type]
+    dtype = getattr(x, "dtype", None)
+    if dtype in (torch.uint8, np.uint8):
+        return "uint8 as given (quantised before evaluation; see context.quantize)"
+    return TRUNCATED
+
+
 def evaluate(
     generated: ImagesLike,
     reference: ReferenceSet,
@@ -620,6 +636,7 @@ def evaluate(
         reference_id=reference.id,
         reference_fingerprint=json.loads(json.dumps(reference.fingerprint or {}, default=str)),
         metrics=list(metrics),
+        quantization=describe_quantization(generated),
         context=dict(context or {}),
     )
 

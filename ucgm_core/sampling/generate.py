@@ -102,12 +102,13 @@ def generate_images(
     guidance_interval: Optional[Sequence[float]] = None,
     batch_size: int = 250,
     device: str | torch.device = "cpu",
-    quantize: str = "truncate",
+    quantize: str = "round",
     on_batch: Optional[Callable[[int, int], None]] = None,
     precision: str = "fp32",
 ) -> GenerationResult:
     """Sample images ``indices`` with sampler ``method`` and decode them (``decode``: latents -> [0, 1]),
-    quantised to uint8 by ``quantize`` ("truncate" as the original, or "round"; see ``to_uint8``).
+    quantised to uint8 by ``quantize``: "round" (the default, as the pipeline's ``evaluation.quantize``) or
+    "truncate" (the original's ``(x * 255).to(uint8)``); see ``to_uint8``.
 
     ``model`` is called ``model(x, t, labels)`` (and ``forward_with_cfg`` when ``guidance_scale > 0``);
     the null label is ``num_classes``. An original's sampler takes its guidance from ``options`` (e.g.
