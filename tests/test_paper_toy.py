@@ -227,8 +227,15 @@ def test_every_toy_figure_through_snakemake(tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     work = tmp_path / "work"
     work.mkdir()
-    snakemake(work, config, "paper_toy_figures")
+    # the miniature umbrella target: the five toy figures of this overlay plus the closed-form Fig. 7 and 8
+    snakemake(work, config, "paper_mini")
     out = work / "results" / "figures" / "paper_mini"
+    manifest = (work / "results" / "paper_mini_manifest.tsv").read_text()
+    for name in ("fig2a_lambda_steps", "fig2b_zeta_transport", "fig2c_kappa_steps", "fig3_toy2d",
+                 "fig4_xhat_per_lambda", "fig7_pf_ode_1d", "fig8_beta"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert (out / f"{name}.csv").stat().st_size > 0, name
+        assert f"{name}.png" in manifest, name
     frames = {}
     for fig, name in FIGURE_FILES.items():
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -265,7 +272,7 @@ def test_every_toy_figure_through_snakemake(tmp_path):
     assert np.isfinite(f4[["t", "x", "y"]].to_numpy()).all()
     assert len(list((work / "results" / "paper_mini" / "toy").glob("*.pt"))) == 20
     # a second run has nothing to do; an evaluation budget reruns the figures, not the models
-    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(work, config, "-n", "paper_toy_figures"))
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(work, config, "-n", "paper_mini"))
     cfg["paper_toy"] = dict(OVERLAY, eval_seeds=2)
     config.write_text(yaml.safe_dump(cfg))
     text = (lambda r: r.stdout + r.stderr)(snakemake(work, config, "-n", "paper_toy_figures"))
