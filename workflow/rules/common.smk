@@ -6,7 +6,8 @@ import json
 import os
 import re
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from ucgm_core.workflow_config import ConfigError, load_workflow, split_model_ref
 
@@ -18,6 +19,11 @@ except ConfigError as err:
 
 PY = "python"
 SCRIPTS = f"{workflow.basedir}/workflow/scripts"
+
+
+def tool_command(script):
+    """[python, <workflow/scripts/script>]: a stage tool's command, for `params` (rendered with `:q`)."""
+    return [PY, f"{SCRIPTS}/{script}"]
 MODELS = WF.models
 SAMPLERS = WF.samplers
 TABLES = WF.tables
@@ -63,8 +69,8 @@ def is_url(source):
 
 
 def source_name(source):
-    """The file name of a URL or path (query string dropped)."""
-    return source.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "file"
+    """The file name of a URL or path (query string and fragment dropped)."""
+    return PurePosixPath(urlsplit(source).path).name or "file"
 
 
 def fetched(kind, key, entry):
@@ -279,8 +285,8 @@ def reference_args(exp):
     """The evaluate.py arguments naming an experiment's reference: an ADM batch or a split of its shards."""
     ev = exp["evaluation"]
     if ev.get("reference_batch"):
-        return "--reference-batch " + fetched("references", reference_batch_key(ev["reference_batch"]),
-                                              ev["reference_batch"])
+        batch = fetched("references", reference_batch_key(ev["reference_batch"]), ev["reference_batch"])
+        return f"--reference-batch {batch}"
     return f"--images {shards_dir(exp)} --split {ev['reference_split']}"
 
 

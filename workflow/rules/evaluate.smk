@@ -42,6 +42,7 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate/{sampler}/steps{steps}.tsv"
     params:
+        tool=tool_command("evaluate.py"),
         reference=lambda wc: reference_argv(sampler_experiment(wc.sampler)),
         kind=lambda wc: sampler_experiment(wc.sampler)["extractor"]["kind"],
         metrics=lambda wc: evaluation_of(wc.sampler)["metrics"],
@@ -49,7 +50,7 @@ rule evaluate:
         expect=expected_shard_meta,
     threads: 1
     shell:
-        "{PY} {SCRIPTS}/evaluate.py samples --shards {input.shards:q} {params.reference:q}"
+        "{params.tool:q} samples --shards {input.shards:q} {params.reference:q}"
         " --extractor {params.kind:q} --weights {input.weights:q} --cache-dir results/reference/cache"
         " --metrics {params.metrics:q} --context {params.context:q} --expect {params.expect:q}"
         " --threads {threads} --out {output:q} > {log:q} 2>&1"

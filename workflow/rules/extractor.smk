@@ -23,11 +23,12 @@ rule extractor_classifier:
     benchmark:
         "results/benchmarks/extractor/{data}.tsv"
     params:
+        tool=tool_command("extractor.py"),
         steps=lambda wc: _classifier_experiment(wc)["extractor"]["train_steps"],
         seed=lambda wc: _classifier_experiment(wc)["extractor"]["seed"],
     threads: 2
     shell:
-        "{PY} {SCRIPTS}/extractor.py classifier --images results/shards/{wildcards.data:q} --steps {params.steps}"
+        "{params.tool:q} classifier --images results/shards/{wildcards.data:q} --steps {params.steps}"
         " --seed {params.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
@@ -56,9 +57,10 @@ rule extractor_inception:
     benchmark:
         "results/benchmarks/extractor/inception.tsv"
     params:
+        tool=tool_command("extractor.py"),
         weights=lambda wc, input: ["--weights", input[0]] if input else [],
     shell:
-        "{PY} {SCRIPTS}/extractor.py inception {params.weights:q} --out {output:q} > {log:q} 2>&1"
+        "{params.tool:q} inception {params.weights:q} --out {output:q} > {log:q} 2>&1"
 
 
 def _reference_experiment(marker):
@@ -90,8 +92,9 @@ rule reference:
     benchmark:
         "results/benchmarks/reference/{ref}.tsv"
     params:
+        tool=tool_command("evaluate.py"),
         args=lambda wc: reference_argv(_reference_experiment(f"results/reference/{wc.ref}.json")),
         kind=lambda wc: _reference_experiment(f"results/reference/{wc.ref}.json")["extractor"]["kind"],
     shell:
-        "{PY} {SCRIPTS}/evaluate.py reference {params.args:q} --extractor {params.kind:q}"
+        "{params.tool:q} reference {params.args:q} --extractor {params.kind:q}"
         " --weights {input.weights:q} --cache-dir results/reference/cache --out {output:q} > {log:q} 2>&1"

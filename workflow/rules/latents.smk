@@ -32,12 +32,13 @@ rule latents:
     benchmark:
         "results/benchmarks/latents/{part}{autoencoder}/{dataset}_{resolution}.tsv"
     params:
+        tool=tool_command("latents.py"),
         image_dir=lambda wc: f"results/shards/{wc.dataset}_{wc.resolution}",
         out_dir=lambda wc: f"results/latents/{wc.autoencoder}/{wc.dataset}_{wc.resolution}",
         ae_kwargs=lambda wc: autoencoder_kwargs(_latents_experiment(wc)),
         mode=_latents_mode_args,
     shell:
-        "{PY} {SCRIPTS}/latents.py --image-dir {params.image_dir:q} --out-dir {params.out_dir:q}"
+        "{params.tool:q} --image-dir {params.image_dir:q} --out-dir {params.out_dir:q}"
         " --autoencoder {wildcards.autoencoder:q} --ae-kwargs {params.ae_kwargs:q} --splits train"
         " {params.mode:q} > {log:q} 2>&1"
 
@@ -56,8 +57,8 @@ rule latents_merge:
         manifests=lambda wc: _latent_parts(wc, "train.json"),
         stats=lambda wc: _latent_parts(wc, "stats.pt"),
     output:
-        "results/latents/{latent_data}/stats.pt",
-        "results/latents/{latent_data}/train.json",
+        stats="results/latents/{latent_data}/stats.pt",
+        manifest="results/latents/{latent_data}/train.json",
     wildcard_constraints:
         latent_data=one_of(LATENTS_IN_PARTS, "results/latents/"),
     log:
@@ -65,8 +66,9 @@ rule latents_merge:
     benchmark:
         "results/benchmarks/latents_merge/{latent_data}.tsv"
     params:
+        tool=tool_command("latents.py"),
         parts=lambda wc: LATENTS_IN_PARTS[f"results/latents/{wc.latent_data}"],
     threads: 1
     shell:
-        "{PY} {SCRIPTS}/latents.py --out-dir results/latents/{wildcards.latent_data:q} --splits train"
-        " --merge-parts {input.manifests:q} --merge-stats {input.stats:q} --stats-out {output[0]:q} > {log:q} 2>&1"
+        "{params.tool:q} --out-dir results/latents/{wildcards.latent_data:q} --splits train"
+        " --merge-parts {input.manifests:q} --merge-stats {input.stats:q} --stats-out {output.stats:q} > {log:q} 2>&1"

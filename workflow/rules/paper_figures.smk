@@ -75,8 +75,10 @@ rule paper_mini:
         "results/logs/paper_figures/paper_mini.log",
     benchmark:
         "results/benchmarks/paper_figures/paper_mini.tsv"
+    params:
+        tool=tool_command("paper_figure.py"),
     shell:
-        "{PY} {SCRIPTS}/paper_figure.py manifest --out {output} {input} > {log} 2>&1"
+        "{params.tool:q} manifest --out {output} {input} > {log} 2>&1"
 
 
 rule paper_scale:
@@ -89,5 +91,7 @@ rule paper_scale:
         "results/logs/paper_figures/paper_scale.log",
     benchmark:
         "results/benchmarks/paper_figures/paper_scale.tsv"
+    params:
+        tool=tool_command("paper_figure.py"),
     shell:
-        "{PY} {SCRIPTS}/paper_figure.py manifest --out {output} {input} > {log} 2>&1"
+        "{params.tool:q} manifest --out {output} {input} > {log} 2>&1"

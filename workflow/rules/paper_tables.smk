@@ -86,10 +86,11 @@ rule paper_table:
     benchmark:
         "results/benchmarks/paper_tables/paper{number}_{variant}.tsv"
     params:
+        tool=tool_command("paper_tables.py"),
         rows=lambda wc: table_rows(paper_table_name(wc)),
         references=lambda wc: json.dumps(PAPER_TABLE_REFERENCES[paper_table_name(wc)], sort_keys=True),
     shell:
-        "{PY} {SCRIPTS}/paper_tables.py table --evals {input.evals:q} --rows {params.rows:q} "
+        "{params.tool:q} table --evals {input.evals:q} --rows {params.rows:q} "
         "--references {params.references:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -108,9 +109,10 @@ rule paper_fig2_data:
     benchmark:
         "results/benchmarks/paper_tables/{scale}/{panel}_csv.tsv"
     params:
+        tool=tool_command("paper_tables.py"),
         coords=lambda wc: fig2_coords(wc.panel),
     shell:
-        "{PY} {SCRIPTS}/paper_tables.py fig2 --figure {wildcards.panel} --evals {input:q} "
+        "{params.tool:q} fig2 --figure {wildcards.panel} --evals {input:q} "
         "--coords {params.coords:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -128,5 +130,7 @@ rule paper_fig2_plot:
         "results/logs/paper_tables/{scale}/{panel}_png.log",
     benchmark:
         "results/benchmarks/paper_tables/{scale}/{panel}_png.tsv"
+    params:
+        tool=tool_command("paper_tables.py"),
     shell:
-        "{PY} {SCRIPTS}/paper_tables.py plot --figure {wildcards.panel} --csv {input:q} --out {output:q} > {log:q} 2>&1"
+        "{params.tool:q} plot --figure {wildcards.panel} --csv {input:q} --out {output:q} > {log:q} 2>&1"

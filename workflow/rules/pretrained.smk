@@ -46,6 +46,7 @@ rule pretrained:
     benchmark:
         "results/benchmarks/pretrained/{model}.tsv"
     params:
+        tool=tool_command("pretrained.py"),
         args=pretrained_args,
     shell:
-        "{PY} {SCRIPTS}/pretrained.py --weights {input.weights:q} {params.args:q} --out {output:q} > {log:q} 2>&1"
+        "{params.tool:q} --weights {input.weights:q} {params.args:q} --out {output:q} > {log:q} 2>&1"

@@ -27,9 +27,10 @@ rule table:
     benchmark:
         "results/benchmarks/table/{table}.tsv"
     params:
+        tool=tool_command("report.py"),
         rows=lambda wc: table_rows(wc.table),
     shell:
-        "{PY} {SCRIPTS}/report.py table --evals {input.evals:q} --rows {params.rows:q} --out {output:q} > {log:q} 2>&1"
+        "{params.tool:q} table --evals {input.evals:q} --rows {params.rows:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule table_figure:
@@ -42,9 +43,10 @@ rule table_figure:
     benchmark:
         "results/benchmarks/figures/{table}_fid_vs_nfe.tsv"
     params:
+        tool=tool_command("report.py"),
         title=lambda wc: f"{wc.table}: FID versus NFE",
     shell:
-        "{PY} {SCRIPTS}/report.py fid-vs-nfe --evals {input:q} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
+        "{params.tool:q} fid-vs-nfe --evals {input:q} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule table_samples:
@@ -57,10 +59,11 @@ rule table_samples:
     benchmark:
         "results/benchmarks/figures/{table}_samples.tsv"
     params:
+        tool=tool_command("report.py"),
         labels=lambda wc: json.dumps([f"{SAMPLERS[s].get('label') or s}, {n} steps"
                                       for s, n in table_strips(wc.table)]),
     shell:
-        "{PY} {SCRIPTS}/report.py rows-grid --shards {input:q} --labels-json {params.labels:q} --out {output:q}"
+        "{params.tool:q} rows-grid --shards {input:q} --labels-json {params.labels:q} --out {output:q}"
         " > {log:q} 2>&1"
 
 
@@ -75,9 +78,10 @@ rule sampler_figure:
     benchmark:
         "results/benchmarks/figures/fid_vs_nfe/{sampler}.tsv"
     params:
+        tool=tool_command("report.py"),
         title=lambda wc: f"{wc.sampler}: FID versus NFE",
     shell:
-        "{PY} {SCRIPTS}/report.py fid-vs-nfe --evals {input:q} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
+        "{params.tool:q} fid-vs-nfe --evals {input:q} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule sample_grid:
@@ -93,6 +97,7 @@ rule sample_grid:
     benchmark:
         "results/benchmarks/figures/grids/{sampler}_steps{steps}.tsv"
     params:
+        tool=tool_command("report.py"),
         size=lambda wc: evaluation_of(wc.sampler)["grid_size"],
     shell:
-        "{PY} {SCRIPTS}/report.py grid --shard {input:q} --size {params.size} --out {output:q} > {log:q} 2>&1"
+        "{params.tool:q} grid --shard {input:q} --size {params.size} --out {output:q} > {log:q} 2>&1"

@@ -27,6 +27,7 @@ rule shards:
     benchmark:
         "results/benchmarks/shards/{part}{dataset}_{resolution}_{split}.tsv"
     params:
+        tool=tool_command("shards.py"),
         raw=lambda wc: raw_location(_shards_experiment(wc)),
         out_dir=lambda wc: f"results/shards/{wc.dataset}_{wc.resolution}",
         num_classes=lambda wc: (["--num-classes", str(_shards_experiment(wc)["data"]["num_classes"])]
@@ -34,7 +35,7 @@ rule shards:
         part=_shards_part_args,
     threads: 1
     shell:
-        "{PY} {SCRIPTS}/shards.py --dataset {wildcards.dataset:q} --raw-dir {params.raw:q}"
+        "{params.tool:q} --dataset {wildcards.dataset:q} --raw-dir {params.raw:q}"
         " --out-dir {params.out_dir:q} --resolution {wildcards.resolution} --splits {wildcards.split}"
         " {params.num_classes:q} {params.part:q} --workers {threads} > {log:q} 2>&1"
 
@@ -57,8 +58,9 @@ rule shards_merge:
     benchmark:
         "results/benchmarks/shards_merge/{data}_{split}.tsv"
     params:
+        tool=tool_command("shards.py"),
         parts=lambda wc: SHARDS_IN_PARTS[f"results/shards/{wc.data}"],
     threads: 1
     shell:
-        "{PY} {SCRIPTS}/shards.py --out-dir results/shards/{wildcards.data:q} --splits {wildcards.split}"
+        "{params.tool:q} --out-dir results/shards/{wildcards.data:q} --splits {wildcards.split}"
         " --merge-parts {input:q} > {log:q} 2>&1"

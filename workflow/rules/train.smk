@@ -55,6 +55,7 @@ rule train:
     benchmark:
         "results/benchmarks/train/{model}.tsv"
     params:
+        script=f"{SCRIPTS}/train.py",
         spec=lambda wc: model_spec(wc.model),
         args=training_args,
         launcher=launcher,
@@ -63,7 +64,7 @@ rule train:
         gpu=lambda wc: model_resources(wc.model, "gpus", 1),
         runtime=lambda wc, attempt: int(60 * model_resources(wc.model, "hours", 24)) * attempt,
     shell:
-        "{params.launcher:q} {SCRIPTS}/train.py {params.args:q} --spec {params.spec:q}"
+        "{params.launcher:q} {params.script:q} {params.args:q} --spec {params.spec:q}"
         " --out-dir results/models/{wildcards.model:q} --state-dir results/state/{wildcards.model:q}"
         " --threads {threads} > {log:q} 2>&1"
 
@@ -80,5 +81,7 @@ rule snapshot:
         "results/logs/snapshot/{model}/step-{step}.log",
     benchmark:
         "results/benchmarks/snapshot/{model}/step-{step}.tsv"
+    params:
+        tool=tool_command("snapshot.py"),
     shell:
-        "{PY} {SCRIPTS}/snapshot.py --checkpoint {input:q} --step {wildcards.step} --out {output:q} > {log:q} 2>&1"
+        "{params.tool:q} --checkpoint {input:q} --step {wildcards.step} --out {output:q} > {log:q} 2>&1"
