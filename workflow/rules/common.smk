@@ -308,5 +308,5 @@ def experiment_targets(exp):
 
 
 def all_targets():
-    """`rule all`: everything of the main experiment (the embedded default); paper tables are named targets."""
+    """What the default target (all) builds: the main experiment's outputs; paper tables are named targets."""
     return experiment_targets(WF.experiments[WF.main])

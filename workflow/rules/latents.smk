@@ -5,15 +5,7 @@
 # train.json and stats.pt from the parts. Latents, manifest and statistics are identical whatever K.
 
 
-def _latents_experiment(wc):
-    return experiment_for_data(wc.dataset, wc.resolution, wc.autoencoder)
-
-
-def _latents_mode_args(wc, output):
-    part = prep_part(wc.part)
-    if part is None:
-        return ["--stats-out", output[0]]
-    return ["--part", str(part[0]), "--parts", str(part[1]), "--part-manifest", output[1], "--part-stats", output[0]]
+include: "functions/latents.smk"
 
 
 rule latents:
@@ -45,11 +37,6 @@ rule latents:
 
 # train.json and stats.pt of latents prepared in parts come from the merge, never from one latents job
 ruleorder: latents_merge > latents
-
-
-def _latent_parts(wc, name):
-    folder = f"results/latents/{wc.latent_data}"
-    return [f"{folder}/{p}{name}" for p in prep_part_prefixes(LATENTS_IN_PARTS[folder])]
 
 
 rule latents_merge:

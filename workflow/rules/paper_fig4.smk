@@ -11,10 +11,7 @@ FIG4_COLUMNS = 8     # x_hat shown at 8 evenly spaced steps (the CSV holds the s
 FIG4_IMAGES = 1      # one run per lambda, as the paper shows
 
 
-def fig4_inputs(wc):
-    first = sampler_experiment(FIG4_SAMPLERS[0.0])
-    return {"checkpoints": [checkpoint(SAMPLERS[s]["model"]) for s in FIG4_SAMPLERS.values()],
-            "autoencoder": autoencoder_inputs(first)}
+include: "functions/paper_fig4.smk"
 
 
 rule paper_fig4_xhat:

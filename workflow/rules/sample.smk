@@ -3,9 +3,7 @@
 # sampler spec, autoencoder arguments) reaches the shell only through `:q`.
 
 
-def sample_inputs(wc):
-    exp = sampler_experiment(wc.sampler)
-    return {"checkpoint": checkpoint(SAMPLERS[wc.sampler]["model"]), "autoencoder": autoencoder_inputs(exp)}
+include: "functions/sample.smk"
 
 
 rule sample:

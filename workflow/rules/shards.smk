@@ -4,13 +4,7 @@
 # shards and the manifest are byte-identical whatever K.
 
 
-def _shards_experiment(wc):
-    return experiment_for_data(wc.dataset, wc.resolution)
-
-
-def _shards_part_args(wc, output):
-    part = prep_part(wc.part)
-    return [] if part is None else ["--part", str(part[0]), "--parts", str(part[1]), "--part-manifest", output[0]]
+include: "functions/shards.smk"
 
 
 rule shards:

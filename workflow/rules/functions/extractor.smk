@@ -1,0 +1,44 @@
+# Functions of workflow/rules/extractor.smk (kept apart from its rules: snakemake --lint).
+
+
+def reference_argv(exp):
+    """evaluate.py's arguments naming an experiment's reference, one list item each (quoted by `:q`)."""
+    ev = exp["evaluation"]
+    if ev.get("reference_batch"):
+        return ["--reference-batch",
+                fetched("references", reference_batch_key(ev["reference_batch"]), ev["reference_batch"])]
+    return ["--images", shards_dir(exp), "--split", ev["reference_split"]]
+
+
+def _classifier_experiment(wc):
+    for exp in WF.experiments.values():
+        if exp.get("data") and data_id(exp) == wc.data and exp["extractor"]["kind"] == "classifier":
+            return exp
+    raise WorkflowError(f"no experiment evaluates data {wc.data} with a classifier extractor")
+
+
+def _inception_weights():
+    found = {e["extractor"].get("weights") for e in WF.experiments.values() if e.get("extractor", {}).get("kind") == "inception"}
+    found.discard(None)
+    if len(found) > 1:
+        raise WorkflowError(f"extractor.weights: experiments name different Inception weights {sorted(found)}")
+    return found.pop() if found else None
+
+
+def _reference_experiment(marker):
+    for exp in WF.experiments.values():
+        if exp.get("evaluation") and reference_marker(exp) == marker:
+            return exp
+    raise WorkflowError(f"no experiment has the reference {marker}")
+
+
+def _reference_inputs(wc, marker):
+    exp = _reference_experiment(marker)
+    ev = exp["evaluation"]
+    out = {"weights": extractor_weights(exp)}
+    if ev.get("reference_batch"):
+        out["batch"] = source_file("references", reference_batch_key(ev["reference_batch"]), ev["reference_batch"],
+                                   f"{exp['name']}: evaluation.reference_batch.source")
+    else:
+        out["images"] = f"{shards_dir(exp)}/{ev['reference_split']}.json"
+    return out
