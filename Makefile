@@ -27,6 +27,10 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check ucgm_core workflow tests benchmarks
+	@# snakemake --lint: clean except "Specify a conda environment or container" (one pinned environment, README)
+	@out=$$(PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --lint text 2>&1 | grep -E '^    \* ' \
+	  | grep -v 'Specify a conda environment or container' || true); \
+	if [ -n "$$out" ]; then echo "snakemake --lint:"; echo "$$out"; exit 1; else echo "snakemake --lint: clean (conda/container item excepted)"; fi
 
 # float32 kernels (pow, exp, matmul, reductions) differ in the last bits between AVX-512, AVX2 and the
 # scalar "default" kernels: rerun the tests that compare with tests/fixtures under each kernel below
