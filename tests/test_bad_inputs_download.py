@@ -7,7 +7,6 @@ afterwards; add a case there to grow the set. Servers run on 127.0.0.1 only; not
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -25,6 +24,7 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 import yaml
 
+from test_data_download import _fetch, _sha  # the quiet fetch and sha256 helpers of the download tests
 from ucgm_core.data import download as dl
 from ucgm_core.data.datasets import CATALOGUE
 from ucgm_core.data.download import (
@@ -108,17 +108,6 @@ class FakeClock:
     def __call__(self) -> float:
         self.t += self.step
         return self.t
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _fetch(spec: RemoteFile, dest: Path, **kw) -> Path:
-    kw.setdefault("backoff", 0.0)
-    kw.setdefault("timeout", 5.0)
-    kw.setdefault("log", lambda m: None)
-    return fetch(spec, dest, **kw)
 
 
 # ---------------------------------------------------------------------------------------------

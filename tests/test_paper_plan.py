@@ -62,9 +62,8 @@ BASELINE_ROWS = {
 }
 
 
-@pytest.fixture(scope="module")
-def overlay(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("plan")
+def write_imagenet_overlay(tmp: Path) -> Path:
+    """A config overlay pointing every ImageNet experiment at an empty stand-in tar (plans only, nothing runs)."""
     tar = tmp / "ILSVRC2012_img_train.tar"
     tar.write_bytes(b"")
     path = tmp / "overlay.yaml"
@@ -73,11 +72,21 @@ def overlay(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def workflow_config(overlay):
+def load_with_overlay(overlay: Path):
+    """The main config with ``overlay`` applied, loaded as the Snakefile does."""
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg.update(yaml.safe_load(overlay.read_text()))
     return load_workflow(cfg, "config/config.yaml", base_dir=ROOT)
+
+
+@pytest.fixture(scope="module")
+def overlay(tmp_path_factory) -> Path:
+    return write_imagenet_overlay(tmp_path_factory.mktemp("plan"))
+
+
+@pytest.fixture(scope="module")
+def workflow_config(overlay):
+    return load_with_overlay(overlay)
 
 
 def dry_run(overlay: Path, target: str, tmp: Path) -> str:

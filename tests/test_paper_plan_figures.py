@@ -19,13 +19,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from ucgm_core.workflow_config import load_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = os.path.dirname(sys.executable)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
-from test_paper_plan import IMAGENET_EXPERIMENTS, planned  # noqa: E402
+from test_paper_plan import load_with_overlay, planned, write_imagenet_overlay  # noqa: E402
 
 PAPER_TABLES = ["paper2_in1k256", "paper2_in1k512", "paper3_in1k256", "paper3_in1k512", "paper7_cifar10"]
 FIG2 = ["fig2a_lambda_steps", "fig2b_zeta_transport", "fig2c_kappa_steps"]
@@ -60,20 +59,12 @@ REFERENCE_ROWS = {
 
 @pytest.fixture(scope="module")
 def overlay(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("plan-figures")
-    tar = tmp / "ILSVRC2012_img_train.tar"
-    tar.write_bytes(b"")
-    path = tmp / "overlay.yaml"
-    path.write_text(yaml.safe_dump({"experiment_overrides": {e: {"data": {"source": str(tar)}}
-                                                             for e in IMAGENET_EXPERIMENTS}}))
-    return path
+    return write_imagenet_overlay(tmp_path_factory.mktemp("plan-figures"))
 
 
 @pytest.fixture(scope="module")
 def wf(overlay):
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg.update(yaml.safe_load(overlay.read_text()))
-    return load_workflow(cfg, "config/config.yaml", base_dir=ROOT)
+    return load_with_overlay(overlay)
 
 
 def snakemake(args: list, cwd: Path, configfiles: list) -> subprocess.CompletedProcess:

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:  # torch is imported where it is used: data-prep jobs that never touch tensors stay light
     import torch
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_torch_save", "sha256_file", "sha256_bytes", "to_uint8"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_torch_save", "fsync_dir", "sha256_file", "sha256_bytes",
+           "to_uint8"]
 
 
-def _fsync_dir(folder: str) -> None:
+def fsync_dir(folder: str) -> None:
     """fsync a folder so a rename inside it is durable (a no-op where folders cannot be opened, e.g. Windows)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -51,7 +52,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> str:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -50,6 +50,7 @@ from _common import load_spec, log, set_threads  # noqa: E402
 from ucgm_core.accel import compile_forward, configure_device  # noqa: E402
 from ucgm_core.autoencoders import get_autoencoder  # noqa: E402
 from ucgm_core.distributed import PREEMPTED_EXIT_CODE  # noqa: E402
+from ucgm_core.io import fsync_dir  # noqa: E402
 from ucgm_core.checkpoint import build_network, checkpoint_normalizer, load_checkpoint, sha256_file  # noqa: E402
 from ucgm_core.sampling import get_sampler, original_info, paper_nfe, sampler_source  # noqa: E402
 from ucgm_core.sampling.generate import NonFiniteSamplesError, generate_images  # noqa: E402
@@ -122,7 +123,10 @@ def remove_stale_temporaries(out: Path) -> None:
 
 
 def write_atomically(out: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file, fsync it, rename it onto ``out`` and fsync the folder."""
+    """Write ``data`` to a temporary file, fsync it, rename it onto ``out`` and fsync the folder.
+
+    Not ``ucgm_core.io.atomic_write_bytes``: the temporary is named after this process (``.<name>.tmp<pid>``) so
+    that :func:`remove_stale_temporaries` can tell a killed job's leftover from a running job's file."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
@@ -134,16 +138,7 @@ def write_atomically(out: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:
-        fd = os.open(out.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(str(out.parent))
 
 
 def _stop_on_signal(signum, frame) -> None:
