@@ -46,9 +46,9 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -97,6 +97,47 @@ class TrainSettings:
     seeding: str = "stream"  # or "step": draws keyed by (seed, step), independent of the process count
     micro_batch: Optional[int] = None  # per-process micro-batch (gradient accumulation); None: no accumulation
     max_nonfinite_steps: int = 10  # consecutive steps with a NaN/inf loss or gradients that stop training
+
+    @classmethod
+    def from_dict(cls, train: Mapping[str, Any], **runtime: Any) -> "TrainSettings":
+        """Settings from a config's ``train`` section plus the job's :data:`RUNTIME_FIELDS` (``seeding``,
+        ``micro_batch``).
+
+        Absent keys take the field defaults, the one source of them (tests/test_defaults.py checks the
+        schema's against them); :data:`WORKFLOW_TRAIN_KEYS` are skipped; any other key is refused.
+        ``betas`` becomes a tuple and ``tf32`` a bool, as the state file has always recorded them."""
+        names = {f.name for f in fields(cls)}
+        config_keys = names - set(RUNTIME_FIELDS)
+        unknown = sorted(set(train) - config_keys - set(WORKFLOW_TRAIN_KEYS))
+        if unknown:
+            raise ValueError(f"train: unknown keys {unknown}; expected some of {sorted(config_keys)} "
+                             f"(or the workflow's {list(WORKFLOW_TRAIN_KEYS)})")
+        wrong = sorted(set(runtime) - set(RUNTIME_FIELDS))
+        if wrong:
+            raise ValueError(f"TrainSettings.from_dict: {wrong} are not runtime fields; expected some of "
+                             f"{list(RUNTIME_FIELDS)}")
+        missing = [k for k in ("steps", "batch_size") if k not in train]
+        if missing:
+            raise ValueError(f"train: {missing} missing (got keys {sorted(train)}); steps and batch_size are required")
+        values = {k: v for k, v in train.items() if k in config_keys}
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        if "tf32" in values:
+            values["tf32"] = bool(values["tf32"])
+        return cls(**values, **runtime)
+
+
+# keys of a model's ``train`` config section that the workflow reads but the trainer does not (see
+# config/README.md); TrainSettings.from_dict skips them
+WORKFLOW_TRAIN_KEYS = (
+    "grid_every",  # periodic sample grids (ucgm_core.training.run)
+    "snapshots",  # steps whose checkpoints are kept (ucgm_core.training.run)
+    "posthoc_ema",  # EDM2's post-hoc EMA trackers (ucgm_core.training.run builds a PosthocEMA)
+    "gpus",  # processes of the job (the workflow's launcher; not in the model's spec)
+    "hours",  # the job's time limit (the workflow's resources; not in the model's spec)
+)
+# TrainSettings fields that describe how a job runs, set by the caller rather than the config
+RUNTIME_FIELDS = ("seeding", "micro_batch")
 
 
 @dataclass

@@ -17,8 +17,8 @@ dropout count rounds to zero, no label is dropped (the original would drop every
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as Fn
@@ -65,6 +65,18 @@ class UCGMConfig:
     weighting: Optional[str] = "Cosine"
     cosine_loss: bool = True
     num_classes: int = 1000
+
+    @classmethod
+    def from_dict(cls, objective: Mapping[str, Any], num_classes: int) -> "UCGMConfig":
+        """From a config's ``objective`` section (absent keys: the field defaults, which
+        tests/test_defaults.py checks against the schema's) and the data's ``num_classes``; values are
+        kept as given (lists stay lists). Unknown keys are refused, naming the known ones."""
+        allowed = {f.name for f in fields(cls)} - {"num_classes"}
+        unknown = sorted(set(objective) - allowed)
+        if unknown:
+            raise ValueError(f"objective: unknown keys {unknown}; expected some of {sorted(allowed)} "
+                             "(num_classes comes from the data)")
+        return cls(**objective, num_classes=num_classes)
 
     @classmethod
     def from_original(cls, cfg: dict, num_classes: int) -> "UCGMConfig":
