@@ -197,7 +197,8 @@ def _eval(path: Path, sampler: str, steps: int, fid: float) -> str:
 
 def test_paper_table_has_our_rows_then_the_reference_rows(tmp_path):
     import paper_tables
-    from report import COLUMNS
+
+    from ucgm_core.report import COLUMNS
 
     evals = [_eval(tmp_path / "a.json", "few", 1, 2.5), _eval(tmp_path / "b.json", "few", 2, 2.0)]
     rows = {"few": {"label": "UCGM", "paper": [{"steps": 1, "nfe": 1, "fid": 2.82, "source": "paper Table 7"},
@@ -214,18 +215,18 @@ def test_paper_table_has_our_rows_then_the_reference_rows(tmp_path):
 
 
 def test_a_reference_row_without_its_number_is_refused(tmp_path):
-    import paper_tables
+    from ucgm_core.report import ReportError, paper_table
 
-    with pytest.raises(SystemExit, match=r"--references\[0\]: reference row lacks fid; expected"):
-        paper_tables.paper_table([], {}, [{"kind": "reference", "label": "PD", "nfe": 2, "source": "paper Table 7"}])
+    with pytest.raises(ReportError, match=r"--references\[0\]: reference row lacks fid; expected"):
+        paper_table([], {}, [{"kind": "reference", "label": "PD", "nfe": 2, "source": "paper Table 7"}])
 
 
 def test_fig2a_csv_has_the_fixed_columns_and_the_printed_cells(tmp_path):
-    import paper_tables
+    from ucgm_core.report import fig2_frame, plot_fig2
 
     coords = {"l0": {"lambda": 0.0}, "l5": {"lambda": 0.5}}
     evals = [_eval(tmp_path / f"{s}-{n}.json", s, n, 1.0 + n) for s in coords for n in (16, 3)]
-    df = paper_tables.fig2_frame("fig2a_lambda_steps", evals, coords)
+    df = fig2_frame("fig2a_lambda_steps", evals, coords)
     assert list(df.columns) == ["lambda", "steps", "metric", "value", "paper_log_fid"]
     assert list(zip(df["lambda"], df["steps"])) == [(0.0, 3), (0.0, 16), (0.5, 3), (0.5, 16)]
     assert set(df["metric"]) == {"fid"} and list(df["value"]) == [4.0, 17.0, 4.0, 17.0]
@@ -234,31 +235,31 @@ def test_fig2a_csv_has_the_fixed_columns_and_the_printed_cells(tmp_path):
     assert math.isnan(df["paper_log_fid"][0]) and math.isnan(df["paper_log_fid"][2])
     csv, png = tmp_path / "fig2a.csv", tmp_path / "fig2a.png"
     df.to_csv(csv, index=False)
-    paper_tables.plot("fig2a_lambda_steps", str(csv), str(png))
+    plot_fig2("fig2a_lambda_steps", str(csv), str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_fig2b_and_fig2c_rows(tmp_path):
-    import paper_tables
+    from ucgm_core.report import fig2_frame
 
-    b = paper_tables.fig2_frame("fig2b_zeta_transport", [_eval(tmp_path / "e.json", "edm", 60, 9.0),
+    b = fig2_frame("fig2b_zeta_transport", [_eval(tmp_path / "e.json", "edm", 60, 9.0),
                                                          _eval(tmp_path / "f.json", "edm0", 60, 12.0)],
                                 {"edm": {"transport": "EDM", "zeta": 0.45}, "edm0": {"transport": "EDM", "zeta": 0.0}})
     assert b.to_dict("list") == {"transport": ["EDM", "EDM"], "zeta": [0.45, 0.0], "metric": ["fid", "fid"],
                                  "value": [9.0, 12.0]}
-    c = paper_tables.fig2_frame("fig2c_kappa_steps", [_eval(tmp_path / "k.json", "k", 4, 5.0)], {"k": {"kappa": 0.75}})
+    c = fig2_frame("fig2c_kappa_steps", [_eval(tmp_path / "k.json", "k", 4, 5.0)], {"k": {"kappa": 0.75}})
     assert c.to_dict("list") == {"kappa": [0.75], "steps": [4], "metric": ["fid"], "value": [5.0]}
 
 
 def test_fig2_refuses_a_sampler_without_coordinates_and_a_cell_twice(tmp_path):
-    import paper_tables
+    from ucgm_core.report import ReportError, fig2_frame
 
     one = _eval(tmp_path / "a.json", "l0", 4, 3.0)
-    with pytest.raises(SystemExit, match=r"fig2a_lambda_steps: evaluation .*a.json \(sampler 'l0'\) has no lambda"):
-        paper_tables.fig2_frame("fig2a_lambda_steps", [one], {"other": {"lambda": 0.0}})
+    with pytest.raises(ReportError, match=r"fig2a_lambda_steps: evaluation .*a.json \(sampler 'l0'\) has no lambda"):
+        fig2_frame("fig2a_lambda_steps", [one], {"other": {"lambda": 0.0}})
     two = _eval(tmp_path / "b.json", "l0b", 4, 3.5)
-    with pytest.raises(SystemExit, match=r"are the same cell \(0.0, 4\); expected one evaluation per cell"):
-        paper_tables.fig2_frame("fig2a_lambda_steps", [one, two], {"l0": {"lambda": 0.0}, "l0b": {"lambda": 0.0}})
+    with pytest.raises(ReportError, match=r"are the same cell \(0.0, 4\); expected one evaluation per cell"):
+        fig2_frame("fig2a_lambda_steps", [one, two], {"l0": {"lambda": 0.0}, "l0b": {"lambda": 0.0}})
 
 
 def test_reference_rows_must_name_a_paper_table_of_their_file(tmp_path):

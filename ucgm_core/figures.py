@@ -10,7 +10,8 @@ import numpy as np
 
 from .io import atomic_write
 
-__all__ = ["class_rows", "image_grid", "save_grid", "save_labelled_rows", "plot_loss_curve", "plot_fid_vs_nfe", "atomic_savefig"]
+__all__ = ["class_rows", "image_grid", "save_grid", "save_labelled_rows", "plot_loss_curve", "plot_fid_vs_nfe",
+           "atomic_savefig", "shard_grid", "shard_rows_grid"]
 
 
 def pyplot():
@@ -119,3 +120,28 @@ def plot_fid_vs_nfe(series: Dict[str, List[Tuple[float, float]]], path: os.PathL
     out = atomic_savefig(fig, path)
     plt.close(fig)
     return out
+
+
+def shard_grid(shard: os.PathLike | str, size: int, path: os.PathLike | str) -> Path:
+    """A ``size`` x ``size`` grid of a sample shard's first images (``.npz`` with ``images`` and ``labels``).
+    When the labels cycle through exactly ``size`` classes the grid is arranged so that each row is one class."""
+    with np.load(shard) as z:
+        images, labels = z["images"], z["labels"]
+    if int(labels.max()) + 1 == size and len(images) >= size * size:
+        images = images[class_rows(size, size)]
+    return save_grid(images, path, size, size)
+
+
+def shard_rows_grid(shards: Sequence[os.PathLike | str], labels: Sequence[str], per_row: int,
+                    path: os.PathLike | str) -> Path:
+    """One labelled row of ``per_row`` images per shard (a model's samples; the paper's figure 1 layout);
+    one-channel images are drawn as grey RGB so that rows of different datasets can be stacked."""
+    if len(labels) != len(shards):
+        raise ValueError(f"{len(shards)} shards but {len(labels)} labels; expected one label per shard")
+    rows = []
+    for shard in shards:
+        with np.load(shard) as z:
+            imgs = z["images"][:per_row]
+        rows.append(np.repeat(imgs, 3, axis=1) if imgs.shape[1] == 1 else imgs)
+    # matplotlib reads "$...$" as mathtext: an escaped "$" is drawn as itself
+    return save_labelled_rows(rows, [label.replace("$", r"\$") for label in labels], path)
