@@ -26,6 +26,7 @@ import yaml
 
 from test_data_download import _fetch, _sha  # the quiet fetch and sha256 helpers of the download tests
 from ucgm_core.data import download as dl
+from ucgm_core.data import extract as ex
 from ucgm_core.data.datasets import CATALOGUE
 from ucgm_core.data.download import (
     BadArchiveError,
@@ -387,7 +388,7 @@ def test_extraction_failure_leaves_nothing(tmp_path, monkeypatch):
         Path(root, "a").write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(dl, "_extract_tar", half_then_fail)
+    monkeypatch.setattr(ex, "_extract_tar", half_then_fail)
     with pytest.raises(OSError, match="No space left"):
         safe_extract(arc, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.tar"]

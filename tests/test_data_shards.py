@@ -403,6 +403,7 @@ def test_part_rerun_and_merge_checks(tmp_path):
 def test_sources_read_a_range_without_the_images_before_it(tmp_path, monkeypatch):
     """iter_range of every source equals slicing its iteration, and decodes only the images in the range."""
     import ucgm_core.data.datasets as datasets
+    import ucgm_core.data.sources as sources  # the image sources' decoder lives there
 
     _image_folder(tmp_path / "if")
     folder = read_image_folder(tmp_path / "if", "train")
@@ -425,7 +426,7 @@ def test_sources_read_a_range_without_the_images_before_it(tmp_path, monkeypatch
             for (a, _), (b, _) in zip(got, everything[start:stop]):
                 np.testing.assert_array_equal(a, b)
     decoded = []
-    real = datasets._decode_image
-    monkeypatch.setattr(datasets, "_decode_image", lambda data, ch: decoded.append(1) or real(data, ch))
+    real = sources._decode_image
+    monkeypatch.setattr(sources, "_decode_image", lambda data, ch: decoded.append(1) or real(data, ch))
     assert len(list(sh.iter_source_range(ilsvrc, 5, 7))) == 2 and len(decoded) == 2
     assert len(list(sh.iter_source_range(folder, 6, 100))) == 3 and len(decoded) == 5

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .latents import check_latent_stats, iter_latent_samples, load_latent_stats, read_latent_manifest
+from .latent_reader import iter_latent_samples, read_latent_manifest
+from .latent_stats import check_latent_stats, load_latent_stats
 
 __all__ = ["LatentArrays", "load_latent_arrays", "LatentNormalizer", "LatentLoader"]
 
