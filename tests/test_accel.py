@@ -369,9 +369,11 @@ def test_sample_script_precision(tmp_path, signal_handlers_kept):
     imgc, _ = run("compiled.npz", compile="eager", tf32=False)
     np.testing.assert_array_equal(imgc, img32)
     # --skip-existing keeps a shard only when the precision matches too (a shard without the key is fp32)
-    request = {k: meta16[k] for k in sample.REQUEST_KEYS}
-    assert sample.existing_shard_matches(tmp_path / "bf16.npz", {**request, "precision": "bf16"})
-    assert not sample.existing_shard_matches(tmp_path / "bf16.npz", {**request, "precision": "fp32"})
+    from ucgm_core.sampling.shard_writer import REQUEST_KEYS, existing_shard_matches
+
+    request = {k: meta16[k] for k in REQUEST_KEYS}
+    assert existing_shard_matches(tmp_path / "bf16.npz", {**request, "precision": "bf16"})
+    assert not existing_shard_matches(tmp_path / "bf16.npz", {**request, "precision": "fp32"})
 
 
 @pytest.mark.parametrize("case", ["sit-repa", "lightningdit", "ddt", "edm2", "songunet-cond"])

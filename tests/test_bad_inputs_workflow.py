@@ -293,9 +293,11 @@ def test_sample_script_writes_no_shard_of_nan_images(tmp_path, monkeypatch):
     from ucgm_core.data.loader import LatentNormalizer
 
     ckpt = {"latent_shape": [1, 4, 4], "num_classes": 10, "transport": "Linear", "autoencoder": "identity", "step": 3}
-    monkeypatch.setattr(sample_script, "load_checkpoint", lambda path: dict(ckpt))
-    monkeypatch.setattr(sample_script, "build_network", lambda c, weights: _NaNNet())
-    monkeypatch.setattr(sample_script, "checkpoint_normalizer", lambda c: LatentNormalizer(None, None, 1.0))
+    from ucgm_core.sampling import shard_writer  # the script's one library call loads the checkpoint there
+
+    monkeypatch.setattr(shard_writer, "load_checkpoint", lambda path: dict(ckpt))
+    monkeypatch.setattr(shard_writer, "build_network", lambda c, weights: _NaNNet())
+    monkeypatch.setattr(shard_writer, "checkpoint_normalizer", lambda c: LatentNormalizer(None, None, 1.0))
     checkpoint = tmp_path / "checkpoint.pt"
     checkpoint.write_bytes(b"stand-in: only hashed")
     out = tmp_path / "samples" / "shard-0001.npz"

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from ucgm_core.metrics import classifier as clf_mod
+from ucgm_core.metrics import features as features_mod
 from ucgm_core.metrics import fidelity as fid_mod
 from ucgm_core.metrics import inception as inc_mod
 from ucgm_core.metrics.fidelity import EvaluationResult, FeatureExtractorSpec, ReferenceSet, evaluate
@@ -279,7 +280,7 @@ def test_matches_torch_fidelity_calculate_metrics(spec, real_sets, tmp_path):
     gen = noised(b, 0.1, 2)
     ours = evaluate(gen, ReferenceSet("blobs-a", a), spec, cache_dir=str(tmp_path), kid_subsets=10, kid_subset_size=300)
     theirs = torch_fidelity.calculate_metrics(
-        input1=fid_mod._RGBUint8Dataset(gen), input2=fid_mod._RGBUint8Dataset(a), fid=True, isc=True, kid=True,
+        input1=features_mod.RGBUint8Dataset(gen), input2=features_mod.RGBUint8Dataset(a), fid=True, isc=True, kid=True,
         prc=True, feature_extractor=spec.name, feature_extractor_weights_path=spec.weights_path, cuda=False,
         save_cpu_ram=True, cache=False, verbose=False, kid_subsets=10, kid_subset_size=300)
     assert ours.fid == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)

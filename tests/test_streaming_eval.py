@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ucgm_core.metrics import classifier as clf_mod  # noqa: E402
+from ucgm_core.metrics import features as features_mod  # noqa: E402
 from ucgm_core.metrics import fidelity as fid_mod  # noqa: E402
 from ucgm_core.metrics.fidelity import ChunkedImages, EvaluationResult, FeatureExtractorSpec  # noqa: E402
 from ucgm_core.metrics.imageutil import to_uint8  # noqa: E402
@@ -235,7 +236,7 @@ def test_peak_memory_does_not_grow_with_shards(spec, reference_batch, tmp_path):
     sets = {n: write_shards(tmp_path / f"n{n}", n, per_shard) for n in (6, 24)}
     block = 2 * per_shard * image_bytes // 3  # two blocks per shard
     added = 18 * per_shard * image_bytes
-    fe = fid_mod._make_extractor(spec, ["features", "logits_unbiased"], cuda=False)
+    fe = features_mod.make_extractor(spec, ["features", "logits_unbiased"], cuda=False)
 
     def stream(n):
         return lambda: fid_mod.extract_features(open_sample_shards(sets[n]).images(block), spec,

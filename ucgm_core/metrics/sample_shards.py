@@ -3,7 +3,7 @@
 :func:`open_sample_shards` reads only each shard's small members (``meta``, ``indices``) and the header of
 its ``images`` array, checks that the shards belong to one evaluation (same checkpoint, sampler and settings;
 no image index twice; same image shape) and returns a :class:`SampleShards`. Its :meth:`SampleShards.images`
-is a :class:`~ucgm_core.metrics.fidelity.ChunkedImages` that reads the images in blocks of at most
+is a :class:`~ucgm_core.metrics.features.ChunkedImages` that reads the images in blocks of at most
 ``block_bytes`` (an uncompressed member is read at its offset in the file, a compressed one is decompressed
 as a stream), so evaluating 50,000 images at 512 px holds one block, not 39 GB.
 """
@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .fidelity import ChunkedImages
+from .features import ChunkedImages
 
 __all__ = ["NpzArray", "SampleShards", "open_sample_shards", "expected_meta_problems", "PER_SHARD_KEYS",
            "UNCOMPARED_KEYS", "DEFAULT_BLOCK_BYTES"]

@@ -9,7 +9,12 @@ Modules:
     guidance   classifier-free guidance as a bound network
     noise      global, per-image and replayed noise sources
     registry   ``SAMPLERS``, ``SAMPLER_SOURCES`` and ``get_sampler``
+    generate   images by global index (per-image seeds and labels), decoded and quantised
+    shard_writer  the sampling stage's call: :func:`write_shard` of a :class:`ShardRequest` (imported on first
+               use, so that importing a sampler does not import checkpoints, models and autoencoders)
 """
+
+import importlib
 
 from .baselines import euler_maruyama_sample, euler_sample, heun_sample
 from .common import Network, SampleResult
@@ -47,4 +52,16 @@ __all__ = [
     "kumaraswamy",
     "ucgm_time_grid",
     "uniform_time_grid",
+    "SamplerSpec",
+    "ShardRequest",
+    "write_shard",
 ]
+
+_LAZY = {"SamplerSpec": "shard_writer", "ShardRequest": "shard_writer", "write_shard": "shard_writer"}
+
+
+def __getattr__(name: str):
+    """The stage-level names of :data:`_LAZY`, imported from their module on first use."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
