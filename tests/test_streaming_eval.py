@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ucgm_core.metrics import classifier as clf_mod  # noqa: E402
+from ucgm_core.metrics import evaluation as evaluation_mod  # noqa: E402
 from ucgm_core.metrics import features as features_mod  # noqa: E402
 from ucgm_core.metrics import fidelity as fid_mod  # noqa: E402
 from ucgm_core.metrics.fidelity import ChunkedImages, EvaluationResult, FeatureExtractorSpec  # noqa: E402
@@ -182,7 +183,7 @@ def test_streamed_equals_in_memory_and_contract_unchanged(spec, reference_batch,
     new = EvaluationResult.load(out)
 
     images, ctx = old_in_memory(paths)
-    ref = script.reference_batch_set(reference_batch)
+    ref = evaluation_mod.reference_batch_set(reference_batch)
     old = fid_mod.evaluate(torch.from_numpy(images), ref, spec, cache_dir=str(tmp_path / "cache"),
                            context={"sampler": "ucgm", **ctx})
     for key in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall"):
@@ -333,8 +334,7 @@ def _vm_kib(field: str) -> int:
 def _bench_child(mode: str, paths: list[str], weights: str, reference: str, cache: str, metrics: list[str]) -> dict:
     torch.set_num_threads(2)
     spec = FeatureExtractorSpec(clf_mod.CLASSIFIER_EXTRACTOR_NAME, weights)
-    script = load_evaluate_script()
-    ref = script.reference_batch_set(reference)
+    ref = evaluation_mod.reference_batch_set(reference)
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak RSS (VmHWM) to the current RSS (Linux)
         f.write("5")
     rss0 = _vm_kib("VmRSS")
@@ -391,7 +391,7 @@ def _benchmark(argv) -> None:
         reference = str(tmp / "ref.npz")
         np.savez(reference, arr_0=rx.permute(0, 2, 3, 1).numpy(), mu=f.mean(0), sigma=np.cov(f, rowvar=False))
         cache = str(tmp / "cache")
-        ref = load_evaluate_script().reference_batch_set(reference)
+        ref = evaluation_mod.reference_batch_set(reference)
         fid_mod.reference_features(ref, spec, ["features"], cache_dir=cache)
         fid_mod.reference_statistics(ref, spec, "features", cache_dir=cache)
         n = a.shards * a.per_shard

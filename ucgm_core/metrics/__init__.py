@@ -1,7 +1,13 @@
 """Sample-quality metrics through torch-fidelity 0.4.0, usable as a library.
 
-* :mod:`ucgm_core.metrics.fidelity`   - :func:`evaluate` (FID, IS, KID, precision/recall) with reference
-  statistics cached per (reference id, extractor, weights sha256), and :class:`EvaluationResult`;
+* :mod:`ucgm_core.metrics.fidelity`   - :func:`evaluate` (FID, IS, KID, precision/recall), one function per metric;
+  built on :mod:`.specs` (:class:`FeatureExtractorSpec`, :class:`ReferenceSet`), :mod:`.features` (images to
+  features, :class:`ChunkedImages`), :mod:`.reference_cache` (reference features and statistics cached per
+  reference id, extractor, weights sha256 and fingerprint), :mod:`.frechet` (FID maths) and :mod:`.result`
+  (:class:`EvaluationResult`);
+* :mod:`ucgm_core.metrics.evaluation` - the evaluation stage's calls: :func:`evaluate_shards` (sample shards
+  against a reference) and :func:`cache_reference` (the reference side alone), with the reference sets of the
+  pipeline (:func:`image_shards_reference`, :func:`reference_batch_set`);
 * :mod:`ucgm_core.metrics.sample_shards` - :func:`open_sample_shards`: the sample shards of one evaluation,
   checked to agree (checkpoint, sampler, knobs), streamed a block of images at a time into :func:`evaluate`;
 * :mod:`ucgm_core.metrics.classifier` - a small CNN classifier as a feature extractor for small datasets
@@ -23,17 +29,22 @@ _EXPORTS = {
     "ensure_rgb_uint8": "imageutil",
     "sha256_file": "imageutil",
     "evaluate": "fidelity",
-    "EvaluationResult": "fidelity",
-    "FeatureExtractorSpec": "fidelity",
-    "ReferenceSet": "fidelity",
-    "ChunkedImages": "fidelity",
+    "EvaluationResult": "result",
+    "FeatureExtractorSpec": "specs",
+    "ReferenceSet": "specs",
+    "ChunkedImages": "features",
     "open_sample_shards": "sample_shards",
     "SampleShards": "sample_shards",
-    "MetricUnavailableError": "fidelity",
-    "extract_features": "fidelity",
-    "reference_features": "fidelity",
-    "reference_statistics": "fidelity",
-    "reference_compute_count": "fidelity",
+    "MetricUnavailableError": "specs",
+    "extract_features": "features",
+    "reference_features": "reference_cache",
+    "reference_statistics": "reference_cache",
+    "reference_compute_count": "reference_cache",
+    "frechet_distance_low_rank": "frechet",
+    "evaluate_shards": "evaluation",
+    "cache_reference": "evaluation",
+    "reference_batch_set": "evaluation",
+    "image_shards_reference": "evaluation",
     "train_classifier": "classifier",
     "load_classifier": "classifier",
     "CLASSIFIER_EXTRACTOR_NAME": "classifier",
