@@ -86,6 +86,8 @@ def verify_file(path: os.PathLike | str, spec: RemoteFile) -> Optional[str]:
 
 
 def checksum_hint(spec: RemoteFile, dest: Path, sha256_key: Optional[str]) -> str:
+    """How to get past a missing checksum: the config key ``sha256_key`` to set, or one unverified download
+    that records the first-seen sha256 in ``<dest>.sha256`` (for error messages)."""
     where = sha256_key or "the file's sha256 (--sha256 by hand)"
     return (f"set {where}, or allow one unverified download (config download.allow_unverified: true, by hand "
             f"--allow-unverified) to record its first-seen sha256 in {dest}.sha256")

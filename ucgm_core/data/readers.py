@@ -93,6 +93,8 @@ def load_idx_pair(images: os.PathLike | str, labels: os.PathLike | str, num_clas
 
 
 def idx_reader(prefix_train: str = "train", prefix_test: str = "t10k") -> Callable[[Path, str, int], ArraySource]:
+    """A catalogue reader of the gzip IDX pair ``<prefix>-images-idx3-ubyte.gz`` / ``<prefix>-labels-idx1-ubyte.gz``
+    of a split (MNIST and Fashion-MNIST name them ``train`` and ``t10k``)."""
     def read(root: Path, split: str, num_classes: int) -> ArraySource:
         prefix = {"train": prefix_train, "test": prefix_test}[split]
         return load_idx_pair(
