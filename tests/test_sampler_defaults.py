@@ -129,3 +129,22 @@ def test_default_guidance_interval_selects_every_step(transport):
     t = torch.linspace(0, 1, 1001, dtype=torch.float64)
     net_t = orient(transport).network_time(t)
     assert bool(((lo <= net_t) & (net_t <= hi)).all()), (transport, net_t.min().item(), net_t.max().item())
+
+
+def _readme_sampler_rows() -> dict:
+    """The rows of config/README.md's ``samplers.<name>`` section: key -> the row's text."""
+    text = (ROOT / "config" / "README.md").read_text()
+    section = text.split("\n## `samplers.<name>`\n", 1)[1].split("\n## ", 1)[0]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| (.*) \|$", section, re.M)}
+    assert set(rows) == set(_sampler_schema()), "config/README.md's samplers table and the schema's keys differ"
+    return rows
+
+
+def test_readme_states_the_spec_defaults_and_every_option():
+    rows = _readme_sampler_rows()
+    spec = SamplerSpec.from_dict({"method": "ucgm"})
+    for key, value in (("weights", spec.weights), ("precision", spec.precision), ("tf32", str(spec.tf32).lower()),
+                       ("compile", str(spec.compile).lower())):
+        assert rows[key].startswith(f"*{value}*"), (key, rows[key][:80])
+    missing = {m: [k for k in sampler_option_names(m) if f"`{k}`" not in rows["options"]] for m in SAMPLERS}
+    assert not any(missing.values()), f"config/README.md's options row lacks {missing}"
