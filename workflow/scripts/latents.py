@@ -1,6 +1,5 @@
 #!/usr/bin/env python
-"""Encode image shards into latent shards and their statistics (rules ``latents`` and ``latents_merge``,
-``shell:``); by hand::
+"""Encode image shards into latent shards and their statistics (rules ``latents``, ``latents_merge``); by hand::
 
     python workflow/scripts/latents.py --image-dir resources/shards/fashion_mnist_28 \\
         --out-dir resources/latents/identity/fashion_mnist_28 --autoencoder identity \\
@@ -10,9 +9,8 @@
     python workflow/scripts/latents.py --out-dir ... --splits train --merge-parts p0.json p1.json p2.json \\
         --merge-stats p0.pt p1.pt p2.pt --stats-out .../stats.pt
 
-The command line only: the stage is :func:`ucgm_core.data.latents.encode_latents` (and
-:func:`~ucgm_core.data.latents.merge_latent_parts`). Nothing here imports torch: a part without shards to
-encode never loads it.
+The command line only: the stage is :func:`ucgm_core.data.latents.encode_latents` (and ``merge_latent_parts``).
+Nothing here imports torch: a part without shards to encode never loads it.
 """
 
 import argparse
@@ -26,35 +24,27 @@ from ucgm_core.data.latents import encode_latents, merge_latent_parts
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags (their defaults are the library's)."""
-    p = argparse.ArgumentParser(
-        prog="python workflow/scripts/latents.py",
-        description="Encode image shards with an autoencoder (plain + horizontally flipped) into "
-        "latent shards, and/or compute the per-channel latent statistics file; or encode one part of a "
-        "split (--part/--parts), or merge the parts into the split's manifest and statistics (--merge-parts).",
-    )
+    p = argparse.ArgumentParser(prog="python workflow/scripts/latents.py", description=__doc__.split(";")[0])
     p.add_argument("--image-dir", help="image shard folder (from workflow/scripts/shards.py)")
     p.add_argument("--out-dir", required=True, help="latent shard folder to write (or read, with --stats-only)")
     p.add_argument("--autoencoder", default="identity", help="registry name (default identity)")
-    p.add_argument("--ae-kwargs", default="{}", help='JSON keyword arguments for the autoencoder, e.g. \'{"channels": 1}\'')
+    p.add_argument("--ae-kwargs", default="{}", help="JSON keyword arguments of the autoencoder")
     p.add_argument("--splits", nargs="+", default=["train", "test"], help="splits to encode (default train test)")
     p.add_argument("--batch-size", type=int, default=256, help="encoding batch size (default 256)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored latent dtype")
     p.add_argument("--no-resume", action="store_true", help="re-encode shards that already exist")
-    p.add_argument("--stats-out", default=None, help="write latent statistics here (.pt or .json)")
+    p.add_argument("--stats-out", help="write latent statistics here (.pt or .json)")
     p.add_argument("--stats-split", default="train", help="split the statistics come from (default train)")
     p.add_argument("--stats-samples", type=int, default=10000, help="latents used for statistics (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed choosing the statistics samples (default 0)")
     p.add_argument("--stats-only", action="store_true", help="skip encoding; compute statistics from --out-dir")
-    p.add_argument("--part", type=int, default=None, help="encode only part PART (0-based) of --parts (one split)")
-    p.add_argument("--parts", type=int, default=None, help="number of parts the split is encoded in")
-    p.add_argument("--part-manifest", default=None, help="where the part's manifest goes (with --part)")
-    p.add_argument("--part-stats", default=None,
-                   help="where the part's share of the statistics sample goes (.pt, with --part)")
-    p.add_argument("--merge-parts", nargs="+", default=None, metavar="PART_MANIFEST",
-                   help="write the split's manifest (and --stats-out) from these parts (0 .. K-1 in order; one split)")
-    p.add_argument("--merge-stats", nargs="+", default=None, metavar="PART_STATS",
-                   help="the parts' --part-stats files, in the same order (with --merge-parts and --stats-out)")
+    p.add_argument("--part", type=int, help="encode only part PART (0-based) of --parts (one split)")
+    p.add_argument("--parts", type=int, help="number of parts the split is encoded in")
+    p.add_argument("--part-manifest", help="where the part's manifest goes (with --part)")
+    p.add_argument("--part-stats", help="where the part's share of the statistics sample goes (.pt, with --part)")
+    p.add_argument("--merge-parts", nargs="+", metavar="PART_MANIFEST", help="merge these parts (0 .. K-1, in order)")
+    p.add_argument("--merge-stats", nargs="+", metavar="PART_STATS", help="the parts' --part-stats, same order")
     return p
 
 
@@ -64,8 +54,8 @@ def merge(parser: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         parser.error("--merge-parts with --stats-out needs --merge-stats, and --stats-split equal to --splits")
     t0 = time.time()
     info, stats = merge_latent_parts(a.out_dir, a.splits[0], a.merge_parts, a.merge_stats or [], a.stats_out)
-    if stats is not None and (stats["num_samples"], stats["seed"]) != (min(a.stats_samples, info["num_samples"]),
-                                                                        a.seed):
+    drawn = None if stats is None else (stats["num_samples"], stats["seed"])
+    if drawn is not None and drawn != (min(a.stats_samples, info["num_samples"]), a.seed):
         parser.error(f"the parts drew {stats['num_samples']} statistics samples with seed {stats['seed']}, "
                      f"not --stats-samples {a.stats_samples} --seed {a.seed}")
     print(f"{a.splits[0]}: {info['num_samples']} latents {info['latent_shape']} in {len(info['shards'])} shards "
