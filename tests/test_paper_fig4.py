@@ -117,11 +117,10 @@ def test_paper_scale_plans_fig4_once_on_one_gpu_after_its_models(overlay, tmp_pa
 
 
 def test_script_runs_from_checkpoints_and_refuses_mixed_experiments(tmp_path):
-    """workflow/scripts/paper_fig4.py: the checkpoints' networks, normalizers and autoencoder, end to end."""
+    """The paper_fig4 stage (ucgm_core.figures_paper.xhat_stage): the checkpoints' networks, normalizers and autoencoder, end to end."""
     from ucgm_core.checkpoint import save_checkpoint
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow" / "scripts"))
-    import paper_fig4
+    from ucgm_core.figures_paper.xhat_stage import make_xhat_figure
 
     paths = []
     for run in _runs():
@@ -133,7 +132,7 @@ def test_script_runs_from_checkpoints_and_refuses_mixed_experiments(tmp_path):
     opts = [{"order": 1, "stochasticity": 1.0, "extrapolation": 0.0, "time_warp": [1.0, 1.0, 1.0],
              "end_gaps": [0.001, 0.001]}] * 3
     png, csv, lines = tmp_path / "f.png", tmp_path / "f.csv", []
-    paper_fig4.run(paths, list(LAMBDAS), opts, {}, str(png), str(csv), steps=6, columns=3, log=lines.append)
+    make_xhat_figure(paths, list(LAMBDAS), opts, {}, str(png), str(csv), steps=6, columns=3, log=lines.append)
     df = pd.read_csv(csv)
     assert list(df.columns) == CSV_COLUMNS and len(df) == 3 * 3 and sorted(set(df["step"])) == [0, 2, 5]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "shown steps [0, 2, 5]" in lines[0]
@@ -143,4 +142,4 @@ def test_script_runs_from_checkpoints_and_refuses_mixed_experiments(tmp_path):
                     normalizer=LatentNormalizer(None, None, 1.0), autoencoder="identity", step=1,
                     model=_runs()[0].network, ema=_runs()[0].network)
     with pytest.raises(ValueError, match=r"other.pt: latent shape, classes, autoencoder .* differ from the first"):
-        paper_fig4.run([paths[0], str(other)], [0.0, 1.0], opts[:2], {}, str(png), str(csv), steps=4)
+        make_xhat_figure([paths[0], str(other)], [0.0, 1.0], opts[:2], {}, str(png), str(csv), steps=4)
