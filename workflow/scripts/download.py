@@ -22,16 +22,17 @@ SETTINGS = {"max_bytes": "max_bytes", "deadline_s": "deadline", "allow_unverifie
 
 
 def run(job: dict, say: Callable[[str], None]) -> int:
-    """Extract ``job["extract"]`` or fetch ``job["urls"]`` into ``job["out_dir"]``; 0 on success, else 1."""
+    """Extract ``job["extract"]`` or fetch ``job["urls"]`` into ``job["out_dir"]``; 0 on success, else 1.
+    ``job`` has every key of :func:`from_argv` (None where unset: the library's default applies)."""
     try:
-        if job.get("extract"):
+        if job["extract"]:
             paths = safe_extract(job["extract"], job["out_dir"])
             say(f"extracted {len(paths)} members of {job['extract']} into {job['out_dir']}")
             return 0
         urls = tuple(job["urls"])
-        spec = RemoteFile(job.get("name") or name_from_url(urls[0]), urls, sha256=job.get("sha256"), md5=job.get("md5"))
-        kw = {SETTINGS[k]: v for k, v in (job.get("settings") or {}).items() if k in SETTINGS and v is not None}
-        say(str(fetch(spec, job["out_dir"], sha256_key=job.get("sha256_key"), log=say, **kw)))
+        spec = RemoteFile(job["name"] or name_from_url(urls[0]), urls, sha256=job["sha256"], md5=job["md5"])
+        kw = {SETTINGS[k]: v for k, v in job["settings"].items() if k in SETTINGS and v is not None}
+        say(str(fetch(spec, job["out_dir"], sha256_key=job["sha256_key"], log=say, **kw)))
         return 0
     except (DownloadError, ValueError, OSError) as e:
         say(f"error: {e}")
@@ -65,7 +66,7 @@ def from_snakemake(smk) -> dict:
     """The job of a Snakemake rule: the output path gives the folder and the file name."""
     out = Path(smk.output[0])
     p = smk.params
-    return {"urls": list(p.urls), "name": out.name, "out_dir": str(out.parent), "sha256": p.sha256 or None,
+    return {"extract": None, "urls": list(p.urls), "name": out.name, "out_dir": str(out.parent), "sha256": p.sha256 or None,
             "md5": p.md5 or None, "sha256_key": p.sha256_key, "settings": dict(p.settings)}
 
 
