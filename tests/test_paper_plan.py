@@ -63,12 +63,12 @@ BASELINE_ROWS = {
 
 
 def write_imagenet_overlay(tmp: Path) -> Path:
-    """A config overlay pointing every ImageNet experiment at an empty stand-in tar (plans only, nothing runs)."""
+    """A config overlay pointing the one ImageNet declaration (datasets.imagenet.source) at an empty stand-in tar
+    (plans only, nothing runs)."""
     tar = tmp / "ILSVRC2012_img_train.tar"
     tar.write_bytes(b"")
     path = tmp / "overlay.yaml"
-    path.write_text(yaml.safe_dump({"experiment_overrides": {e: {"data": {"source": str(tar)}}
-                                                             for e in IMAGENET_EXPERIMENTS}}))
+    path.write_text(yaml.safe_dump({"datasets": {"imagenet": {"source": str(tar)}}}))
     return path
 
 
@@ -158,7 +158,7 @@ def test_plan_holds_every_paper_row(table, overlay, workflow_config, tmp_path):
     # paper scale: 50,000 samples (50 per class) in shards, the ADM reference batch, 8-GPU training
     for s, n in evaluated:
         ev = wf.of("sampler", s)["evaluation"]
-        assert ev["num_samples"] == 50000 and ev["reference_batch"]["source"].endswith(".npz")
+        assert ev["num_samples"] == 50000 and wf.reference(wf.of("sampler", s))[1]["source"].endswith(".npz")
         shards = [j for j in jobs if j["rule"] == "sample" and j["wildcards"]["sampler"] == s
                   and int(j["wildcards"]["steps"]) == n]
         assert len(shards) == 50000 // ev["samples_per_shard"]
@@ -210,7 +210,7 @@ def test_experiments_with_the_same_data_agree_on_its_prep_jobs(overlay):
 
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg.update(yaml.safe_load(overlay.read_text()))
-    cfg["experiment_overrides"]["in1k256_vavae"]["data"]["prep_jobs"] = 8
+    cfg["experiment_overrides"] = {"in1k256_vavae": {"data": {"prep_jobs": 8}}}
     with pytest.raises(ConfigError, match=r"in1k256_vavae.yaml: data.prep_jobs: 8, but experiment 'in1k256_e2evavae'"):
         load_workflow(cfg, "config/config.yaml", base_dir=ROOT)
 
@@ -242,17 +242,17 @@ def test_cifar10_matches_the_original_debug_config():
 
 
 def test_missing_imagenet_is_named_with_its_file_and_key(tmp_path):
-    """Without the overlay the experiment files' placeholder path is used: the plan stops, naming the key."""
+    """A datasets.imagenet.source that does not exist: the plan stops, naming the file and key that declare it."""
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
     missing = tmp_path / "no-imagenet.tar"
     overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(yaml.safe_dump({"experiment_overrides": {"in1k256_e2evavae": {"data": {"source": str(missing)}}}}))
+    overlay.write_text(yaml.safe_dump({"datasets": {"imagenet": {"source": str(missing)}}}))
     cmd = [os.path.join(BIN, "snakemake"), "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
            "--cores", "1", "results/table_in1k256.csv", "--configfile", str(ROOT / "config" / "config.yaml"),
            str(overlay)]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode != 0
-    assert f"in1k256_e2evavae.yaml: data.source: '{missing}' does not exist" in run.stdout + run.stderr
+    assert f"{overlay}: datasets.imagenet.source: '{missing}' does not exist" in run.stdout + run.stderr
 
 
 def test_fetch_refuses_a_file_whose_sha256_differs(tmp_path):

@@ -238,3 +238,100 @@ def test_pretrained_and_snapshot_references_are_checked():
     cfg = raw(SMOKE)
     cfg["evaluation"]["reference_batch"] = {"source": "VIRTUAL_imagenet256_labeled.npz"}
     assert any("reference_batch" in p and "inception" in p for p in problems(cfg))
+
+
+# --- datasets, autoencoders and reference batches: declared once, referred to by name ---------------------
+
+IMAGENET = {"in1k256_e2evavae", "in1k256_vavae", "in1k256_sdvae", "in1k512_sdvae", "in1k512_dcae", "in1k512_edm2"}
+
+
+def _shipped_workflow(edit=None):
+    from ucgm_core.workflow_config import load_workflow
+
+    cfg = raw(DEFAULT)
+    if edit:
+        edit(cfg)
+    return load_workflow(cfg, "config/config.yaml", base_dir=ROOT)
+
+
+def test_one_imagenet_source_reaches_every_imagenet_experiment(tmp_path):
+    """Editing datasets.imagenet.source once changes the raw data of every ImageNet experiment, at both
+    resolutions (the shards rule reads wf.data[(dataset, resolution)]), and no experiment file holds a path."""
+    shipped = _shipped_workflow()
+    mine = str(tmp_path / "my-imagenet.tar")
+    wf = _shipped_workflow(lambda c: c["datasets"]["imagenet"].update(source=mine))
+    assert shipped.datasets["imagenet"]["source"] != mine
+    imagenet = {k: v for k, v in wf.data.items() if k[0] == "imagenet"}
+    assert set(imagenet) == {("imagenet", 256), ("imagenet", 512)}
+    assert {e for v in imagenet.values() for e in v["experiments"]} == IMAGENET
+    for v in imagenet.values():
+        assert v["source"] == mine and v["source_key"] == "config/config.yaml: datasets.imagenet.source"
+    for e in IMAGENET:  # the experiment files themselves carry no path
+        assert "source" not in raw(ROOT / "config" / "experiments" / f"{e}.yaml")["data"]
+    # reference batches and autoencoders are names, each declared once in the main config
+    assert {wf.reference(wf.experiments[e])[0] for e in IMAGENET} == {"VIRTUAL_imagenet256_labeled", "VIRTUAL_imagenet512"}
+    assert {wf.declared_in[("autoencoders", wf.experiments[e]["data"]["autoencoder"])] for e in IMAGENET} == \
+        {"config/config.yaml"}
+
+
+def test_disagreeing_declarations_are_refused_naming_both_files(tmp_path):
+    """A dataset, autoencoder or reference batch declared differently in two files: refused at load time, the
+    message naming both files and the key; an equal second declaration (defaults left out) is accepted."""
+    cfg = raw(SMOKE)
+    cfg["datasets"] = {"fashion_mnist": {"source": "/data/fmnist-a"}}
+    cfg["autoencoders"] = {"identity": {"kwargs": {"channels": 3}}}
+    cfg["references"] = {"ref": {"source": "/refs/a.npz"}}
+    exp = _experiment(tmp_path, "exp_a", lambda c: c.update(
+        datasets={"fashion_mnist": {"source": "/data/fmnist-b"}}, autoencoders={"identity": {"kwargs": {"channels": 1}}},
+        references={"ref": {"source": "/refs/a.npz", "sha256": None}}))
+    cfg["experiments"] = [exp]
+    found = _workflow_problems(cfg)
+    for key, mine, theirs in (("datasets.fashion_mnist", "fmnist-b", "fmnist-a"), ("autoencoders.identity", "'channels': 1",
+                                                                                    "'channels': 3")):
+        hits = [p for p in found if p.startswith(f"{exp}: {key}: ") and "differs from its declaration in main.yaml" in p]
+        assert len(hits) == 1 and mine in hits[0] and theirs in hits[0], found
+    assert not any("references.ref" in p for p in found), found  # equal once the defaults are filled in
+    assert len(found) == 2, found
+
+
+def test_old_style_data_source_in_an_experiment_file_is_refused(tmp_path):
+    """data.source in a listed experiment file (where six copies hid each other) is refused, saying where it goes."""
+    cfg = raw(SMOKE)
+    exp = _experiment(tmp_path, "exp_a", lambda c: c["data"].update(source="/data/fmnist"))
+    cfg["experiments"] = [exp]
+    found = _workflow_problems(cfg)
+    assert any(p.startswith(f"{exp}: data.source: '/data/fmnist' is declared once now, as datasets.fashion_mnist.source "
+                            "in the main config (main.yaml)") and "experiment_overrides.exp_a.data.source" in p
+               for p in found), found
+
+
+def test_experiment_overrides_of_data_source_must_agree_per_shards(tmp_path):
+    """data.source set by experiment_overrides points one experiment elsewhere; experiments sharing a dataset and
+    resolution (one set of shards) must agree, or the load is refused naming both files."""
+    a, b = str(tmp_path / "a.tar"), str(tmp_path / "b")
+    # 256 and 512 read different copies: accepted (the paper miniature does this)
+    wf = _shipped_workflow(lambda c: c.update(experiment_overrides={
+        e: {"data": {"source": a if "256" in e else b}} for e in IMAGENET}))
+    assert wf.data[("imagenet", 256)]["source"] == a and wf.data[("imagenet", 512)]["source"] == b
+    assert wf.data[("imagenet", 256)]["source_key"].endswith("in1k256_e2evavae.yaml: data.source")
+    # one 256 experiment elsewhere while the others use the declaration: refused, both files named
+    with pytest.raises(ConfigError) as e:
+        _shipped_workflow(lambda c: c.update(experiment_overrides={"in1k256_vavae": {"data": {"source": a}}}))
+    hits = [p for p in e.value.problems if "in1k256_vavae.yaml: data.source" in p]
+    assert len(hits) == 1 and "in1k256_e2evavae.yaml" in hits[0] and a in hits[0], e.value.problems
+
+
+def test_reference_batches_by_name_and_inline(tmp_path):
+    """A reference batch name must be declared; two inline batches of one file stem must be the same file."""
+    with pytest.raises(ConfigError) as e:
+        _shipped_workflow(lambda c: c.update(experiment_overrides={
+            "in1k512_dcae": {"evaluation": {"reference_batch": "VIRTUAL_imagenet1024"}}}))
+    assert any("in1k512_dcae.yaml: evaluation.reference_batch: 'VIRTUAL_imagenet1024' is not declared; expected one "
+               "of ['VIRTUAL_imagenet256_labeled', 'VIRTUAL_imagenet512']" in p for p in e.value.problems), e.value.problems
+    with pytest.raises(ConfigError) as e:
+        _shipped_workflow(lambda c: c.update(experiment_overrides={
+            "in1k512_dcae": {"evaluation": {"reference_batch": {"source": str(tmp_path / "x" / "VIRTUAL_imagenet512.npz")}}}}))
+    hits = [p for p in e.value.problems if "evaluation.reference_batch" in p and "'VIRTUAL_imagenet512'" in p]
+    assert len(hits) == 1 and str(tmp_path) in hits[0], e.value.problems
+    assert hits[0].startswith("config/experiments/in1k512_dcae.yaml: ") and "config/experiments/in1k512_sdvae.yaml" \
+        in hits[0], hits[0]  # both files: the override's and the first experiment with that batch

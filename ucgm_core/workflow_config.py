@@ -16,6 +16,7 @@ all experiment files too), each naming its key path, the value and what was expe
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 import os
@@ -27,7 +28,7 @@ from typing import Any, Dict, List
 import yaml
 
 __all__ = ["ConfigError", "SCHEMA_PATH", "load_config", "validate_config", "sampler_option_names", "Workflow",
-           "load_workflow", "split_model_ref", "deep_merge"]
+           "load_workflow", "split_model_ref", "deep_merge", "source_stem", "DECLARED_SECTIONS"]
 
 # Package data (pyproject.toml), so a non-editable install finds it; workflow/schemas/ links to it.
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
@@ -413,6 +414,26 @@ def _snapshot_ref_problems(where: str, full: str, ref_model: dict) -> List[str]:
 
 _EXPERIMENT_PARTS = ("data", "extractor", "models", "samplers", "evaluation")
 
+# the sections that declare a named external input once (name -> entry), referred to by name from experiments
+DECLARED_SECTIONS = ("datasets", "autoencoders", "references")
+
+
+def _declaration_problems(cfg: dict) -> List[str]:
+    """Bad ``datasets`` / ``autoencoders`` / ``references`` entries: a dataset the catalogue does not have,
+    unknown autoencoder arguments, an http:// source without its sha256."""
+    from .data.datasets import CATALOGUE
+
+    problems: List[str] = []
+    for name in cfg.get("datasets", {}):
+        if name not in CATALOGUE:
+            problems.append(f"datasets.{name}: unknown dataset {name!r}; expected one of {sorted(CATALOGUE)}")
+    for ae, entry in cfg.get("autoencoders", {}).items():
+        problems += _autoencoder_kwarg_problems(ae, entry.get("kwargs") or {})
+        problems += _source_problems(f"autoencoders.{ae}", entry)
+    for ref, entry in cfg.get("references", {}).items():
+        problems += _source_problems(f"references.{ref}", entry)
+    return problems
+
 
 def _cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List[str]:
     from .autoencoders import available_autoencoders
@@ -420,7 +441,7 @@ def _cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List
     from .models import MODELS
     from .training.objective import UCGMConfig
 
-    problems: List[str] = []
+    problems: List[str] = _declaration_problems(cfg)
     present = [k for k in _EXPERIMENT_PARTS if k in cfg]
     if not present:
         if "tables" not in cfg:
@@ -437,9 +458,6 @@ def _cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List
     if missing:
         return [f"(top level): {', '.join(missing)} missing (an experiment with {', '.join(present)} needs all of "
                 f"{', '.join(_EXPERIMENT_PARTS)})"]
-    for ae, entry in cfg.get("autoencoders", {}).items():
-        problems += _autoencoder_kwarg_problems(ae, entry.get("kwargs") or {})
-        problems += _source_problems(f"autoencoders.{ae}", entry)
     data = cfg["data"]
     data_ok = data["dataset"] in DATASETS and data["autoencoder"] in available_autoencoders()
     if data["dataset"] not in DATASETS:
@@ -456,7 +474,8 @@ def _cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List
                         f"autoencoder {data['autoencoder']!r}; expected a multiple of {stride}, e.g. {near}")
     if data.get("latent_stats") and len(data["latent_stats"]["mean"]) != len(data["latent_stats"]["std"]):
         problems.append("data.latent_stats: mean and std must have the same length (one value per channel)")
-    problems += _source_problems("evaluation.reference_batch", cfg["evaluation"].get("reference_batch"))
+    if isinstance(cfg["evaluation"].get("reference_batch"), dict):  # inline (a name is resolved by load_workflow)
+        problems += _source_problems("evaluation.reference_batch", cfg["evaluation"]["reference_batch"])
     ext = cfg["extractor"]
     if cfg["evaluation"].get("reference_batch") and ext["kind"] != "inception":
         problems.append("evaluation.reference_batch: an ADM reference batch holds Inception statistics; "
@@ -601,7 +620,12 @@ class Workflow:
     ``experiments``: experiment name -> its validated config (the main config is one of them);
     ``models`` / ``samplers`` / ``tables``: name -> entry, over all experiments (names are unique);
     ``experiment_of``: ``("model" | "sampler" | "table", name)`` -> experiment name;
-    ``autoencoders``: registry name -> weights entry (``source``, ``sha256``, ``kwargs``);
+    ``datasets`` / ``autoencoders`` / ``references``: name -> its one declaration (``source``, ``mirrors``;
+    ``source``, ``sha256``, ``kwargs``; ``source``, ``sha256``), experiments refer to them by name;
+    ``declared_in``: ``(section, name)`` -> the file that declared it (for messages);
+    ``data``: ``(dataset, resolution)`` -> the one set of settings that shape its shards (``source``,
+    ``source_key``, ``num_classes``, ``prep_jobs``, ``autoencoders``, ``experiments``), agreed by every
+    experiment with that data; ``mirrors``: dataset -> its download mirrors;
     ``main``: the main experiment's name (``rule all`` builds its tables only);
     ``files``: experiment name -> the config file it came from (for messages).
     """
@@ -612,12 +636,37 @@ class Workflow:
     samplers: Dict[str, dict] = field(default_factory=dict)
     tables: Dict[str, list] = field(default_factory=dict)
     experiment_of: Dict[tuple, str] = field(default_factory=dict)
+    datasets: Dict[str, dict] = field(default_factory=dict)
     autoencoders: Dict[str, dict] = field(default_factory=dict)
+    references: Dict[str, dict] = field(default_factory=dict)
+    declared_in: Dict[tuple, str] = field(default_factory=dict)
+    data: Dict[tuple, dict] = field(default_factory=dict)
+    mirrors: Dict[str, list] = field(default_factory=dict)
     files: Dict[str, str] = field(default_factory=dict)  # experiment name -> its config file
 
     def of(self, kind: str, name: str) -> dict:
         """The config of the experiment that defines ``kind`` ``name``."""
         return self.experiments[self.experiment_of[(kind, name)]]
+
+    def reference(self, exp: dict) -> tuple | None:
+        """``(key, entry)`` of an experiment's ADM reference batch, or None (it uses a split of its shards).
+
+        A name (``evaluation.reference_batch: VIRTUAL_imagenet256_labeled``) is its key; an inline entry (old
+        style) is keyed by its file's stem. The key names its download and its statistics file."""
+        ref = exp.get("evaluation", {}).get("reference_batch")
+        if not ref:
+            return None
+        if isinstance(ref, str):
+            return ref, self.references[ref]
+        return source_stem(ref["source"]), ref
+
+
+def source_stem(source: str) -> str:
+    """The file name of a URL or path without its extension (query string and fragment dropped)."""
+    from pathlib import PurePosixPath
+    from urllib.parse import urlsplit
+
+    return Path(PurePosixPath(urlsplit(source).path).name or "file").stem
 
 
 def _read_yaml(path: Path, source: str) -> dict:
@@ -639,13 +688,135 @@ def _raise_all(source: str, failures: List[ConfigError]) -> None:
         raise ConfigError(source, [f"{e.source}: {p}" for e in failures for p in e.problems])
 
 
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict:
+    """The shipped schema, read once (declarations are compared with their defaults filled in)."""
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _filled(section: str, name: str, entry: Any) -> Any:
+    """A declaration with the schema's defaults filled in (so ``{source: x}`` equals ``{source: x, sha256: null}``)."""
+    schema = _schema()
+    holder = {section: {name: copy.deepcopy(entry)}}
+    if isinstance(entry, dict):
+        _fill_defaults(holder, {"properties": {section: schema["properties"][section]}}, schema)
+    return holder[section][name]
+
+
+class _Declarations:
+    """Collects the ``datasets`` / ``autoencoders`` / ``references`` entries of every file into ``wf``:
+    two declarations of one name must be equal (the refusal names both files and the key); an entry in
+    ``experiment_overrides`` replaces the shipped one for the run (overrides of one name must agree too)."""
+
+    def __init__(self, wf: Workflow):
+        self.wf, self.problems, self.overridden = wf, [], set()
+
+    def add(self, path: str, cfg: dict, override: bool = False) -> None:
+        for section in DECLARED_SECTIONS:
+            for name, entry in (cfg.get(section) or {}).items():
+                self._add(path, section, name, _filled(section, name, entry), override)
+
+    def _add(self, path: str, section: str, name: str, entry: Any, override: bool) -> None:
+        key, table = (section, name), getattr(self.wf, section)
+        if name in table and (not override or key in self.overridden):
+            if table[name] != entry:
+                self.problems.append(f"{path}: {section}.{name}: {entry!r} differs from its declaration in "
+                                     f"{self.wf.declared_in[key]} ({table[name]!r}); expected one declaration "
+                                     "(see config/README.md, 'Datasets, autoencoders and reference batches')")
+            return
+        table[name] = entry
+        self.wf.declared_in[key] = path
+        if override:
+            self.overridden.add(key)
+
+
+def _moved_data_keys(path: str, cfg: dict, source: str) -> List[str]:
+    """Old-style ``data.source`` / ``data.mirrors`` in a listed experiment file: refused, saying where they go
+    (six files each carried the ImageNet path, and editing any but the first had no effect)."""
+    data, name = cfg.get("data"), cfg.get("name")
+    if not isinstance(data, dict) or not isinstance(data.get("dataset"), str):
+        return []
+    return [f"{path}: data.{k}: {data[k]!r} is declared once now, as datasets.{data['dataset']}.{k} in the main "
+            f"config ({source}); to point this experiment elsewhere set experiment_overrides.{name}.data.{k} there"
+            for k in ("source", "mirrors") if data.get(k)]
+
+
+def _agree(problems: List[str], seen: Dict[tuple, tuple], key: tuple, value: Any, path: str, exp: str,
+           what: str) -> None:
+    """Record ``value`` of ``what`` for ``key``; refuse (naming both files) a second, different value."""
+    first = seen.setdefault(key, (value, path, exp))
+    if first[0] != value:
+        problems.append(f"{path}: {what}: {value!r}, but experiment {first[2]!r} ({first[1]}) has {first[0]!r} "
+                        f"for the same {'dataset' if len(key) == 2 else 'dataset and resolution'}; expected one value")
+
+
+def _resolve_data(wf: Workflow) -> List[str]:
+    """``wf.data`` and ``wf.mirrors`` from the declarations and each experiment's ``data`` (a ``data.source`` or
+    ``data.mirrors`` set by the main config or ``experiment_overrides`` wins for that experiment); experiments that
+    share a dataset and resolution (one set of shards) must agree on source, class count and prep_jobs, and those
+    sharing a dataset on its mirrors."""
+    problems: List[str] = []
+    seen: Dict[tuple, tuple] = {}
+    for exp, cfg in wf.experiments.items():
+        d, path = cfg.get("data"), wf.files[exp]
+        if not d:
+            continue
+        declared = wf.datasets.get(d["dataset"]) or {}
+        where = wf.declared_in.get(("datasets", d["dataset"]), wf.files[wf.main])  # (not declared: the main config's)
+        src, src_key = (d["source"], f"{path}: data.source") if d.get("source") else \
+            (declared.get("source"), f"{where}: datasets.{d['dataset']}.source")
+        key = (d["dataset"], int(d["resolution"]))
+        _agree(problems, seen, key + ("source",), src, path, exp, "data.source (or its dataset's declared source)")
+        _agree(problems, seen, key + ("num_classes",), d.get("num_classes"), path, exp, "data.num_classes")
+        if seen.setdefault(key + ("prep_jobs",), (d["prep_jobs"], path, exp))[0] != d["prep_jobs"]:
+            other = seen[key + ("prep_jobs",)]
+            problems.append(f"{path}: data.prep_jobs: {d['prep_jobs']}, but experiment {other[2]!r} has the same "
+                            f"dataset and resolution with {other[0]}")
+        mirrors = list(d.get("mirrors") or declared.get("mirrors") or [])
+        _agree(problems, seen, (d["dataset"], "mirrors"), mirrors, path, exp, "data.mirrors (or the declared mirrors)")
+        wf.mirrors.setdefault(d["dataset"], mirrors)
+        entry = wf.data.setdefault(key, {"dataset": key[0], "resolution": key[1], "source": src, "source_key": src_key,
+                                         "num_classes": d.get("num_classes"), "prep_jobs": d["prep_jobs"],
+                                         "autoencoders": [], "experiments": []})
+        entry["experiments"].append(exp)
+        if d["autoencoder"] not in entry["autoencoders"]:
+            entry["autoencoders"].append(d["autoencoder"])
+    for name, entry in wf.datasets.items():
+        wf.mirrors.setdefault(name, list(entry.get("mirrors") or []))
+    return problems
+
+
+def _resolve_references(wf: Workflow) -> List[str]:
+    """Every ``evaluation.reference_batch`` name must be declared under ``references``; experiments whose batches
+    share a key (a name, or an inline entry's file stem) must name the same file."""
+    problems: List[str] = []
+    seen: Dict[str, tuple] = {}
+    for exp, cfg in wf.experiments.items():
+        ref = cfg.get("evaluation", {}).get("reference_batch")
+        if isinstance(ref, str) and ref not in wf.references:
+            problems.append(f"{wf.files[exp]}: evaluation.reference_batch: {ref!r} is not declared; expected one of "
+                            f"{sorted(wf.references)} (references.<name> in the main config)")
+            continue
+        found = wf.reference(cfg)
+        if found is None:
+            continue
+        entry = _filled("references", found[0], found[1])
+        first = seen.setdefault(found[0], (entry, wf.files[exp]))
+        if first[0] != entry:
+            problems.append(f"{wf.files[exp]}: evaluation.reference_batch: {entry!r} differs from the batch "
+                            f"{found[0]!r} of {first[1]} ({first[0]!r}); expected one file per name")
+    return problems
+
+
 def load_workflow(config: Dict[str, Any], source: str = "<config>", base_dir: os.PathLike | str = ".") -> Workflow:
     """Validate the main ``config`` and every file of its ``experiments`` (paths relative to the working folder
     or else to ``base_dir``, the project's root; with ``experiment_overrides``
     merged in), and merge them into one :class:`Workflow`. Raises :class:`ConfigError` naming the file and
     key of every problem: a duplicate experiment, model, sampler or table name, an override for an
-    experiment that does not exist, autoencoder weights configured differently in two files, two experiments with
-    the same dataset and resolution but different ``data.prep_jobs``."""
+    experiment that does not exist, a dataset, autoencoder or reference batch declared differently in two files
+    (both named), an old-style ``data.source`` in an experiment file, two experiments with the same dataset and
+    resolution but a different source, class count or ``data.prep_jobs``."""
     raw_main = copy.deepcopy(config)
     # the main config's own checks; its tables may name samplers of the experiments, so they wait
     main_tables = raw_main.pop("tables", None)
@@ -659,6 +830,8 @@ def load_workflow(config: Dict[str, Any], source: str = "<config>", base_dir: os
         failures.append(e)
     overrides = raw_main.get("experiment_overrides", {})
     loaded: List[tuple] = [(source, raw_main, main_tables)]
+    own_declarations: List[tuple] = [(source, raw_main)]  # (file, its own sections), before any override
+    moved: List[str] = []
     for rel in raw_main.get("experiments", []):
         if not isinstance(rel, str):
             continue  # reported by the main config's schema check
@@ -671,6 +844,8 @@ def load_workflow(config: Dict[str, Any], source: str = "<config>", base_dir: os
         for key in ("experiments", "experiment_overrides"):
             if key in cfg:
                 raise ConfigError(str(path), [f"{key}: only the main config lists experiments"])
+        moved += _moved_data_keys(str(path), cfg, source)
+        own_declarations.append((str(path), {k: cfg.get(k) for k in DECLARED_SECTIONS if isinstance(cfg.get(k), dict)}))
         name = cfg.get("name")
         if name in overrides:
             cfg = deep_merge(cfg, overrides[name])
@@ -688,8 +863,12 @@ def load_workflow(config: Dict[str, Any], source: str = "<config>", base_dir: os
         raise ConfigError(source, [f"experiment_overrides: no experiment named {n!r}; experiments are "
                                    f"{sorted(c['name'] for _, c, _ in loaded)}" for n in unknown])
     wf = Workflow(main=raw_main["name"])
-    problems: List[str] = []
-    prep_jobs: Dict[tuple, tuple] = {}
+    declarations = _Declarations(wf)
+    for path, own in own_declarations:
+        declarations.add(path, own)
+    for name, over in overrides.items():
+        declarations.add(f"{source}: experiment_overrides.{name}", over, override=True)
+    problems: List[str] = moved + declarations.problems
     for path, cfg, _ in loaded:
         exp = cfg.get("name")
         if not isinstance(exp, str):
@@ -708,17 +887,8 @@ def load_workflow(config: Dict[str, Any], source: str = "<config>", base_dir: os
                     continue
                 wf.experiment_of[(kind, n)] = exp
                 getattr(wf, plural)[n] = entry
-        for ae, entry in cfg.get("autoencoders", {}).items():
-            if ae in wf.autoencoders and wf.autoencoders[ae] != entry:
-                problems.append(f"{path}: autoencoders.{ae}: differs from its entry in another experiment")
-            wf.autoencoders.setdefault(ae, entry)
-        data = cfg.get("data")
-        if data:  # one set of files per (dataset, resolution): one way to divide its preparation into jobs
-            key = (data["dataset"], int(data["resolution"]))
-            if prep_jobs.setdefault(key, (exp, data["prep_jobs"]))[1] != data["prep_jobs"]:
-                other, jobs = prep_jobs[key]
-                problems.append(f"{path}: data.prep_jobs: {data['prep_jobs']}, but experiment {other!r} has the same "
-                                f"dataset and resolution with {jobs}")
+    if not problems:
+        problems += _resolve_data(wf) + _resolve_references(wf)
     if problems:
         raise ConfigError(source, problems)
     for path, cfg, tables in loaded:

@@ -82,8 +82,9 @@ def fetched(kind, key, entry):
     return src
 
 
-def reference_batch_key(entry):
-    return Path(source_name(entry["source"])).stem
+def reference_batch(exp):
+    """(key, entry) of an experiment's reference batch (declared once under `references`, or inline), or None."""
+    return WF.reference(exp)
 
 
 FETCH = {}  # output path of the fetch rule -> the configured entry (source, sha256)
@@ -94,9 +95,9 @@ for _ae, _entry in WF.autoencoders.items():
     if _entry.get("source"):
         FETCH[fetched("autoencoders", _ae, _entry)] = _entry
 for _exp in WF.experiments.values():
-    _ref = _exp.get("evaluation", {}).get("reference_batch")
+    _ref = reference_batch(_exp)
     if _ref:  # one download per batch, whichever experiments share it
-        FETCH[fetched("references", reference_batch_key(_ref), _ref)] = _ref
+        FETCH[fetched("references", *_ref)] = _ref[1]
 
 
 def local_file(path, key):
@@ -130,34 +131,38 @@ def autoencoder_kwargs(exp):
     return json.dumps(kwargs, sort_keys=True)
 
 
-def dataset_inputs(exp):
-    """The raw data of an experiment: downloaded files, or the on-disk source (data.source)."""
+def data_settings(dataset, resolution):
+    """The one set of settings of a dataset at a resolution (its shards): source, class count, prep_jobs,
+    declared once or agreed by every experiment with that data (checked by load_workflow)."""
+    try:
+        return WF.data[(dataset, int(resolution))]
+    except KeyError:
+        raise WorkflowError(f"no experiment has data {dataset} at {resolution}; expected one of "
+                            f"{sorted(f'{d}_{r}' for d, r in WF.data)}") from None
+
+
+def dataset_inputs(view):
+    """The raw data of a dataset at a resolution ({"data": data_settings(...)}): downloaded files, or its on-disk
+    source (datasets.<name>.source, or an experiment's data.source override)."""
     from ucgm_core.data.datasets import get_dataset
 
-    d = exp["data"]
-    spec = get_dataset(d["dataset"])
-    if d.get("source"):  # a local copy (any dataset): read in place, nothing downloaded
-        return [local_file(d["source"], f"{WF.files[exp['name']]}: data.source")]
+    settings = view["data"]
+    spec = get_dataset(settings["dataset"])
+    if settings["source"]:  # a local copy (any dataset): read in place, nothing downloaded
+        return [local_file(settings["source"], settings["source_key"])]
     if spec.on_disk:
-        raise WorkflowError(f"{WF.files[exp['name']]}: data.source is not set; dataset {d['dataset']!r} "
-                            "is read from disk (a folder or the ILSVRC2012 train tar)")
-    return [f"results/raw/{d['dataset']}/{f.name}" for f in spec.files]
+        raise WorkflowError(f"{settings['source_key']} is not set; dataset {settings['dataset']!r} is read from disk "
+                            "(a folder or the ILSVRC2012 train tar): declare it once there")
+    return [f"results/raw/{settings['dataset']}/{f.name}" for f in spec.files]
 
 
-def raw_location(exp):
-    d = exp["data"]
-    return d["source"] if d.get("source") else f"results/raw/{d['dataset']}"
+def raw_location(view):
+    return view["data"]["source"] or f"results/raw/{view['data']['dataset']}"
 
 
-def experiment_for_data(dataset, resolution=None, autoencoder=None):
-    """An experiment with this data (the first one; data settings that shape files are in the path)."""
-    for exp in WF.experiments.values():
-        d = exp.get("data")
-        if d and d["dataset"] == dataset and (resolution is None or int(d["resolution"]) == int(resolution)) and \
-                (autoencoder is None or d["autoencoder"] == autoencoder):
-            return exp
-    raise WorkflowError(f"no experiment has data {dataset}" + (f" at {resolution}" if resolution else "") +
-                        (f" with autoencoder {autoencoder}" if autoencoder else ""))
+def dataset_mirrors(dataset):
+    """A dataset's mirrors (datasets.<name>.mirrors), tried before the catalogue's own."""
+    return WF.mirrors.get(dataset, [])
 
 
 # --- data preparation in parts (data.prep_jobs) -------------------------------------------------------------
@@ -275,18 +280,17 @@ def extractor_weights(exp):
 
 
 def reference_marker(exp):
-    ev = exp["evaluation"]
-    if ev.get("reference_batch"):
-        return f"results/reference/{reference_batch_key(ev['reference_batch'])}-{exp['extractor']['kind']}.json"
+    ev, ref = exp["evaluation"], reference_batch(exp)
+    if ref:
+        return f"results/reference/{ref[0]}-{exp['extractor']['kind']}.json"
     return f"results/reference/{data_id(exp)}-{ev['reference_split']}-{exp['extractor']['kind']}.json"
 
 
 def reference_args(exp):
     """The evaluate.py arguments naming an experiment's reference: an ADM batch or a split of its shards."""
-    ev = exp["evaluation"]
-    if ev.get("reference_batch"):
-        batch = fetched("references", reference_batch_key(ev["reference_batch"]), ev["reference_batch"])
-        return f"--reference-batch {batch}"
+    ev, ref = exp["evaluation"], reference_batch(exp)
+    if ref:
+        return f"--reference-batch {fetched('references', *ref)}"
     return f"--images {shards_dir(exp)} --split {ev['reference_split']}"
 
 

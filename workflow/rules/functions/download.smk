@@ -10,8 +10,10 @@ def _remote_file(dataset, name):
 
 
 def _dataset_urls(wc):
-    """The catalogue's mirrors of one raw file, the experiment's data.mirrors first."""
-    return _remote_file(wc.dataset, wc.file).sources(experiment_for_data(wc.dataset)["data"]["mirrors"])
+    """The catalogue's mirrors of one raw file, the declared datasets.<name>.mirrors first."""
+    if wc.dataset not in WF.mirrors:
+        raise WorkflowError(f"no experiment has data {wc.dataset}; expected one of {sorted(WF.mirrors)}")
+    return _remote_file(wc.dataset, wc.file).sources(dataset_mirrors(wc.dataset))
 
 
 def _sha256_key(wc, output):
@@ -19,9 +21,8 @@ def _sha256_key(wc, output):
     if wc.kind == "models":
         return f"models.{wc.key}.pretrained.sha256 in {WF.files[WF.experiment_of[('model', wc.key)]]}"
     if wc.kind == "autoencoders":
-        files = [str(WF.files[n]) for n, e in WF.experiments.items() if wc.key in (e.get("autoencoders") or {})]
-        return f"autoencoders.{wc.key}.sha256 in {', '.join(files)}"
-    files = [str(WF.files[n]) for n, e in WF.experiments.items() if (e.get("evaluation") or {}).get("reference_batch")
-             and fetched("references", reference_batch_key(e["evaluation"]["reference_batch"]),
-                         e["evaluation"]["reference_batch"]) == output[0]]
-    return f"evaluation.reference_batch.sha256 in {', '.join(files)}"
+        return f"autoencoders.{wc.key}.sha256 in {WF.declared_in[('autoencoders', wc.key)]}"
+    users = [n for n, e in WF.experiments.items() if reference_batch(e) and fetched("references", *reference_batch(e)) == output[0]]
+    if any(isinstance(WF.experiments[n]["evaluation"]["reference_batch"], str) for n in users):
+        return f"references.{wc.key}.sha256 in {WF.declared_in[('references', wc.key)]}"
+    return f"evaluation.reference_batch.sha256 in {', '.join(str(WF.files[n]) for n in users)}"

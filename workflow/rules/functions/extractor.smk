@@ -3,10 +3,9 @@
 
 def reference_argv(exp):
     """evaluate.py's arguments naming an experiment's reference, one list item each (quoted by `:q`)."""
-    ev = exp["evaluation"]
-    if ev.get("reference_batch"):
-        return ["--reference-batch",
-                fetched("references", reference_batch_key(ev["reference_batch"]), ev["reference_batch"])]
+    ev, ref = exp["evaluation"], reference_batch(exp)
+    if ref:
+        return ["--reference-batch", fetched("references", *ref)]
     return ["--images", shards_dir(exp), "--split", ev["reference_split"]]
 
 
@@ -34,11 +33,12 @@ def _reference_experiment(marker):
 
 def _reference_inputs(wc, marker):
     exp = _reference_experiment(marker)
-    ev = exp["evaluation"]
+    ev, ref = exp["evaluation"], reference_batch(exp)
     out = {"weights": extractor_weights(exp)}
-    if ev.get("reference_batch"):
-        out["batch"] = source_file("references", reference_batch_key(ev["reference_batch"]), ev["reference_batch"],
-                                   f"{exp['name']}: evaluation.reference_batch.source")
+    if ref:
+        where = f"{WF.declared_in[('references', ref[0])]}: references.{ref[0]}.source" \
+            if isinstance(ev["reference_batch"], str) else f"{WF.files[exp['name']]}: evaluation.reference_batch.source"
+        out["batch"] = source_file("references", ref[0], ref[1], where)
     else:
         out["images"] = f"{shards_dir(exp)}/{ev['reference_split']}.json"
     return out

@@ -2,7 +2,13 @@
 
 
 def _latents_experiment(wc):
-    return experiment_for_data(wc.dataset, wc.resolution, wc.autoencoder)
+    """What the latents of (dataset, resolution, autoencoder) need: the autoencoder's name (its weights are
+    declared once, under autoencoders), as {"data": {...}} for autoencoder_inputs / autoencoder_kwargs."""
+    settings = data_settings(wc.dataset, wc.resolution)
+    if wc.autoencoder not in settings["autoencoders"]:
+        raise WorkflowError(f"no experiment has data {wc.dataset} at {wc.resolution} with autoencoder "
+                            f"{wc.autoencoder}; expected one of {settings['autoencoders']}")
+    return {"data": {"autoencoder": wc.autoencoder}}
 
 
 def _latents_mode_args(wc, output):

@@ -2,7 +2,8 @@
 
 
 def _shards_experiment(wc):
-    return experiment_for_data(wc.dataset, wc.resolution)
+    """The data settings of these shards as {"data": settings} (one declaration, no experiment picked)."""
+    return {"data": data_settings(wc.dataset, wc.resolution)}
 
 
 def _shards_part_args(wc, output):
