@@ -189,3 +189,28 @@ def test_fingerprint_is_unchanged(tmp_path):
     (tmp_path / "f.bin").write_bytes(b"ucgm")
     assert fingerprint(spec, [tmp_path / "f.bin", None]) == "6890859e7ce296f4"
     assert TrainSpec.from_dict(spec).raw == spec
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.pop("objective"), r"spec: 'objective' missing"),
+    (lambda s: s["data"].update(resolutoin=8), r"spec data: unknown keys \['resolutoin'\]"),
+    (lambda s: s["train"].update(posthoc_ema={"sigma_rels": [0.1]}), r"train.posthoc_ema: 'snapshot_every' missing"),
+    (lambda s: s["train"].update(optimiser="Adam"), r"train: unknown keys \['optimiser'\]"),
+])
+def test_train_spec_errors_name_the_key(change, message):
+    from ucgm_core.training.run import SpecError
+
+    spec = {"architecture": "UNet-S", "objective": {}, "train": {"steps": 3, "batch_size": 4},
+            "data": {"dataset": "toy"}}
+    change(spec)
+    with pytest.raises(SpecError, match=message):
+        TrainSpec.from_dict(spec)
+
+
+def test_train_spec_fills_the_workflow_keys():
+    spec = TrainSpec.from_dict({"architecture": "UNet-S", "objective": {}, "data": {"dataset": "toy"},
+                                "train": {"steps": 3, "batch_size": 4, "grid_every": None, "snapshots": [2],
+                                          "posthoc_ema": {"snapshot_every": 2}}}, micro_batch=2)
+    assert spec.grid_every == 0 and list(spec.snapshots) == [2] and spec.settings.micro_batch == 2
+    assert spec.posthoc_ema == PosthocConfig(snapshot_every=2) and spec.settings.seeding == "step"
+    assert spec.data == TrainData(dataset="toy")
