@@ -8,6 +8,8 @@
 * :mod:`ucgm_core.metrics.evaluation` - the evaluation stage's calls: :func:`evaluate_shards` (sample shards
   against a reference) and :func:`cache_reference` (the reference side alone), with the reference sets of the
   pipeline (:func:`image_shards_reference`, :func:`reference_batch_set`);
+* :mod:`ucgm_core.metrics.extractor_prep` - the extractor stage's calls: :func:`train_shard_classifier`,
+  :func:`prepare_inception_weights`;
 * :mod:`ucgm_core.metrics.sample_shards` - :func:`open_sample_shards`: the sample shards of one evaluation,
   checked to agree (checkpoint, sampler, knobs), streamed a block of images at a time into :func:`evaluate`;
 * :mod:`ucgm_core.metrics.classifier` - a small CNN classifier as a feature extractor for small datasets
@@ -45,6 +47,8 @@ _EXPORTS = {
     "cache_reference": "evaluation",
     "reference_batch_set": "evaluation",
     "image_shards_reference": "evaluation",
+    "train_shard_classifier": "extractor_prep",
+    "prepare_inception_weights": "extractor_prep",
     "train_classifier": "classifier",
     "load_classifier": "classifier",
     "CLASSIFIER_EXTRACTOR_NAME": "classifier",
