@@ -10,7 +10,8 @@ the constructor does not take, a class count the data does not have, a resolutio
 or the network's patch does not divide, GPUs that do not divide the batch, snapshots beyond the last step,
 unknown autoencoder arguments, an http:// source without its sha256). Every problem is reported at once (over
 all experiment files too), each naming its key path, the value and what was expected, as a
-:class:`ConfigError`.
+:class:`ConfigError`. ``load_workflow`` merges the experiments and resolves the datasets, autoencoders and
+reference batches, each declared once by name (a second, different declaration is refused naming both files).
 """
 
 from __future__ import annotations
