@@ -335,3 +335,22 @@ def test_reference_batches_by_name_and_inline(tmp_path):
     assert len(hits) == 1 and str(tmp_path) in hits[0], e.value.problems
     assert hits[0].startswith("config/experiments/in1k512_dcae.yaml: ") and "config/experiments/in1k512_sdvae.yaml" \
         in hits[0], hits[0]  # both files: the override's and the first experiment with that batch
+
+
+def test_experiment_overrides_merge_into_a_declaration():
+    """An override of a declaration merges into it for the run (mappings merge, as every override); two
+    overrides of one name that differ are refused, naming both."""
+    shipped = _shipped_workflow().autoencoders["vavae_f16d32"]
+    wf = _shipped_workflow(lambda c: c.update(experiment_overrides={
+        "in1k256_vavae": {"autoencoders": {"vavae_f16d32": {"kwargs": {"seed": 1}}}}}))
+    entry = wf.autoencoders["vavae_f16d32"]
+    assert shipped["kwargs"] == {"seed": 0} and entry["kwargs"] == {"seed": 1}
+    assert entry["source"] == shipped["source"] and entry["source"].startswith("https://")
+    assert wf.declared_in[("autoencoders", "vavae_f16d32")] == "config/config.yaml: experiment_overrides.in1k256_vavae"
+    with pytest.raises(ConfigError) as e:
+        _shipped_workflow(lambda c: c.update(experiment_overrides={
+            "in1k256_sdvae": {"autoencoders": {"sdvae_ema_f8c4": {"source": "/w/a.safetensors"}}},
+            "in1k512_sdvae": {"autoencoders": {"sdvae_ema_f8c4": {"source": "/w/b.safetensors"}}}}))
+    hits = [p for p in e.value.problems if "autoencoders.sdvae_ema_f8c4" in p]
+    assert len(hits) == 1 and hits[0].startswith("config/config.yaml: experiment_overrides.in1k512_sdvae: ") and \
+        "experiment_overrides.in1k256_sdvae" in hits[0] and "/w/a.safetensors" in hits[0], e.value.problems

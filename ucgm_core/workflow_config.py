@@ -708,18 +708,23 @@ def _filled(section: str, name: str, entry: Any) -> Any:
 class _Declarations:
     """Collects the ``datasets`` / ``autoencoders`` / ``references`` entries of every file into ``wf``:
     two declarations of one name must be equal (the refusal names both files and the key); an entry in
-    ``experiment_overrides`` replaces the shipped one for the run (overrides of one name must agree too)."""
+    ``experiment_overrides`` is merged into the shipped one for the run (mappings merge, other values replace,
+    as every override), and the overrides of one name must agree too."""
 
     def __init__(self, wf: Workflow):
         self.wf, self.problems, self.overridden = wf, [], set()
+        self.shipped: Dict[tuple, Any] = {}  # (section, name) -> the declaration before any override
 
     def add(self, path: str, cfg: dict, override: bool = False) -> None:
         for section in DECLARED_SECTIONS:
             for name, entry in (cfg.get(section) or {}).items():
-                self._add(path, section, name, _filled(section, name, entry), override)
+                self._add(path, section, name, entry, override)
 
-    def _add(self, path: str, section: str, name: str, entry: Any, override: bool) -> None:
+    def _add(self, path: str, section: str, name: str, raw: Any, override: bool) -> None:
         key, table = (section, name), getattr(self.wf, section)
+        base = self.shipped.get(key)
+        merged = deep_merge(base, raw) if override and isinstance(base, dict) and isinstance(raw, dict) else raw
+        entry = _filled(section, name, merged)
         if name in table and (not override or key in self.overridden):
             if table[name] != entry:
                 self.problems.append(f"{path}: {section}.{name}: {entry!r} differs from its declaration in "
@@ -730,6 +735,8 @@ class _Declarations:
         self.wf.declared_in[key] = path
         if override:
             self.overridden.add(key)
+        else:
+            self.shipped[key] = copy.deepcopy(raw)
 
 
 def _moved_data_keys(path: str, cfg: dict, source: str) -> List[str]:
