@@ -28,6 +28,27 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ON_CI = os.environ.get("CI", "").lower() == "true"
 
 
+def make_latent_dir(root: Path, *, size: int, channels: int, classes: int, seed: int, count: int = 40) -> Path:
+    """A tiny latent folder under ``root`` (``root/img`` image shards of ``count`` random ``size`` x ``size``
+    images with ``channels`` channels and labels in ``[0, classes)``, encoded by the identity autoencoder into
+    ``root/lat`` with its statistics), as the training stage reads it. Same ``seed``, same bytes."""
+    import numpy as np
+
+    from ucgm_core.autoencoders import get_autoencoder
+    from ucgm_core.data.datasets import ArraySource
+    from ucgm_core.data.latents import compute_latent_stats, encode_split, save_latent_stats
+    from ucgm_core.data.shards import write_image_shards
+
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(count, size, size, channels), dtype=np.uint8)
+    write_image_shards(ArraySource(images, rng.integers(0, classes, size=count), classes), root / "img", "train",
+                       resolution=size, samples_per_shard=16, num_classes=classes)
+    encode_split(root / "img", root / "lat", "train", get_autoencoder("identity", channels=channels), batch_size=16,
+                 autoencoder_name="identity", log=lambda m: None)
+    save_latent_stats(root / "lat" / "stats.pt", compute_latent_stats(root / "lat", "train"))
+    return root / "lat"
+
+
 def require_file(path: Path, what: str = "fixture") -> Path:
     """``path`` if it is a file; otherwise the test fails naming it. The parity fixtures are part of the
     repository (tests/fixtures/README.md), so a missing one is a broken checkout, never a reason to skip."""
@@ -107,7 +128,7 @@ def pytest_make_collect_report(collector):
 
 
 # ---------------------------------------------------------------------------------------------
-# The smoke DAG run locally once per session: tests/test_workflow.py checks it, tests/test_slurm.py
+# The smoke DAG run locally once per session: tests/workflow/test_workflow.py checks it, tests/workflow/test_slurm.py
 # compares a real SLURM run of the same config with it (so the suite pays for one local run, not two).
 # ---------------------------------------------------------------------------------------------
 

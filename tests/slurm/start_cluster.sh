@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a real single-node SLURM cluster on this machine, for tests/test_slurm.py and CI.
+# Start a real single-node SLURM cluster on this machine, for tests/workflow/test_slurm.py and CI.
 #
 #   sudo bash tests/slurm/start_cluster.sh      # install if needed, start, wait until the node is idle
 #   sudo bash tests/slurm/stop_cluster.sh       # stop only the daemons this script started

@@ -15,7 +15,7 @@ from .unet import UNet
 MODELS: Dict[str, ModelSpec] = {name: ModelSpec(TiT, dict(cfg)) for name, cfg in TIT_CONFIGS.items()}
 MODELS.update(
     {
-        # Small presets for the CPU default (Fashion-MNIST 28x28x1); see tests/test_models.py.
+        # Small presets for the CPU default (Fashion-MNIST 28x28x1); see tests/models/test_models.py.
         "TiT-Tiny/2": ModelSpec(TiT, dict(depth=4, hidden_size=128, num_heads=2, patch_size=2)),
         "TiT-Tiny/4": ModelSpec(TiT, dict(depth=4, hidden_size=128, num_heads=2, patch_size=4)),
         "UNet-S": ModelSpec(UNet, dict(channels=(32, 64, 96), num_blocks=1, unshuffle=True)),

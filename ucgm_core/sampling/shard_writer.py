@@ -52,7 +52,7 @@ Log = Callable[[str], None]
 class SamplerSpec:
     """The sampler settings of one shard (the ``--spec`` JSON of ``sample.py``), with the sampling stage's
     defaults: the one place they live (the schema's ``samplers`` defaults are checked against these by
-    ``tests/test_sampler_defaults.py``). ``guidance`` is kept as given (it is recorded in the shard's metadata
+    ``tests/sampling/test_sampler_defaults.py``). ``guidance`` is kept as given (it is recorded in the shard's metadata
     as such); :attr:`guidance_scale` / :attr:`guidance_interval` read it with their defaults."""
 
     method: str

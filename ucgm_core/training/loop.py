@@ -103,7 +103,7 @@ class TrainSettings:
         """Settings from a config's ``train`` section plus the job's :data:`RUNTIME_FIELDS` (``seeding``,
         ``micro_batch``).
 
-        Absent keys take the field defaults, the one source of them (tests/test_defaults.py checks the
+        Absent keys take the field defaults, the one source of them (tests/core/test_defaults.py checks the
         schema's against them); :data:`WORKFLOW_TRAIN_KEYS` are skipped; any other key is refused.
         ``betas`` becomes a tuple and ``tf32`` a bool, as the state file has always recorded them."""
         names = {f.name for f in fields(cls)}

@@ -69,7 +69,7 @@ class UCGMConfig:
     @classmethod
     def from_dict(cls, objective: Mapping[str, Any], num_classes: int) -> "UCGMConfig":
         """From a config's ``objective`` section (absent keys: the field defaults, which
-        tests/test_defaults.py checks against the schema's) and the data's ``num_classes``; values are
+        tests/core/test_defaults.py checks against the schema's) and the data's ``num_classes``; values are
         kept as given (lists stay lists). Unknown keys are refused, naming the known ones."""
         allowed = {f.name for f in fields(cls)} - {"num_classes"}
         unknown = sorted(set(objective) - allowed)

@@ -25,7 +25,7 @@ Written from the paper's equations. The pieces, one function each:
   compute; for long runs the two agree to O(1/t). The fit is exact only when the target profile lies in
   the snapshots' span (e.g. snapshots every step); otherwise the reconstruction differs from a directly
   tracked average by ``sum_tau (q_tau - w_tau) theta_tau``, the residual profile ``q - w`` applied to
-  the trajectory (tests/test_posthoc_ema.py checks this identity and the residual's size).
+  the trajectory (tests/training/test_posthoc_ema.py checks this identity and the residual's size).
 
 :func:`reconstruct` combines in-memory snapshots; :func:`reconstruct_checkpoint` reads a run's snapshot
 folder and writes an ordinary model checkpoint (:mod:`ucgm_core.checkpoint`) whose EMA is the

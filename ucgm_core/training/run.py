@@ -13,7 +13,7 @@ the output folder and periodic grids in ``<out-dir>/grids/``; ``train.snapshots`
 
 Defaults are not written here: absent keys take the defaults of :class:`TrainSettings`,
 :class:`~ucgm_core.training.objective.UCGMConfig`, :class:`TrainData`, :class:`TrainSpec` and
-:class:`PosthocConfig`, which tests/test_defaults.py checks against the config schema.
+:class:`PosthocConfig`, which tests/core/test_defaults.py checks against the config schema.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The paper compares UCGM-S with each model's own sampler at its own NFE. These functions reproduce those
 samplers operation by operation (grid, dtype, call convention, guidance batching, update order, last step,
-noise draws); ``tests/test_baseline_samplers.py`` checks each against what the original computed
+noise draws); ``tests/sampling/test_baseline_samplers.py`` checks each against what the original computed
 (``tests/fixtures/baseline_samplers/``).
 
 =======================  ==========================================================  ==================
