@@ -1,7 +1,7 @@
 # Two entry points, both self-contained on a fresh machine:
 #   make run   - set up .venv and build the embedded default (Fashion-MNIST) with Snakemake
 #   make test  - set up .venv and run the test suite (skip reasons listed; with CI=true a skip fails)
-#   make lint  - ruff over the package, the workflow scripts, tests and benchmarks (pyproject's [tool.ruff])
+#   make lint  - ruff check + ruff format --check (Python), snakefmt --check (rules), snakemake --lint (pyproject.toml)
 #   make test-kernels - the parity tests again under torch's other CPU kernels than this machine's own
 PYTHON ?= python3
 VENV ?= .venv
@@ -27,6 +27,8 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check ucgm_core workflow tests benchmarks
+	$(VENV)/bin/ruff format --check ucgm_core workflow tests benchmarks
+	$(VENV)/bin/snakefmt --check Snakefile workflow
 	@# snakemake --lint: clean except "Specify a conda environment or container" (one pinned environment, README)
 	@out=$$(PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --lint text 2>&1 | grep -E '^    \* ' \
 	  | grep -v 'Specify a conda environment or container' || true); \

@@ -67,23 +67,46 @@ MODELS = {
 }
 #: objective and optimizer settings of the paper's runs (multi-step: tit_vavae_multistep; few-step tuning)
 OBJECTIVES = {
-    "multistep": dict(objective=dict(transport="Linear", consistency_ratio=0.0, enhanced_ratio=0.47,
-                                     enhanced_style="ft-vs-fe", huber_c=0.0, teacher_decay=0.999),
-                      train=dict(optimizer="AdamW", lr=2e-4, betas=(0.9, 0.95), max_grad_norm=None, ema_decay=0.9999)),
-    "fewstep": dict(objective=dict(transport="Linear", consistency_ratio=1.0, enhanced_ratio=2.0,
-                                   enhanced_style="fc-vs-xz", huber_c=5.0, teacher_decay=1.0, time_dist=(0.8, 1.0, 1.0),
-                                   cosine_loss=False),
-                    train=dict(optimizer="RAdam", lr=1e-4, betas=(0.9, 0.999), max_grad_norm=0.1, ema_decay=0.9999)),
+    "multistep": dict(
+        objective=dict(
+            transport="Linear",
+            consistency_ratio=0.0,
+            enhanced_ratio=0.47,
+            enhanced_style="ft-vs-fe",
+            huber_c=0.0,
+            teacher_decay=0.999,
+        ),
+        train=dict(optimizer="AdamW", lr=2e-4, betas=(0.9, 0.95), max_grad_norm=None, ema_decay=0.9999),
+    ),
+    "fewstep": dict(
+        objective=dict(
+            transport="Linear",
+            consistency_ratio=1.0,
+            enhanced_ratio=2.0,
+            enhanced_style="fc-vs-xz",
+            huber_c=5.0,
+            teacher_decay=1.0,
+            time_dist=(0.8, 1.0, 1.0),
+            cosine_loss=False,
+        ),
+        train=dict(optimizer="RAdam", lr=1e-4, betas=(0.9, 0.999), max_grad_norm=0.1, ema_decay=0.9999),
+    ),
 }
 PAPER_GLOBAL_BATCH, PAPER_GPUS = 1024, 8
 NUM_CLASSES = 1000
 
 #: the smoke run's stand-ins: a 2-block TiT on small latents, tiny VAEs of the same families
 SMOKE_MODELS = {
-    "TiT-smoke/1": {"latent_shape": (8, 4, 4), "autoencoder": "vavae_f16d32",
-                    "kwargs": dict(depth=2, hidden_size=64, num_heads=2, patch_size=1)},
-    "TiT-smoke/2": {"latent_shape": (4, 8, 8), "autoencoder": "sdvae_ema_f8c4",
-                    "kwargs": dict(depth=2, hidden_size=64, num_heads=2, patch_size=2)},
+    "TiT-smoke/1": {
+        "latent_shape": (8, 4, 4),
+        "autoencoder": "vavae_f16d32",
+        "kwargs": dict(depth=2, hidden_size=64, num_heads=2, patch_size=1),
+    },
+    "TiT-smoke/2": {
+        "latent_shape": (4, 8, 8),
+        "autoencoder": "sdvae_ema_f8c4",
+        "kwargs": dict(depth=2, hidden_size=64, num_heads=2, patch_size=2),
+    },
 }
 
 #: dense peak FLOP/s per precision ("bf16", "tf32", "fp32"), from the vendors' data sheets (no sparsity)
@@ -136,6 +159,7 @@ def build(arch: str, spec: dict, device="cpu", depth: Optional[int] = None) -> t
 
 # -- FLOPs -----------------------------------------------------------------------------------------------
 
+
 def objective_nfe(objective: str) -> int:
     """Network evaluations per training step (1 with gradient + the no-grad ones), from a real step."""
     torch.manual_seed(0)
@@ -164,11 +188,17 @@ def step_flops(arch: str, spec: dict, objective: str, batch: int, nfe: Optional[
     nfe = objective_nfe(objective) if nfe is None else nfe
     f = network_flops(arch, spec, batch)
     total = f["forward_backward"] + (nfe - 1) * f["forward"]
-    return {"batch": batch, "nfe": nfe, "forward": f["forward"], "forward_backward": f["forward_backward"],
-            "step": total}
+    return {
+        "batch": batch,
+        "nfe": nfe,
+        "forward": f["forward"],
+        "forward_backward": f["forward_backward"],
+        "step": total,
+    }
 
 
 # -- memory estimate -------------------------------------------------------------------------------------
+
 
 def saved_activation_bytes(arch: str, spec: dict, batch: int, depth: int, precision: str) -> int:
     """Bytes of the distinct tensors autograd keeps for the backward of one forward (parameters excluded),
@@ -209,17 +239,31 @@ def memory_estimate(arch: str, spec: dict, precision: str, per_gpu_batch: int, f
     p0 = (a[1, 2] - a[1, 1]) - p1  # outside the blocks, per image
     f0 = a[1, 1] - f1 - p0 - p1  # outside the blocks, fixed
     per_image, fixed = p0 + full_depth * p1, f0 + full_depth * f1
-    static = {"weights": 4 * n, "gradients": 4 * trainable, "optimizer_states": 8 * trainable,
-              "ema": 4 * n, "teacher": 4 * n}
+    static = {
+        "weights": 4 * n,
+        "gradients": 4 * trainable,
+        "optimizer_states": 8 * trainable,
+        "ema": 4 * n,
+        "teacher": 4 * n,
+    }
     activations = fixed + per_image * per_gpu_batch
-    return {"parameters": n, "trainable_parameters": trainable, "precision": precision, "depth": full_depth,
-            "per_gpu_batch": per_gpu_batch, **{f"{k}_bytes": v for k, v in static.items()},
-            "activation_bytes_per_image": per_image, "activation_bytes_fixed": fixed,
-            "activation_bytes": activations, "total_bytes": sum(static.values()) + activations,
-            "method": "saved tensors of one forward on the CPU at depth 1-2 and batch 1-2, extrapolated linearly"}
+    return {
+        "parameters": n,
+        "trainable_parameters": trainable,
+        "precision": precision,
+        "depth": full_depth,
+        "per_gpu_batch": per_gpu_batch,
+        **{f"{k}_bytes": v for k, v in static.items()},
+        "activation_bytes_per_image": per_image,
+        "activation_bytes_fixed": fixed,
+        "activation_bytes": activations,
+        "total_bytes": sum(static.values()) + activations,
+        "method": "saved tensors of one forward on the CPU at depth 1-2 and batch 1-2, extrapolated linearly",
+    }
 
 
 # -- timing ----------------------------------------------------------------------------------------------
+
 
 class RandomLatents:
     """A BatchSource of fixed random latents on the device (no data loading in the timing)."""
@@ -241,13 +285,27 @@ class RandomLatents:
 
 def time_training(arch, spec, objective, batch, device, args, tmp: Path) -> dict:
     o = OBJECTIVES[objective]
-    settings = TrainSettings(steps=10 ** 9, batch_size=batch, seed=0, precision=args.precision, tf32=args.tf32,
-                             compile=args.compile, seeding="step", **o["train"])
+    settings = TrainSettings(
+        steps=10**9,
+        batch_size=batch,
+        seed=0,
+        precision=args.precision,
+        tf32=args.tf32,
+        compile=args.compile,
+        seeding="step",
+        **o["train"],
+    )
     torch.manual_seed(0)
     model = build(arch, spec, device)
-    trainer = Trainer(model, UCGMObjective(UCGMConfig(num_classes=NUM_CLASSES, **o["objective"])),
-                      RandomLatents(spec["latent_shape"], batch, device), settings, tmp / "unused.pt",
-                      log=lambda m: None, device=device)
+    trainer = Trainer(
+        model,
+        UCGMObjective(UCGMConfig(num_classes=NUM_CLASSES, **o["objective"])),
+        RandomLatents(spec["latent_shape"], batch, device),
+        settings,
+        tmp / "unused.pt",
+        log=lambda m: None,
+        device=device,
+    )
     for _ in range(args.warmup):
         trainer.step()
     synchronize(device)
@@ -256,8 +314,12 @@ def time_training(arch, spec, objective, batch, device, args, tmp: Path) -> dict
         loss = trainer.step()
     synchronize(device)
     seconds = (time.perf_counter() - t0) / args.steps
-    out = {"step_s": seconds, "img_per_s": batch / seconds, "loss_finite": bool(torch.isfinite(loss).item()),
-           "fused_optimizer": any(bool(g.get("fused")) for g in trainer.optimizer.param_groups)}
+    out = {
+        "step_s": seconds,
+        "img_per_s": batch / seconds,
+        "loss_finite": bool(torch.isfinite(loss).item()),
+        "fused_optimizer": any(bool(g.get("fused")) for g in trainer.optimizer.param_groups),
+    }
     if device.type == "cuda":
         out["max_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
     return out
@@ -270,9 +332,15 @@ def bench_training(models, args, device, tmp: Path) -> List[dict]:
             flops1 = step_flops(arch, spec, objective, 1)
             fitted = True
             for batch in args.batch_sizes:
-                row = {"model": arch, "latent_shape": list(spec["latent_shape"]), "objective": objective,
-                       "batch": batch, "flops_per_step": flops1["step"] * batch, "flops_per_image": flops1["step"],
-                       "nfe_per_step": flops1["nfe"]}
+                row = {
+                    "model": arch,
+                    "latent_shape": list(spec["latent_shape"]),
+                    "objective": objective,
+                    "batch": batch,
+                    "flops_per_step": flops1["step"] * batch,
+                    "flops_per_image": flops1["step"],
+                    "nfe_per_step": flops1["nfe"],
+                }
                 if not fitted:
                     rows.append({**row, "status": "skipped (a smaller batch did not fit)"})
                     continue
@@ -302,11 +370,22 @@ def bench_sampling(models, args, device) -> List[dict]:
         c, s, _ = spec["latent_shape"]
 
         def run(steps, model=model):
-            return generate_images(model, range(args.sample_batch), seed=0, method="ucgm", steps=steps,
-                                   transport="Linear", latent_shape=[c, s, s], num_classes=NUM_CLASSES,
-                                   normalizer=LatentNormalizer(None, None, 1.0), decode=lambda x: x.clamp(0, 1),
-                                   guidance_scale=args.cfg_scale, batch_size=args.sample_batch, device=device,
-                                   precision=args.precision)
+            return generate_images(
+                model,
+                range(args.sample_batch),
+                seed=0,
+                method="ucgm",
+                steps=steps,
+                transport="Linear",
+                latent_shape=[c, s, s],
+                num_classes=NUM_CLASSES,
+                normalizer=LatentNormalizer(None, None, 1.0),
+                decode=lambda x: x.clamp(0, 1),
+                guidance_scale=args.cfg_scale,
+                batch_size=args.sample_batch,
+                device=device,
+                precision=args.precision,
+            )
 
         free_memory(device)
         run(1)  # warm-up (compilation, kernels)
@@ -317,9 +396,17 @@ def bench_sampling(models, args, device) -> List[dict]:
             synchronize(device)
             seconds = time.perf_counter() - t0
             img_s = args.sample_batch / seconds
-            row = {"model": arch, "batch": args.sample_batch, "steps": steps, "nfe": res.nfe,
-                   "cfg_scale": args.cfg_scale, "network_rows_per_image": res.evaluations, "seconds": seconds,
-                   "img_per_s": img_s, "img_nfe_per_s": img_s * res.nfe}
+            row = {
+                "model": arch,
+                "batch": args.sample_batch,
+                "steps": steps,
+                "nfe": res.nfe,
+                "cfg_scale": args.cfg_scale,
+                "network_rows_per_image": res.evaluations,
+                "seconds": seconds,
+                "img_per_s": img_s,
+                "img_nfe_per_s": img_s * res.nfe,
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
         del model
@@ -332,8 +419,11 @@ def make_autoencoder(name: str, smoke: bool, tmp: Path, device):
 
     from ucgm_core.autoencoders import get_autoencoder
     from ucgm_core.autoencoders.sdvae import SD_VAE_CONFIG
-    from ucgm_core.autoencoders.vavae import (VAVAE_F16D32_DDCONFIG, diffusers_to_ldm_state_dict,
-                                              ldm_vae_config_to_diffusers)
+    from ucgm_core.autoencoders.vavae import (
+        VAVAE_F16D32_DDCONFIG,
+        diffusers_to_ldm_state_dict,
+        ldm_vae_config_to_diffusers,
+    )
     from ucgm_core.models.convert import save_state_dict
 
     torch.manual_seed(0)
@@ -344,13 +434,18 @@ def make_autoencoder(name: str, smoke: bool, tmp: Path, device):
             dd.update(ch=32, ch_mult=[1, 2], z_channels=8, resolution=32, attn_resolutions=[8], num_res_blocks=1)
             embed = 8
         vae = AutoencoderKL(**ldm_vae_config_to_diffusers(dd, embed))
-        ae = get_autoencoder(name, checkpoint=diffusers_to_ldm_state_dict(vae.state_dict()), ddconfig=dd,
-                             embed_dim=embed)
+        ae = get_autoencoder(
+            name, checkpoint=diffusers_to_ldm_state_dict(vae.state_dict()), ddconfig=dd, embed_dim=embed
+        )
     else:
         cfg = dict(SD_VAE_CONFIG)
         if smoke:
-            cfg.update(block_out_channels=[32, 32], down_block_types=["DownEncoderBlock2D"] * 2,
-                       up_block_types=["UpDecoderBlock2D"] * 2, layers_per_block=1)
+            cfg.update(
+                block_out_channels=[32, 32],
+                down_block_types=["DownEncoderBlock2D"] * 2,
+                up_block_types=["UpDecoderBlock2D"] * 2,
+                layers_per_block=1,
+            )
         vae = AutoencoderKL(**cfg)
         path = save_state_dict(vae.state_dict(), tmp / f"{name}.safetensors")
         ae = get_autoencoder(name, source=str(path), config=cfg)
@@ -374,9 +469,15 @@ def bench_autoencoders(names: Sequence[str], args, device, tmp: Path) -> List[di
                 fn(arg)
             synchronize(device)
             timings[what] = (time.perf_counter() - t0) / args.vae_repeats
-        row = {"autoencoder": name, "resolution": res, "batch": args.vae_batch, "latent_shape": list(z.shape[1:]),
-               "precision": args.vae_precision, "encode_img_per_s": args.vae_batch / timings["encode"],
-               "decode_img_per_s": args.vae_batch / timings["decode"]}
+        row = {
+            "autoencoder": name,
+            "resolution": res,
+            "batch": args.vae_batch,
+            "latent_shape": list(z.shape[1:]),
+            "precision": args.vae_precision,
+            "encode_img_per_s": args.vae_batch / timings["encode"],
+            "decode_img_per_s": args.vae_batch / timings["decode"],
+        }
         if device.type == "cuda":
             row["max_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
         rows.append(row)
@@ -393,12 +494,19 @@ def estimates(models, args) -> List[dict]:
             full_depth = len(build(arch, spec, "meta").blocks)
         for objective in args.objectives:
             f1 = step_flops(arch, spec, objective, 1)
-            row = {"model": arch, "latent_shape": list(spec["latent_shape"]), "objective": objective,
-                   "nfe_per_step": f1["nfe"], "forward_flops_per_image": f1["forward"],
-                   "forward_backward_flops_per_image": f1["forward_backward"],
-                   "step_flops_batch1": f1["step"], "paper_global_batch": PAPER_GLOBAL_BATCH,
-                   "step_flops_paper_batch": f1["step"] * PAPER_GLOBAL_BATCH,
-                   "step_flops_per_gpu": f1["step"] * per_gpu, "per_gpu_batch": per_gpu}
+            row = {
+                "model": arch,
+                "latent_shape": list(spec["latent_shape"]),
+                "objective": objective,
+                "nfe_per_step": f1["nfe"],
+                "forward_flops_per_image": f1["forward"],
+                "forward_backward_flops_per_image": f1["forward_backward"],
+                "step_flops_batch1": f1["step"],
+                "paper_global_batch": PAPER_GLOBAL_BATCH,
+                "step_flops_paper_batch": f1["step"] * PAPER_GLOBAL_BATCH,
+                "step_flops_per_gpu": f1["step"] * per_gpu,
+                "per_gpu_batch": per_gpu,
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
         for precision in ("fp32", "bf16"):
@@ -409,8 +517,9 @@ def estimates(models, args) -> List[dict]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--smoke", action="store_true", help="tiny models, 1-2 steps: checks the script on any device")
     p.add_argument("--estimate", action="store_true", help="only the FLOPs and memory estimates (no timing)")
@@ -420,8 +529,13 @@ def parse_args(argv=None):
     p.add_argument("--precision", default="bf16", choices=accel.PRECISIONS, help="network precision (default bf16)")
     p.add_argument("--vae-precision", default="fp32", choices=accel.PRECISIONS)
     p.add_argument("--no-tf32", dest="tf32", action="store_false", help="TF32 off (CUDA)")
-    p.add_argument("--compile", nargs="?", const=True, default=False,
-                   help="torch.compile the network (optionally a backend name, e.g. aot_eager)")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        default=False,
+        help="torch.compile the network (optionally a backend name, e.g. aot_eager)",
+    )
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 64, 128, 256], help="per-GPU training batches")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per batch size")
     p.add_argument("--warmup", type=int, default=3)
@@ -449,14 +563,25 @@ def main(argv=None) -> int:
         models = {m: models[m] for m in a.models}
     accel.configure_device(device, tf32=a.tf32)
     a.peak = peak_flops(device, a.precision, a.tf32, a.peak_tflops)
-    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-            "python": platform.python_version(), "machine": platform.machine(), "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-            "precision": a.precision, "vae_precision": a.vae_precision,
-            "tf32": a.tf32 and device.type == "cuda", "compile": a.compile, "smoke": a.smoke,
-            "peak_flops": a.peak, "models": {k: {"latent_shape": list(v["latent_shape"]),
-                                                 "autoencoder": v["autoencoder"]} for k, v in models.items()},
-            "objectives": a.objectives, "threads": torch.get_num_threads()}
+    meta = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "precision": a.precision,
+        "vae_precision": a.vae_precision,
+        "tf32": a.tf32 and device.type == "cuda",
+        "compile": a.compile,
+        "smoke": a.smoke,
+        "peak_flops": a.peak,
+        "models": {
+            k: {"latent_shape": list(v["latent_shape"]), "autoencoder": v["autoencoder"]} for k, v in models.items()
+        },
+        "objectives": a.objectives,
+        "threads": torch.get_num_threads(),
+    }
     result = {"meta": meta, "train": [], "sample": [], "vae": [], "estimate": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -35,12 +35,37 @@ SECTION = "## Sampler overhead"
 
 # name -> (sampler, knobs, cfg scale, per-image noise)
 CONFIGS: Dict[str, Tuple[str, dict, float, bool]] = {
-    "ucgm o1, k=0.5": ("ucgm", dict(order=1, extrapolation=0.5, time_warp=(1.17, 0.8, 1.1), end_gaps=(0.001, 0.001)), 0.0, False),
-    "ucgm o2, k=0.5": ("ucgm", dict(order=2, extrapolation=0.5, time_warp=(1.17, 0.8, 1.1), end_gaps=(0.001, 0.001)), 0.0, False),
+    "ucgm o1, k=0.5": (
+        "ucgm",
+        dict(order=1, extrapolation=0.5, time_warp=(1.17, 0.8, 1.1), end_gaps=(0.001, 0.001)),
+        0.0,
+        False,
+    ),
+    "ucgm o2, k=0.5": (
+        "ucgm",
+        dict(order=2, extrapolation=0.5, time_warp=(1.17, 0.8, 1.1), end_gaps=(0.001, 0.001)),
+        0.0,
+        False,
+    ),
     "ucgm o1, k=0.5, s=0.5": ("ucgm", dict(order=1, extrapolation=0.5, stochasticity=0.5), 0.0, False),
-    "ucgm o1, k=0.5, s=SDE, per-image noise": ("ucgm", dict(order=1, extrapolation=0.5, stochasticity="SDE"), 0.0, True),
-    "ucgm o2, k=0.5, s=0.5, per-image noise": ("ucgm", dict(order=2, extrapolation=0.5, stochasticity=0.5, end_gaps=(0.001, 0.001)), 0.0, True),
-    "ucgm o1, k=0.5, cfg 1.5": ("ucgm", dict(order=1, extrapolation=0.5, time_warp=(1.17, 0.8, 1.1), end_gaps=(0.001, 0.001)), 1.5, False),
+    "ucgm o1, k=0.5, s=SDE, per-image noise": (
+        "ucgm",
+        dict(order=1, extrapolation=0.5, stochasticity="SDE"),
+        0.0,
+        True,
+    ),
+    "ucgm o2, k=0.5, s=0.5, per-image noise": (
+        "ucgm",
+        dict(order=2, extrapolation=0.5, stochasticity=0.5, end_gaps=(0.001, 0.001)),
+        0.0,
+        True,
+    ),
+    "ucgm o1, k=0.5, cfg 1.5": (
+        "ucgm",
+        dict(order=1, extrapolation=0.5, time_warp=(1.17, 0.8, 1.1), end_gaps=(0.001, 0.001)),
+        1.5,
+        False,
+    ),
     "euler": ("euler", {}, 0.0, False),
     "heun": ("heun", {}, 0.0, False),
     "euler_maruyama": ("euler_maruyama", {}, 0.0, False),
@@ -90,8 +115,9 @@ def main() -> None:
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    model = TiT(input_size=16, patch_size=2, in_channels=4, hidden_size=256, depth=4, num_heads=4,
-                num_classes=1000).eval()
+    model = TiT(
+        input_size=16, patch_size=2, in_channels=4, hidden_size=256, depth=4, num_heads=4, num_classes=1000
+    ).eval()
 
     results: Dict[str, List[Tuple[float, float, int]]] = {name: [] for name in CONFIGS}
     for name in CONFIGS:  # warm-up

@@ -32,18 +32,34 @@ from ucgm_core.training.optim import build_optimizer, clip_gradients_, scrub_non
 
 CONFIGS = {
     "a_multistep": dict(
-        objective=UCGMConfig(transport="Linear", consistency_ratio=0.0, enhanced_ratio=0.47,
-                             enhanced_style="ft-vs-fe", huber_c=0.0, teacher_decay=0.999,
-                             time_dist=(1.0, 1.0, 1.0), weighting="Cosine", cosine_loss=True,
-                             num_classes=1000),
+        objective=UCGMConfig(
+            transport="Linear",
+            consistency_ratio=0.0,
+            enhanced_ratio=0.47,
+            enhanced_style="ft-vs-fe",
+            huber_c=0.0,
+            teacher_decay=0.999,
+            time_dist=(1.0, 1.0, 1.0),
+            weighting="Cosine",
+            cosine_loss=True,
+            num_classes=1000,
+        ),
         optimizer=dict(name="AdamW", lr=2e-4, betas=(0.9, 0.95), weight_decay=0.0),
         max_grad_norm=None,
     ),
     "b_fewstep": dict(
-        objective=UCGMConfig(transport="Linear", consistency_ratio=1.0, enhanced_ratio=2.0,
-                             enhanced_style="fc-vs-xz", huber_c=5.0, teacher_decay=1.0,
-                             time_dist=(0.8, 1.0, 1.0), weighting="Cosine", cosine_loss=False,
-                             num_classes=1000),
+        objective=UCGMConfig(
+            transport="Linear",
+            consistency_ratio=1.0,
+            enhanced_ratio=2.0,
+            enhanced_style="fc-vs-xz",
+            huber_c=5.0,
+            teacher_decay=1.0,
+            time_dist=(0.8, 1.0, 1.0),
+            weighting="Cosine",
+            cosine_loss=False,
+            num_classes=1000,
+        ),
         optimizer=dict(name="RAdam", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0),
         max_grad_norm=0.1,
     ),
@@ -53,8 +69,7 @@ CONFIGS = {
 def make_runner(name: str, fuse: bool, optimizer=None):
     spec = CONFIGS[name]
     torch.manual_seed(0)
-    model = TiT(input_size=16, patch_size=2, in_channels=4, hidden_size=256, depth=4, num_heads=4,
-                num_classes=1000)
+    model = TiT(input_size=16, patch_size=2, in_channels=4, hidden_size=256, depth=4, num_heads=4, num_classes=1000)
     objective = UCGMObjective(spec["objective"], fuse_forwards=fuse)
     params = [p for p in model.parameters() if p.requires_grad]
     o = dict(spec["optimizer"], **({"name": optimizer} if optimizer else {}))
@@ -90,8 +105,10 @@ def main() -> None:
 
     results = {}
     for name in CONFIGS:
-        variants = {"fused": make_runner(name, True, args.optimizer),
-                    "separate": make_runner(name, False, args.optimizer)}
+        variants = {
+            "fused": make_runner(name, True, args.optimizer),
+            "separate": make_runner(name, False, args.optimizer),
+        }
         best = {}
         for rep in range(args.repeat):
             times = {v: [] for v in variants}
@@ -112,8 +129,13 @@ def main() -> None:
         print(f"{name}: fused {f:.3f} s  separate {s:.3f} s  fused/separate {f / s:.2f}")
     if args.json:
         optimizers = {n: args.optimizer or c["optimizer"]["name"] for n, c in CONFIGS.items()}
-        meta = {"torch": torch.__version__, "python": platform.python_version(), "threads": args.threads,
-                "machine": platform.machine(), "optimizers": optimizers}
+        meta = {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": args.threads,
+            "machine": platform.machine(),
+            "optimizers": optimizers,
+        }
         args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
 
 

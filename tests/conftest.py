@@ -41,10 +41,23 @@ def make_latent_dir(root: Path, *, size: int, channels: int, classes: int, seed:
 
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(count, size, size, channels), dtype=np.uint8)
-    write_image_shards(ArraySource(images, rng.integers(0, classes, size=count), classes), root / "img", "train",
-                       resolution=size, samples_per_shard=16, num_classes=classes)
-    encode_split(root / "img", root / "lat", "train", get_autoencoder("identity", channels=channels), batch_size=16,
-                 autoencoder_name="identity", log=lambda m: None)
+    write_image_shards(
+        ArraySource(images, rng.integers(0, classes, size=count), classes),
+        root / "img",
+        "train",
+        resolution=size,
+        samples_per_shard=16,
+        num_classes=classes,
+    )
+    encode_split(
+        root / "img",
+        root / "lat",
+        "train",
+        get_autoencoder("identity", channels=channels),
+        batch_size=16,
+        autoencoder_name="identity",
+        log=lambda m: None,
+    )
     save_latent_stats(root / "lat" / "stats.pt", compute_latent_stats(root / "lat", "train"))
     return root / "lat"
 
@@ -57,10 +70,10 @@ def require_file(path: Path, what: str = "fixture") -> Path:
     return Path(path)
 
 
-
 def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Elementwise distance in float32 units in the last place (0 when equal, also for +0 / -0); a NaN
     on either side gives the largest int64, so a NaN never passes an ulp bound."""
+
     def ordered(x: torch.Tensor) -> torch.Tensor:
         bits = x.detach().to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
         return torch.where(bits < 0, -(bits & 0x7FFFFFFF), bits)  # monotone in the float's value
@@ -77,13 +90,13 @@ def assert_ulps(actual: torch.Tensor, expected: torch.Tensor, max_ulps: int, msg
     worst = int(dist.max()) if dist.numel() else 0
     assert worst <= max_ulps, f"{msg}: {worst} ulps apart (at most {max_ulps} allowed)"
 
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """The parity fixtures made with the original implementations: tests/fixtures in this repository."""
     for sub in ("ucgm_reference", "external_models", "baseline_samplers"):
         if not (FIXTURES / sub).is_dir():
-            pytest.fail(f"parity fixtures folder {FIXTURES / sub} is missing (tests/fixtures/README.md)",
-                        pytrace=False)
+            pytest.fail(f"parity fixtures folder {FIXTURES / sub} is missing (tests/fixtures/README.md)", pytrace=False)
     return FIXTURES
 
 
@@ -152,8 +165,17 @@ def smoke_local(tmp_path_factory) -> SmokeRun:
     work = tmp_path_factory.mktemp("smoke")
     bin_dir = os.path.dirname(sys.executable)
     env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
-    cmd = [os.path.join(bin_dir, "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-           "--configfile", str(SMOKE_CONFIG), "--cores", "2"]
+    cmd = [
+        os.path.join(bin_dir, "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(SMOKE_CONFIG),
+        "--cores",
+        "2",
+    ]
     start = time.monotonic()
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if run.returncode != 0:

@@ -25,8 +25,19 @@ from torch import nn
 PRECISIONS = ("fp32", "bf16")
 CompileSetting = Union[bool, str, None]
 
-__all__ = ["PRECISIONS", "check_precision", "autocast", "set_tf32", "tf32", "configure_device", "compile_backend",
-           "compile_module", "compile_forward", "CompiledModules", "autocast_dtype"]
+__all__ = [
+    "PRECISIONS",
+    "check_precision",
+    "autocast",
+    "set_tf32",
+    "tf32",
+    "configure_device",
+    "compile_backend",
+    "compile_module",
+    "compile_forward",
+    "CompiledModules",
+    "autocast_dtype",
+]
 
 
 def check_precision(precision: Optional[str]) -> str:
@@ -136,4 +147,3 @@ class CompiledModules:
         wrapped = torch.compile(module, backend=self.backend)
         self._cache[id(module)] = (weakref.ref(module), wrapped)
         return wrapped
-

@@ -32,9 +32,21 @@ __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "build_network", "che
 FORMAT = "ucgm-checkpoint/1"
 
 
-def save_checkpoint(path: os.PathLike | str, *, architecture: str, model_kwargs: Dict[str, Any], transport: str,
-                    num_classes: int, latent_shape, normalizer: LatentNormalizer, autoencoder: str, step: int,
-                    model: nn.Module, ema: nn.Module, info: Optional[dict] = None) -> Path:
+def save_checkpoint(
+    path: os.PathLike | str,
+    *,
+    architecture: str,
+    model_kwargs: Dict[str, Any],
+    transport: str,
+    num_classes: int,
+    latent_shape,
+    normalizer: LatentNormalizer,
+    autoencoder: str,
+    step: int,
+    model: nn.Module,
+    ema: nn.Module,
+    info: Optional[dict] = None,
+) -> Path:
     """Write a checkpoint atomically (temporary file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,8 +75,12 @@ def load_checkpoint(path: os.PathLike | str) -> dict:
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
         raise ValueError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} checkpoint (format={ckpt.get('format') if isinstance(ckpt, dict) else None!r})")
-    missing = [k for k in ("architecture", "model_kwargs", "model", "ema", "normalizer", "num_classes") if k not in ckpt]
+        raise ValueError(
+            f"{path}: not a {FORMAT} checkpoint (format={ckpt.get('format') if isinstance(ckpt, dict) else None!r})"
+        )
+    missing = [
+        k for k in ("architecture", "model_kwargs", "model", "ema", "normalizer", "num_classes") if k not in ckpt
+    ]
     if missing:
         raise ValueError(f"{path}: checkpoint lacks keys {missing}")
     return ckpt

@@ -34,8 +34,19 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "PREEMPTED_EXIT_CODE", "DistEnv", "detect_env", "first_slurm_host", "expand_first_host", "slurm_port",
-    "default_device", "init_distributed", "cleanup", "is_initialized", "barrier", "all_reduce_mean", "any_rank",
+    "PREEMPTED_EXIT_CODE",
+    "DistEnv",
+    "detect_env",
+    "first_slurm_host",
+    "expand_first_host",
+    "slurm_port",
+    "default_device",
+    "init_distributed",
+    "cleanup",
+    "is_initialized",
+    "barrier",
+    "all_reduce_mean",
+    "any_rank",
     "PreemptionGuard",
 ]
 
@@ -114,8 +125,9 @@ def first_slurm_host(nodelist: str, scontrol: Optional[Callable[[str], List[str]
 
 
 def _scontrol_hostnames(nodelist: str) -> List[str]:
-    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                         check=True, timeout=30).stdout
+    out = subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
     return [h for h in out.split() if h]
 
 
@@ -130,8 +142,9 @@ def slurm_port(environ: Mapping[str, str]) -> int:
     return DEFAULT_PORT
 
 
-def detect_env(environ: Optional[Mapping[str, str]] = None,
-               scontrol: Optional[Callable[[str], List[str]]] = None) -> DistEnv:
+def detect_env(
+    environ: Optional[Mapping[str, str]] = None, scontrol: Optional[Callable[[str], List[str]]] = None
+) -> DistEnv:
     """Read the launcher's variables (torchrun first, then srun); a single process when neither is set.
 
     Args:
@@ -141,19 +154,28 @@ def detect_env(environ: Optional[Mapping[str, str]] = None,
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         world = int(env["WORLD_SIZE"])
-        return DistEnv(rank=int(env["RANK"]), world_size=world, local_rank=int(env.get("LOCAL_RANK", 0)),
-                       master_addr=env.get("MASTER_ADDR", "127.0.0.1") if world > 1 else None,
-                       master_port=int(env.get("MASTER_PORT", DEFAULT_PORT)) if world > 1 else None,
-                       launcher="torchrun")
+        return DistEnv(
+            rank=int(env["RANK"]),
+            world_size=world,
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1") if world > 1 else None,
+            master_port=int(env.get("MASTER_PORT", DEFAULT_PORT)) if world > 1 else None,
+            launcher="torchrun",
+        )
     step_tasks = env.get("SLURM_STEP_NUM_TASKS")
     if "SLURM_PROCID" in env and step_tasks:
         world = int(step_tasks)
         if world > 1:
             nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
             addr = env.get("MASTER_ADDR") or (first_slurm_host(nodelist, scontrol) if nodelist else "127.0.0.1")
-            return DistEnv(rank=int(env["SLURM_PROCID"]), world_size=world,
-                           local_rank=int(env.get("SLURM_LOCALID", 0)), master_addr=addr,
-                           master_port=slurm_port(env), launcher="slurm")
+            return DistEnv(
+                rank=int(env["SLURM_PROCID"]),
+                world_size=world,
+                local_rank=int(env.get("SLURM_LOCALID", 0)),
+                master_addr=addr,
+                master_port=slurm_port(env),
+                launcher="slurm",
+            )
     return DistEnv()
 
 
@@ -164,8 +186,12 @@ def default_device(env: DistEnv) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(env: Optional[DistEnv] = None, backend: Optional[str] = None,
-                     device: Optional[torch.device] = None, timeout_s: float = 1800.0) -> DistEnv:
+def init_distributed(
+    env: Optional[DistEnv] = None,
+    backend: Optional[str] = None,
+    device: Optional[torch.device] = None,
+    timeout_s: float = 1800.0,
+) -> DistEnv:
     """Initialise the default process group for ``env`` (from :func:`detect_env` when None).
 
     A single process returns at once. Otherwise ``MASTER_ADDR``/``MASTER_PORT`` are exported for
@@ -183,8 +209,14 @@ def init_distributed(env: Optional[DistEnv] = None, backend: Optional[str] = Non
     if device.type == "cuda":
         torch.cuda.set_device(device)
     kwargs = {"device_id": device} if backend == "nccl" else {}
-    dist.init_process_group(backend, init_method="env://", rank=env.rank, world_size=env.world_size,
-                            timeout=timedelta(seconds=timeout_s), **kwargs)
+    dist.init_process_group(
+        backend,
+        init_method="env://",
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=timedelta(seconds=timeout_s),
+        **kwargs,
+    )
     return env
 
 
@@ -247,8 +279,9 @@ class PreemptionGuard:
             trainer.run(should_stop=guard.should_stop)
     """
 
-    SIGNALS: Sequence[int] = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None))
-                                   if s is not None)
+    SIGNALS: Sequence[int] = tuple(
+        s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None
+    )
 
     def __init__(self, signals: Optional[Sequence[int]] = None):
         self.signals = tuple(self.SIGNALS if signals is None else signals)

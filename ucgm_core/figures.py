@@ -10,8 +10,17 @@ import numpy as np
 
 from .io import atomic_write
 
-__all__ = ["class_rows", "image_grid", "save_grid", "save_labelled_rows", "plot_loss_curve", "plot_fid_vs_nfe",
-           "atomic_savefig", "shard_grid", "shard_rows_grid"]
+__all__ = [
+    "class_rows",
+    "image_grid",
+    "save_grid",
+    "save_labelled_rows",
+    "plot_loss_curve",
+    "plot_fid_vs_nfe",
+    "atomic_savefig",
+    "shard_grid",
+    "shard_rows_grid",
+]
 
 
 def pyplot():
@@ -59,13 +68,15 @@ def save_grid(images: np.ndarray, path: os.PathLike | str, rows: int, cols: int,
     return path
 
 
-def save_labelled_rows(rows: Sequence[np.ndarray], labels: Sequence[str], path: os.PathLike | str,
-                       row_height: float = 1.2) -> Path:
+def save_labelled_rows(
+    rows: Sequence[np.ndarray], labels: Sequence[str], path: os.PathLike | str, row_height: float = 1.2
+) -> Path:
     """One labelled strip per entry of ``rows`` (uint8 ``[n, C, H, W]`` each, any resolution), stacked; the
     paper's figure 1 layout: a model (sampler, NFE) per row."""
     plt = pyplot()
-    fig, axes = plt.subplots(len(rows), 1, figsize=(row_height * max(len(r) for r in rows), row_height * len(rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), 1, figsize=(row_height * max(len(r) for r in rows), row_height * len(rows)), squeeze=False
+    )
     for ax, imgs, label in zip(axes[:, 0], rows, labels):
         strip = image_grid(imgs, 1, len(imgs))
         ax.imshow(strip[..., 0] if strip.shape[-1] == 1 else strip, cmap="gray", interpolation="nearest")
@@ -81,7 +92,9 @@ def save_labelled_rows(rows: Sequence[np.ndarray], labels: Sequence[str], path: 
 
 def atomic_savefig(fig, path: os.PathLike | str) -> Path:
     path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png"))
+    atomic_write(
+        path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    )
     return path
 
 
@@ -101,8 +114,9 @@ def plot_loss_curve(losses: Sequence[Tuple[int, float, float]], path: os.PathLik
     return out
 
 
-def plot_fid_vs_nfe(series: Dict[str, List[Tuple[float, float]]], path: os.PathLike | str, title: str = "",
-                    metric: str = "FID") -> Path:
+def plot_fid_vs_nfe(
+    series: Dict[str, List[Tuple[float, float]]], path: os.PathLike | str, title: str = "", metric: str = "FID"
+) -> Path:
     """One line per series: ``{label: [(nfe, value), ...]}``; log-scaled NFE axis."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -132,8 +146,9 @@ def shard_grid(shard: os.PathLike | str, size: int, path: os.PathLike | str) -> 
     return save_grid(images, path, size, size)
 
 
-def shard_rows_grid(shards: Sequence[os.PathLike | str], labels: Sequence[str], per_row: int,
-                    path: os.PathLike | str) -> Path:
+def shard_rows_grid(
+    shards: Sequence[os.PathLike | str], labels: Sequence[str], per_row: int, path: os.PathLike | str
+) -> Path:
     """One labelled row of ``per_row`` images per shard (a model's samples; the paper's figure 1 layout);
     one-channel images are drawn as grey RGB so that rows of different datasets can be stacked."""
     if len(labels) != len(shards):

@@ -21,8 +21,15 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:  # torch is imported where it is used: data-prep jobs that never touch tensors stay light
     import torch
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_torch_save", "fsync_dir", "sha256_file", "sha256_bytes",
-           "to_uint8"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_torch_save",
+    "fsync_dir",
+    "sha256_file",
+    "sha256_bytes",
+    "to_uint8",
+]
 
 
 def fsync_dir(folder: str) -> None:

@@ -229,9 +229,7 @@ TRANSPORTS: Dict[str, Type[Transport]] = {
 def get_transport(name: str) -> Transport:
     """Build a raw transport by its name (``Linear``, ``ReLinear``, ``TrigFlow``, ...)."""
     if name not in TRANSPORTS:
-        raise ValueError(
-            f"unknown transport {name!r}: expected one of {sorted(TRANSPORTS)}"
-        )
+        raise ValueError(f"unknown transport {name!r}: expected one of {sorted(TRANSPORTS)}")
     return TRANSPORTS[name]()
 
 
@@ -311,4 +309,3 @@ __all__ = [
     "OrientedTransport",
     "orient",
 ]
-

@@ -28,16 +28,36 @@ from typing import Any, Dict, List
 
 import yaml
 
-__all__ = ["ConfigError", "SCHEMA_PATH", "load_config", "validate_config", "sampler_option_names", "Workflow",
-           "load_workflow", "split_model_ref", "deep_merge", "source_stem", "DECLARED_SECTIONS"]
+__all__ = [
+    "ConfigError",
+    "SCHEMA_PATH",
+    "load_config",
+    "validate_config",
+    "sampler_option_names",
+    "Workflow",
+    "load_workflow",
+    "split_model_ref",
+    "deep_merge",
+    "source_stem",
+    "DECLARED_SECTIONS",
+]
 
 # Package data (pyproject.toml), so a non-editable install finds it; workflow/schemas/ links to it.
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 # keyword arguments of a sampler that the workflow itself provides (labels, null_label: the originals' samplers;
 # guide_network: EDM2's guide network, which the workflow does not provide)
-_SAMPLER_RESERVED = {"network", "noise", "transport", "steps", "noise_source", "return_trajectory", "labels",
-                     "null_label", "guide_network"}
+_SAMPLER_RESERVED = {
+    "network",
+    "noise",
+    "transport",
+    "steps",
+    "noise_source",
+    "return_trajectory",
+    "labels",
+    "null_label",
+    "guide_network",
+}
 
 
 class ConfigError(ValueError):
@@ -66,8 +86,19 @@ def _schema_errors(config: dict, schema: dict) -> List[str]:
             problems.append(f"{where}: unknown key(s) {', '.join(map(repr, extra))}; expected one of {allowed}")
         elif err.validator == "required":
             problems.append(f"{where}: {err.message}")
-        elif err.validator in ("enum", "type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-                               "minItems", "maxItems", "pattern", "uniqueItems", "minProperties"):
+        elif err.validator in (
+            "enum",
+            "type",
+            "minimum",
+            "maximum",
+            "exclusiveMinimum",
+            "exclusiveMaximum",
+            "minItems",
+            "maxItems",
+            "pattern",
+            "uniqueItems",
+            "minProperties",
+        ):
             problems.append(f"{where}: {err.message}")
         else:
             problems.append(f"{where}: {err.message}")
@@ -114,11 +145,15 @@ def _original_sampler_problems(where: str, s: dict) -> List[str]:
         return []
     problems = []
     if s.get("guidance", {}).get("scale", 0.0) > 0:
-        problems.append(f"{where}.guidance: method {s['method']!r} applies its original's own guidance, set by its "
-                        "options (e.g. cfg_scale); remove guidance (or set its scale to 0)")
+        problems.append(
+            f"{where}.guidance: method {s['method']!r} applies its original's own guidance, set by its "
+            "options (e.g. cfg_scale); remove guidance (or set its scale to 0)"
+        )
     if s["method"] == "edm2_heun" and s.get("options", {}).get("guidance", 1) != 1:
-        problems.append(f"{where}.options.guidance: EDM2's guidance needs a guide network (gnet), which the "
-                        "workflow does not provide; use 1")
+        problems.append(
+            f"{where}.options.guidance: EDM2's guidance needs a guide network (gnet), which the "
+            "workflow does not provide; use 1"
+        )
     return problems
 
 
@@ -144,18 +179,25 @@ def _expect(ok: bool, what: str) -> None:
 
 def _check_finite(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
     """A check of one option value: a finite number in the given range (open or closed ends)."""
+
     def check(v: Any) -> None:
-        ok = _number(v) and (lo is None or (v > lo if lo_open else v >= lo)) and \
-            (hi is None or (v < hi if hi_open else v <= hi))
+        ok = (
+            _number(v)
+            and (lo is None or (v > lo if lo_open else v >= lo))
+            and (hi is None or (v < hi if hi_open else v <= hi))
+        )
         lb = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
         ub = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
         _expect(ok, f"expected a finite number {' and '.join(b for b in (lb, ub) if b) or ''}".rstrip())
+
     return check
 
 
 def _check_s_max(v: Any) -> None:
-    _expect(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and v >= 0,
-            "expected a number >= 0 (.inf: no upper limit)")
+    _expect(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and v >= 0,
+        "expected a number >= 0 (.inf: no upper limit)",
+    )
 
 
 def _check_path_type(v: Any) -> None:
@@ -165,27 +207,49 @@ def _check_path_type(v: Any) -> None:
 def _option_checks() -> Dict[str, Any]:
     """Option name -> check raising ``ValueError`` saying what was expected (the samplers' own checks where
     they exist, so the config is refused with the message the sampler would give hours later)."""
-    from .sampling.common import (check_end_gaps, check_extrapolation, check_order, check_stochasticity,
-                                  check_time_warp)
+    from .sampling.common import check_end_gaps, check_extrapolation, check_order, check_stochasticity, check_time_warp
 
     unit = _check_finite(0.0, 1.0)
     positive = _check_finite(0.0, lo_open=True)
     non_negative = _check_finite(0.0)
     return {
-        "order": check_order, "stochasticity": check_stochasticity, "extrapolation": check_extrapolation,
-        "time_warp": check_time_warp, "end_gaps": check_end_gaps, "t_min": unit, "t_max": unit,
-        "diffusion_scale": non_negative, "cfg_scale": non_negative, "guidance": non_negative,
-        "guidance_low": unit, "guidance_high": unit, "guidance_interval_min": unit, "guidance_interval_max": unit,
-        "cfg_interval_start": unit, "timestep_shift": positive, "timeshift": positive,
-        "last_step": _check_finite(0.0, 1.0, hi_open=True), "sigma_min": positive, "sigma_max": positive,
-        "rho": positive, "S_churn": non_negative, "S_min": non_negative, "S_max": _check_s_max,
-        "S_noise": non_negative, "path_type": _check_path_type,
+        "order": check_order,
+        "stochasticity": check_stochasticity,
+        "extrapolation": check_extrapolation,
+        "time_warp": check_time_warp,
+        "end_gaps": check_end_gaps,
+        "t_min": unit,
+        "t_max": unit,
+        "diffusion_scale": non_negative,
+        "cfg_scale": non_negative,
+        "guidance": non_negative,
+        "guidance_low": unit,
+        "guidance_high": unit,
+        "guidance_interval_min": unit,
+        "guidance_interval_max": unit,
+        "cfg_interval_start": unit,
+        "timestep_shift": positive,
+        "timeshift": positive,
+        "last_step": _check_finite(0.0, 1.0, hi_open=True),
+        "sigma_min": positive,
+        "sigma_max": positive,
+        "rho": positive,
+        "S_churn": non_negative,
+        "S_min": non_negative,
+        "S_max": _check_s_max,
+        "S_noise": non_negative,
+        "path_type": _check_path_type,
     }
 
 
 # option pairs (low, high) that must satisfy low < high, with their samplers' defaults filled in
-_OPTION_PAIRS = (("t_min", "t_max"), ("guidance_low", "guidance_high"),
-                 ("guidance_interval_min", "guidance_interval_max"), ("sigma_min", "sigma_max"), ("S_min", "S_max"))
+_OPTION_PAIRS = (
+    ("t_min", "t_max"),
+    ("guidance_low", "guidance_high"),
+    ("guidance_interval_min", "guidance_interval_max"),
+    ("sigma_min", "sigma_max"),
+    ("S_min", "S_max"),
+)
 
 # fewest steps of the samplers whose time grid needs two points (karras_sigma_grid, lightningdit_grid)
 _MIN_STEPS = {"edm2_heun": 2, "edm_heun": 2, "lightningdit_euler": 2}
@@ -224,16 +288,25 @@ def _sampler_value_problems(where: str, s: dict, transport: str | None) -> List[
             problems.append(f"{where}.options.{key}: {value!r} is not valid for method {method!r}: {e}")
     merged = {**defaults, **options}
     for lo, hi in _OPTION_PAIRS:
-        if (lo in options or hi in options) and lo in merged and hi in merged and \
-                all(_number(merged[k]) or merged[k] == math.inf for k in (lo, hi)) and not merged[lo] < merged[hi]:
-            problems.append(f"{where}.options: {lo} {merged[lo]!r} and {hi} {merged[hi]!r} (with the method's "
-                            f"defaults) are reversed or empty; expected {lo} < {hi}")
+        if (
+            (lo in options or hi in options)
+            and lo in merged
+            and hi in merged
+            and all(_number(merged[k]) or merged[k] == math.inf for k in (lo, hi))
+            and not merged[lo] < merged[hi]
+        ):
+            problems.append(
+                f"{where}.options: {lo} {merged[lo]!r} and {hi} {merged[hi]!r} (with the method's "
+                f"defaults) are reversed or empty; expected {lo} < {hi}"
+            )
     if method == "ucgm" and not problems and transport is not None:
         problems += _ucgm_order2_problems(where, s, transport)
     interval = s.get("guidance", {}).get("interval", [0.0, 1.0])
     if not interval[0] < interval[1]:
-        problems.append(f"{where}.guidance.interval: {interval} is reversed or empty; expected [low, high] with "
-                        "low < high (model-native time)")
+        problems.append(
+            f"{where}.guidance.interval: {interval} is reversed or empty; expected [low, high] with "
+            "low < high (model-native time)"
+        )
     low = _MIN_STEPS.get(method, 1)
     few = [n for n in s["steps"] if n < low]
     if few:
@@ -260,8 +333,10 @@ def _ucgm_order2_problems(where: str, s: dict, transport: str) -> List[str]:
             bad.append(n)
     if not bad:
         return []
-    return [f"{where}.options.end_gaps: {opts.get('end_gaps', [0.0, 0.0])!r} with order 2 starts at the pure-noise "
-            f"end of transport {transport} (gamma(t_0) = 0; steps {bad}); expected end_gaps[0] > 0, e.g. 0.001"]
+    return [
+        f"{where}.options.end_gaps: {opts.get('end_gaps', [0.0, 0.0])!r} with order 2 starts at the pure-noise "
+        f"end of transport {transport} (gamma(t_0) = 0; steps {bad}); expected end_gaps[0] > 0, e.g. 0.001"
+    ]
 
 
 def _model_transport(m: dict) -> str | None:
@@ -292,16 +367,24 @@ def _autoencoder_kwarg_problems(name: str, kwargs: dict) -> List[str]:
 
     target = autoencoders._REGISTRY.get(name)  # "module:Class"; resolved without building the autoencoder
     if target is None:
-        return [f"autoencoders.{name}: unknown autoencoder {name!r}; expected one of "
-                f"{autoencoders.available_autoencoders()}"]
+        return [
+            f"autoencoders.{name}: unknown autoencoder {name!r}; expected one of "
+            f"{autoencoders.available_autoencoders()}"
+        ]
     module, _, cls = target.partition(":")
     params = inspect.signature(getattr(importlib.import_module(module), cls)).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return []
     allowed = sorted(set(params) | {"precision", "tf32", "source"})
     unknown = sorted(k for k in kwargs if k not in allowed)
-    return [f"autoencoders.{name}.kwargs: unknown argument(s) {', '.join(map(repr, unknown))} of {cls}; "
-            f"expected some of {allowed}"] if unknown else []
+    return (
+        [
+            f"autoencoders.{name}.kwargs: unknown argument(s) {', '.join(map(repr, unknown))} of {cls}; "
+            f"expected some of {allowed}"
+        ]
+        if unknown
+        else []
+    )
 
 
 def _data_classes(data: dict) -> int | None:
@@ -320,11 +403,15 @@ def _num_classes_problems(data: dict) -> List[str]:
     if n is None or spec is None or spec.num_classes is None:
         return []
     if spec.on_disk and n > spec.num_classes:
-        return [f"data.num_classes: {n}, but dataset {data['dataset']!r} has {spec.num_classes} classes; expected "
-                f"at most {spec.num_classes} (a subset)"]
+        return [
+            f"data.num_classes: {n}, but dataset {data['dataset']!r} has {spec.num_classes} classes; expected "
+            f"at most {spec.num_classes} (a subset)"
+        ]
     if not spec.on_disk and n != spec.num_classes:
-        return [f"data.num_classes: {n}, but dataset {data['dataset']!r} has {spec.num_classes} classes; expected "
-                f"{spec.num_classes} (or leave it out)"]
+        return [
+            f"data.num_classes: {n}, but dataset {data['dataset']!r} has {spec.num_classes} classes; expected "
+            f"{spec.num_classes} (or leave it out)"
+        ]
     return []
 
 
@@ -344,24 +431,37 @@ def _architecture_problems(where: str, m: dict, data: dict) -> List[str]:
         allowed = sorted(k for k in params if k not in _SET_BY_WORKFLOW)
         unknown = sorted(k for k in over if k not in params)
         if unknown:
-            problems.append(f"{where}.architecture_overrides: unknown key(s) {', '.join(map(repr, unknown))} for "
-                            f"{m['architecture']}; expected some of {allowed}")
+            problems.append(
+                f"{where}.architecture_overrides: unknown key(s) {', '.join(map(repr, unknown))} for "
+                f"{m['architecture']}; expected some of {allowed}"
+            )
     fixed = sorted(k for k in over if k in _SET_BY_WORKFLOW)
     if fixed:
-        problems.append(f"{where}.architecture_overrides: {', '.join(fixed)} set by the workflow from "
-                        "data.resolution and the autoencoder; expected them left out")
+        problems.append(
+            f"{where}.architecture_overrides: {', '.join(fixed)} set by the workflow from "
+            "data.resolution and the autoencoder; expected them left out"
+        )
     classes = _data_classes(data)
     if "num_classes" in over and classes is not None and over["num_classes"] not in (1, classes):
-        problems.append(f"{where}.architecture_overrides.num_classes: {over['num_classes']!r}; expected 1 "
-                        f"(unconditional) or the data's {classes} classes")
+        problems.append(
+            f"{where}.architecture_overrides.num_classes: {over['num_classes']!r}; expected 1 "
+            f"(unconditional) or the data's {classes} classes"
+        )
     stride = _autoencoder_stride(data["autoencoder"])
     patch = {**spec.defaults, **over}.get("patch_size")
-    if stride and isinstance(patch, int) and patch > 0 and data["resolution"] % stride == 0 and \
-            (data["resolution"] // stride) % patch:
-        problems.append(f"{where}.architecture: {m['architecture']} has patch size {patch}, which does not divide "
-                        f"the latent size {data['resolution'] // stride} (data.resolution {data['resolution']} / "
-                        f"{data['autoencoder']} stride {stride}); expected a resolution that is a multiple of "
-                        f"{stride * patch}")
+    if (
+        stride
+        and isinstance(patch, int)
+        and patch > 0
+        and data["resolution"] % stride == 0
+        and (data["resolution"] // stride) % patch
+    ):
+        problems.append(
+            f"{where}.architecture: {m['architecture']} has patch size {patch}, which does not divide "
+            f"the latent size {data['resolution'] // stride} (data.resolution {data['resolution']} / "
+            f"{data['autoencoder']} stride {stride}); expected a resolution that is a multiple of "
+            f"{stride * patch}"
+        )
     return problems
 
 
@@ -369,12 +469,16 @@ def _train_problems(where: str, t: dict) -> List[str]:
     """``train.gpus`` must divide ``train.batch_size``; every snapshot must be a step the run reaches."""
     problems = []
     if t["batch_size"] % t["gpus"]:
-        problems.append(f"{where}.train.gpus: {t['gpus']} does not divide train.batch_size {t['batch_size']}; "
-                        "expected a divisor (the global batch is split evenly over the GPUs)")
+        problems.append(
+            f"{where}.train.gpus: {t['gpus']} does not divide train.batch_size {t['batch_size']}; "
+            "expected a divisor (the global batch is split evenly over the GPUs)"
+        )
     late = sorted(s for s in t.get("snapshots", []) if s > t["steps"])
     if late:
-        problems.append(f"{where}.train.snapshots: {late} beyond train.steps {t['steps']}; expected steps "
-                        f"<= {t['steps']} (the run never reaches them)")
+        problems.append(
+            f"{where}.train.snapshots: {late} beyond train.steps {t['steps']}; expected steps "
+            f"<= {t['steps']} (the run never reaches them)"
+        )
     return problems
 
 
@@ -388,28 +492,33 @@ def _source_problems(where: str, entry: dict | None) -> List[str]:
         return []
     src = entry["source"]
     if src.split("://", 1)[0].lower() == "http" and "://" in src:
-        return [f"{where}.sha256: missing for the http:// URL {src!r}; expected the file's sha256 (64 hex digits): "
-                "an unencrypted download must be verified (download.allow_unverified does not cover http://; "
-                "use the https:// URL if there is one)"]
+        return [
+            f"{where}.sha256: missing for the http:// URL {src!r}; expected the file's sha256 (64 hex digits): "
+            "an unencrypted download must be verified (download.allow_unverified does not cover http://; "
+            "use the https:// URL if there is one)"
+        ]
     return []
-
 
 
 def _snapshot_ref_problems(where: str, full: str, ref_model: dict) -> List[str]:
     """``<model>@<step>`` must name a kept snapshot (``train.snapshots``) within the model's ``train.steps``."""
     ref, snap = split_model_ref(full)
     if ref_model.get("pretrained"):
-        return [f"{where}: {full!r} names step {snap} of the pretrained model {ref!r}, which has no snapshots; "
-                f"expected {ref!r} alone"]
+        return [
+            f"{where}: {full!r} names step {snap} of the pretrained model {ref!r}, which has no snapshots; "
+            f"expected {ref!r} alone"
+        ]
     train = ref_model.get("train", {})
     kept, steps = train.get("snapshots", []), train.get("steps")
     problems = []
     if snap not in kept:
-        problems.append(f"{where}: {full!r} names step {snap} of {ref!r}, which is not in "
-                        f"models.{ref}.train.snapshots {kept}")
+        problems.append(
+            f"{where}: {full!r} names step {snap} of {ref!r}, which is not in models.{ref}.train.snapshots {kept}"
+        )
     if isinstance(snap, int) and isinstance(steps, int) and snap > steps:
-        problems.append(f"{where}: {full!r} names step {snap}, beyond models.{ref}.train.steps {steps}; "
-                        f"expected a step <= {steps}")
+        problems.append(
+            f"{where}: {full!r} names step {snap}, beyond models.{ref}.train.steps {steps}; expected a step <= {steps}"
+        )
     return problems
 
 
@@ -446,19 +555,25 @@ def _cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List
     present = [k for k in _EXPERIMENT_PARTS if k in cfg]
     if not present:
         if "tables" not in cfg:
-            problems.append("(top level): expected models, samplers, data, extractor, evaluation and tables, "
-                            "or at least tables (of samplers defined in other experiments)")
+            problems.append(
+                "(top level): expected models, samplers, data, extractor, evaluation and tables, "
+                "or at least tables (of samplers defined in other experiments)"
+            )
         all_samplers = all_samplers if all_samplers is not None else {}
         for table, rows in cfg.get("tables", {}).items():
             for i, sampler in enumerate(rows):
                 if sampler not in all_samplers:
-                    problems.append(f"tables.{table}[{i}]: names unknown sampler {sampler!r}; "
-                                    f"expected one of {sorted(all_samplers)}")
+                    problems.append(
+                        f"tables.{table}[{i}]: names unknown sampler {sampler!r}; "
+                        f"expected one of {sorted(all_samplers)}"
+                    )
         return problems
     missing = [k for k in _EXPERIMENT_PARTS if k not in cfg]
     if missing:
-        return [f"(top level): {', '.join(missing)} missing (an experiment with {', '.join(present)} needs all of "
-                f"{', '.join(_EXPERIMENT_PARTS)})"]
+        return [
+            f"(top level): {', '.join(missing)} missing (an experiment with {', '.join(present)} needs all of "
+            f"{', '.join(_EXPERIMENT_PARTS)})"
+        ]
     data = cfg["data"]
     data_ok = data["dataset"] in DATASETS and data["autoencoder"] in available_autoencoders()
     if data["dataset"] not in DATASETS:
@@ -466,38 +581,47 @@ def _cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List
     else:
         problems += _num_classes_problems(data)
     if data["autoencoder"] not in available_autoencoders():
-        problems.append(f"data.autoencoder: unknown autoencoder {data['autoencoder']!r}; "
-                        f"expected one of {available_autoencoders()}")
+        problems.append(
+            f"data.autoencoder: unknown autoencoder {data['autoencoder']!r}; expected one of {available_autoencoders()}"
+        )
     stride = _autoencoder_stride(data["autoencoder"])
     if stride and data["resolution"] % stride:
         near = data["resolution"] // stride * stride or stride
-        problems.append(f"data.resolution: {data['resolution']} is not a multiple of the stride {stride} of "
-                        f"autoencoder {data['autoencoder']!r}; expected a multiple of {stride}, e.g. {near}")
+        problems.append(
+            f"data.resolution: {data['resolution']} is not a multiple of the stride {stride} of "
+            f"autoencoder {data['autoencoder']!r}; expected a multiple of {stride}, e.g. {near}"
+        )
     if data.get("latent_stats") and len(data["latent_stats"]["mean"]) != len(data["latent_stats"]["std"]):
         problems.append("data.latent_stats: mean and std must have the same length (one value per channel)")
     if isinstance(cfg["evaluation"].get("reference_batch"), dict):  # inline (a name is resolved by load_workflow)
         problems += _source_problems("evaluation.reference_batch", cfg["evaluation"]["reference_batch"])
     ext = cfg["extractor"]
     if cfg["evaluation"].get("reference_batch") and ext["kind"] != "inception":
-        problems.append("evaluation.reference_batch: an ADM reference batch holds Inception statistics; "
-                        "it needs extractor.kind 'inception'")
+        problems.append(
+            "evaluation.reference_batch: an ADM reference batch holds Inception statistics; "
+            "it needs extractor.kind 'inception'"
+        )
     if ext["kind"] == "classifier" and ext.get("weights"):
-        problems.append("extractor.weights: only used with kind 'inception' (the classifier is trained by the workflow)")
+        problems.append(
+            "extractor.weights: only used with kind 'inception' (the classifier is trained by the workflow)"
+        )
 
     models = cfg["models"]
     for name, m in models.items():
         where = f"models.{name}"
         if m["architecture"] not in MODELS:
-            problems.append(f"{where}.architecture: unknown architecture {m['architecture']!r}; "
-                            f"expected one of {sorted(MODELS)}")
+            problems.append(
+                f"{where}.architecture: unknown architecture {m['architecture']!r}; expected one of {sorted(MODELS)}"
+            )
         elif data_ok:
             problems += _architecture_problems(where, m, data)
         if m.get("pretrained"):
             problems += _source_problems(f"{where}.pretrained", m["pretrained"])
             extra = [k for k in ("init", "teacher", "objective", "train") if m.get(k)]
             if extra:
-                problems.append(f"{where}.pretrained: a pretrained model is imported, not trained; "
-                                f"remove {', '.join(extra)}")
+                problems.append(
+                    f"{where}.pretrained: a pretrained model is imported, not trained; remove {', '.join(extra)}"
+                )
             continue
         lacking = [k for k in ("objective", "train") if k not in m]
         if lacking:
@@ -516,17 +640,25 @@ def _cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List
             elif ref == name:
                 problems.append(f"{where}.{role}: a model cannot start from itself")
             elif models[ref]["architecture"] != m["architecture"]:
-                problems.append(f"{where}.{role}: model {ref!r} is a {models[ref]['architecture']}, "
-                                f"expected the same architecture as {name!r} ({m['architecture']})")
+                problems.append(
+                    f"{where}.{role}: model {ref!r} is a {models[ref]['architecture']}, "
+                    f"expected the same architecture as {name!r} ({m['architecture']})"
+                )
         obj = m["objective"]
         try:
             UCGMConfig(**obj, num_classes=1).validate()
         except (TypeError, ValueError) as e:
             problems.append(f"{where}.{e}")
-        if obj["teacher_decay"] == 1.0 and (obj["consistency_ratio"] != 0 or obj["enhanced_ratio"] != 0) \
-                and m.get("teacher") is None and m.get("init") is None:
-            problems.append(f"{where}.objective.teacher_decay: 1.0 (frozen teacher) needs models.{name}.teacher "
-                            "or .init naming the model whose weights the teacher keeps")
+        if (
+            obj["teacher_decay"] == 1.0
+            and (obj["consistency_ratio"] != 0 or obj["enhanced_ratio"] != 0)
+            and m.get("teacher") is None
+            and m.get("init") is None
+        ):
+            problems.append(
+                f"{where}.objective.teacher_decay: 1.0 (frozen teacher) needs models.{name}.teacher "
+                "or .init naming the model whose weights the teacher keeps"
+            )
     # cycles through init / teacher
     for name in models:
         seen, cur = [name], name
@@ -551,8 +683,9 @@ def _cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List
             continue
         for key in s.get("options", {}):
             if key not in allowed:
-                problems.append(f"{where}.options: unknown option {key!r} for method {s['method']!r}; "
-                                f"expected one of {allowed}")
+                problems.append(
+                    f"{where}.options: unknown option {key!r} for method {s['method']!r}; expected one of {allowed}"
+                )
         problems += _original_sampler_problems(where, s)
         model = models.get(s["model"])
         problems += _sampler_value_problems(where, s, _model_transport(model) if model else None)
@@ -563,18 +696,25 @@ def _cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List
     for table, rows in cfg.get("tables", {}).items():
         for i, sampler in enumerate(rows):
             if sampler not in known:
-                problems.append(f"tables.{table}[{i}]: names unknown sampler {sampler!r}; "
-                                f"expected one of {sorted(known)}")
+                problems.append(
+                    f"tables.{table}[{i}]: names unknown sampler {sampler!r}; expected one of {sorted(known)}"
+                )
     ev = cfg["evaluation"]
     if ev["grid_size"] ** 2 > min(ev["num_samples"], ev["samples_per_shard"]):
-        problems.append(f"evaluation.grid_size: {ev['grid_size']}^2 images exceed evaluation.samples_per_shard "
-                        f"({ev['samples_per_shard']}) or num_samples ({ev['num_samples']}); the grid shows "
-                        "the first shard's first images")
+        problems.append(
+            f"evaluation.grid_size: {ev['grid_size']}^2 images exceed evaluation.samples_per_shard "
+            f"({ev['samples_per_shard']}) or num_samples ({ev['num_samples']}); the grid shows "
+            "the first shard's first images"
+        )
     return problems
 
 
-def validate_config(config: Dict[str, Any], source: str = "<config>", schema_path: os.PathLike | str = SCHEMA_PATH,
-                    all_samplers: Dict[str, Any] | None = None) -> dict:
+def validate_config(
+    config: Dict[str, Any],
+    source: str = "<config>",
+    schema_path: os.PathLike | str = SCHEMA_PATH,
+    all_samplers: Dict[str, Any] | None = None,
+) -> dict:
     """Validate ``config`` (modified in place: defaults filled) and return it; raises :class:`ConfigError`.
 
     ``all_samplers``: the samplers a table may name (default: this config's own)."""
@@ -727,9 +867,11 @@ class _Declarations:
         entry = _filled(section, name, merged)
         if name in table and (not override or key in self.overridden):
             if table[name] != entry:
-                self.problems.append(f"{path}: {section}.{name}: {entry!r} differs from its declaration in "
-                                     f"{self.wf.declared_in[key]} ({table[name]!r}); expected one declaration "
-                                     "(see config/README.md, 'Datasets, autoencoders and reference batches')")
+                self.problems.append(
+                    f"{path}: {section}.{name}: {entry!r} differs from its declaration in "
+                    f"{self.wf.declared_in[key]} ({table[name]!r}); expected one declaration "
+                    "(see config/README.md, 'Datasets, autoencoders and reference batches')"
+                )
             return
         table[name] = entry
         self.wf.declared_in[key] = path
@@ -745,18 +887,24 @@ def _moved_data_keys(path: str, cfg: dict, source: str) -> List[str]:
     data, name = cfg.get("data"), cfg.get("name")
     if not isinstance(data, dict) or not isinstance(data.get("dataset"), str):
         return []
-    return [f"{path}: data.{k}: {data[k]!r} is declared once now, as datasets.{data['dataset']}.{k} in the main "
-            f"config ({source}); to point this experiment elsewhere set experiment_overrides.{name}.data.{k} there"
-            for k in ("source", "mirrors") if data.get(k)]
+    return [
+        f"{path}: data.{k}: {data[k]!r} is declared once now, as datasets.{data['dataset']}.{k} in the main "
+        f"config ({source}); to point this experiment elsewhere set experiment_overrides.{name}.data.{k} there"
+        for k in ("source", "mirrors")
+        if data.get(k)
+    ]
 
 
-def _agree(problems: List[str], seen: Dict[tuple, tuple], key: tuple, value: Any, path: str, exp: str,
-           what: str) -> None:
+def _agree(
+    problems: List[str], seen: Dict[tuple, tuple], key: tuple, value: Any, path: str, exp: str, what: str
+) -> None:
     """Record ``value`` of ``what`` for ``key``; refuse (naming both files) a second, different value."""
     first = seen.setdefault(key, (value, path, exp))
     if first[0] != value:
-        problems.append(f"{path}: {what}: {value!r}, but experiment {first[2]!r} ({first[1]}) has {first[0]!r} "
-                        f"for the same {'dataset' if len(key) == 2 else 'dataset and resolution'}; expected one value")
+        problems.append(
+            f"{path}: {what}: {value!r}, but experiment {first[2]!r} ({first[1]}) has {first[0]!r} "
+            f"for the same {'dataset' if len(key) == 2 else 'dataset and resolution'}; expected one value"
+        )
 
 
 def _resolve_data(wf: Workflow) -> List[str]:
@@ -772,21 +920,36 @@ def _resolve_data(wf: Workflow) -> List[str]:
             continue
         declared = wf.datasets.get(d["dataset"]) or {}
         where = wf.declared_in.get(("datasets", d["dataset"]), wf.files[wf.main])  # (not declared: the main config's)
-        src, src_key = (d["source"], f"{path}: data.source") if d.get("source") else \
-            (declared.get("source"), f"{where}: datasets.{d['dataset']}.source")
+        src, src_key = (
+            (d["source"], f"{path}: data.source")
+            if d.get("source")
+            else (declared.get("source"), f"{where}: datasets.{d['dataset']}.source")
+        )
         key = (d["dataset"], int(d["resolution"]))
         _agree(problems, seen, key + ("source",), src, path, exp, "data.source (or its dataset's declared source)")
         _agree(problems, seen, key + ("num_classes",), d.get("num_classes"), path, exp, "data.num_classes")
         if seen.setdefault(key + ("prep_jobs",), (d["prep_jobs"], path, exp))[0] != d["prep_jobs"]:
             other = seen[key + ("prep_jobs",)]
-            problems.append(f"{path}: data.prep_jobs: {d['prep_jobs']}, but experiment {other[2]!r} has the same "
-                            f"dataset and resolution with {other[0]}")
+            problems.append(
+                f"{path}: data.prep_jobs: {d['prep_jobs']}, but experiment {other[2]!r} has the same "
+                f"dataset and resolution with {other[0]}"
+            )
         mirrors = list(d.get("mirrors") or declared.get("mirrors") or [])
         _agree(problems, seen, (d["dataset"], "mirrors"), mirrors, path, exp, "data.mirrors (or the declared mirrors)")
         wf.mirrors.setdefault(d["dataset"], mirrors)
-        entry = wf.data.setdefault(key, {"dataset": key[0], "resolution": key[1], "source": src, "source_key": src_key,
-                                         "num_classes": d.get("num_classes"), "prep_jobs": d["prep_jobs"],
-                                         "autoencoders": [], "experiments": []})
+        entry = wf.data.setdefault(
+            key,
+            {
+                "dataset": key[0],
+                "resolution": key[1],
+                "source": src,
+                "source_key": src_key,
+                "num_classes": d.get("num_classes"),
+                "prep_jobs": d["prep_jobs"],
+                "autoencoders": [],
+                "experiments": [],
+            },
+        )
         entry["experiments"].append(exp)
         if d["autoencoder"] not in entry["autoencoders"]:
             entry["autoencoders"].append(d["autoencoder"])
@@ -803,8 +966,10 @@ def _resolve_references(wf: Workflow) -> List[str]:
     for exp, cfg in wf.experiments.items():
         ref = cfg.get("evaluation", {}).get("reference_batch")
         if isinstance(ref, str) and ref not in wf.references:
-            problems.append(f"{wf.files[exp]}: evaluation.reference_batch: {ref!r} is not declared; expected one of "
-                            f"{sorted(wf.references)} (references.<name> in the main config)")
+            problems.append(
+                f"{wf.files[exp]}: evaluation.reference_batch: {ref!r} is not declared; expected one of "
+                f"{sorted(wf.references)} (references.<name> in the main config)"
+            )
             continue
         found = wf.reference(cfg)
         if found is None:
@@ -812,8 +977,10 @@ def _resolve_references(wf: Workflow) -> List[str]:
         entry = _filled("references", found[0], found[1])
         first = seen.setdefault(found[0], (entry, wf.files[exp]))
         if first[0] != entry:
-            problems.append(f"{wf.files[exp]}: evaluation.reference_batch: {entry!r} differs from the batch "
-                            f"{found[0]!r} of {first[1]} ({first[0]!r}); expected one file per name")
+            problems.append(
+                f"{wf.files[exp]}: evaluation.reference_batch: {entry!r} differs from the batch "
+                f"{found[0]!r} of {first[1]} ({first[0]!r}); expected one file per name"
+            )
     return problems
 
 
@@ -832,8 +999,9 @@ def load_workflow(config: Dict[str, Any], source: str = "<config>", base_dir: os
     try:
         validate_config(raw_main, source)
     except ConfigError as e:
-        if not isinstance(raw_main.get("experiments", []), list) or \
-                not isinstance(raw_main.get("experiment_overrides", {}), dict):
+        if not isinstance(raw_main.get("experiments", []), list) or not isinstance(
+            raw_main.get("experiment_overrides", {}), dict
+        ):
             raise
         failures.append(e)
     overrides = raw_main.get("experiment_overrides", {})
@@ -868,8 +1036,14 @@ def load_workflow(config: Dict[str, Any], source: str = "<config>", base_dir: os
     _raise_all(source, failures)
     unknown = sorted(set(overrides) - {c["name"] for _, c, _ in loaded})
     if unknown:
-        raise ConfigError(source, [f"experiment_overrides: no experiment named {n!r}; experiments are "
-                                   f"{sorted(c['name'] for _, c, _ in loaded)}" for n in unknown])
+        raise ConfigError(
+            source,
+            [
+                f"experiment_overrides: no experiment named {n!r}; experiments are "
+                f"{sorted(c['name'] for _, c, _ in loaded)}"
+                for n in unknown
+            ],
+        )
     wf = Workflow(main=raw_main["name"])
     declarations = _Declarations(wf)
     for path, own in own_declarations:
@@ -890,8 +1064,10 @@ def load_workflow(config: Dict[str, Any], source: str = "<config>", base_dir: os
         for kind, plural in (("model", "models"), ("sampler", "samplers")):
             for n, entry in cfg.get(plural, {}).items():
                 if (kind, n) in wf.experiment_of:
-                    problems.append(f"{path}: {plural}.{n}: already defined by experiment "
-                                    f"{wf.experiment_of[(kind, n)]!r} (names are shared by all experiments)")
+                    problems.append(
+                        f"{path}: {plural}.{n}: already defined by experiment "
+                        f"{wf.experiment_of[(kind, n)]!r} (names are shared by all experiments)"
+                    )
                     continue
                 wf.experiment_of[(kind, n)] = exp
                 getattr(wf, plural)[n] = entry

@@ -68,8 +68,9 @@ FEWSTEP = dict(consistency_ratio=1.0, enhanced_ratio=2.0, enhanced_style="fc-vs-
 
 
 def _trainer(tmp_path, name, objective=MULTISTEP, steps=3, **settings):
-    s = TrainSettings(steps=steps, batch_size=8, lr=1e-3, ema_decay=0.9, log_every=1, checkpoint_every=100,
-                      seeding="step", **settings)
+    s = TrainSettings(
+        steps=steps, batch_size=8, lr=1e-3, ema_decay=0.9, log_every=1, checkpoint_every=100, seeding="step", **settings
+    )
     cfg = UCGMConfig(num_classes=3, **objective)
     return Trainer(_tiny_tit(), UCGMObjective(cfg), _Loader(), s, tmp_path / name / "state.pt", log=lambda m: None)
 
@@ -79,6 +80,7 @@ def _losses(trainer):
 
 
 # --- precision names, TF32 -----------------------------------------------------------------------------
+
 
 def test_precision_names_and_tf32_flags(tmp_path):
     assert accel.check_precision(None) == "fp32" and accel.autocast_dtype("bf16") == torch.bfloat16
@@ -104,6 +106,7 @@ def test_precision_names_and_tf32_flags(tmp_path):
 
 # --- bf16 autocast --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("objective", [MULTISTEP, FEWSTEP], ids=["multistep", "fewstep"])
 def test_bf16_training_within_tolerance_of_fp32(tmp_path, objective):
     fp32 = _trainer(tmp_path, "fp32", objective)
@@ -128,9 +131,22 @@ def _generate(model, precision="fp32", scale=0.0, latents=None):
             latents.append(x.clone())
         return ((x + 1) / 2).clamp(0, 1)
 
-    return generate_images(model, range(6), seed=0, method="ucgm", steps=8, transport="Linear",
-                           latent_shape=[1, 8, 8], num_classes=3, normalizer=LatentNormalizer(None, None, 1.0),
-                           decode=decode, guidance_scale=scale, batch_size=3, precision=precision, quantize="round")
+    return generate_images(
+        model,
+        range(6),
+        seed=0,
+        method="ucgm",
+        steps=8,
+        transport="Linear",
+        latent_shape=[1, 8, 8],
+        num_classes=3,
+        normalizer=LatentNormalizer(None, None, 1.0),
+        decode=decode,
+        guidance_scale=scale,
+        batch_size=3,
+        precision=precision,
+        quantize="round",
+    )
 
 
 @pytest.mark.parametrize("scale", [0.0, 1.5], ids=["unguided", "cfg1.5"])
@@ -155,9 +171,17 @@ def test_bf16_autoencoder_within_tolerance_of_fp32(tmp_path):
     from ucgm_core.autoencoders import get_autoencoder
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[32, 32], layers_per_block=1,
-                        latent_channels=4, norm_num_groups=32, sample_size=16).eval()
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[32, 32],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=16,
+    ).eval()
     vae.save_pretrained(tmp_path / "vae")
     fp32 = get_autoencoder("sdvae_ema_f8c4", source=str(tmp_path / "vae"))
     bf16 = get_autoencoder("sdvae_ema_f8c4", source=str(tmp_path / "vae"), precision="bf16", tf32=False)
@@ -214,6 +238,7 @@ def test_compiled_sampling_equals_eager():
 
 # --- fused optimizers -----------------------------------------------------------------------------------
 
+
 def _params():
     torch.manual_seed(0)
     return [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
@@ -256,6 +281,7 @@ def test_fused_on_cuda():
 
 
 # --- scaled_dot_product_attention in the U-Nets ---------------------------------------------------------
+
 
 def test_unet_sdpa_path_matches_fixtures(fixtures_dir):
     """EDM2 and SongUNet use SDPA on CUDA; forced on the CPU it reproduces the originals' outputs."""
@@ -348,16 +374,41 @@ def test_sample_script_precision(tmp_path, signal_handlers_kept):
     from ucgm_core.checkpoint import save_checkpoint
 
     model = _tiny_tit(in_channels=1)
-    save_checkpoint(tmp_path / "ckpt.pt", architecture="TiT-Tiny/2",
-                    model_kwargs=dict(input_size=8, in_channels=1, num_classes=3), transport="Linear",
-                    num_classes=3, latent_shape=[1, 8, 8], normalizer=LatentNormalizer(None, None, 1.0),
-                    autoencoder="identity", step=1, model=model, ema=model)
+    save_checkpoint(
+        tmp_path / "ckpt.pt",
+        architecture="TiT-Tiny/2",
+        model_kwargs=dict(input_size=8, in_channels=1, num_classes=3),
+        transport="Linear",
+        num_classes=3,
+        latent_shape=[1, 8, 8],
+        normalizer=LatentNormalizer(None, None, 1.0),
+        autoencoder="identity",
+        step=1,
+        model=model,
+        ema=model,
+    )
     sample = _script("sample")
 
     def run(out, *extra, **spec):
-        args = ["--checkpoint", str(tmp_path / "ckpt.pt"), "--spec", json.dumps({"method": "ucgm", **spec}),
-                "--steps", "4", "--samples-per-shard", "6", "--num-samples", "6", "--batch-size", "3",
-                "--device", "cpu", "--out", str(tmp_path / out), *extra]
+        args = [
+            "--checkpoint",
+            str(tmp_path / "ckpt.pt"),
+            "--spec",
+            json.dumps({"method": "ucgm", **spec}),
+            "--steps",
+            "4",
+            "--samples-per-shard",
+            "6",
+            "--num-samples",
+            "6",
+            "--batch-size",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / out),
+            *extra,
+        ]
         assert sample.main(args) == 0
         with np.load(tmp_path / out) as z:
             return z["images"], json.loads(str(z["meta"]))
@@ -387,8 +438,14 @@ def test_every_family_trains_and_samples_under_bf16(case, fixtures_dir):
     net, transport = _build(case, fixtures_dir)
     net.train()
     x, labels = _inputs(net, seed=1)
-    cfg = UCGMConfig(transport=transport, consistency_ratio=0.0, enhanced_ratio=0.5, enhanced_style="ft-vs-fe",
-                     teacher_decay=0.999, num_classes=net.num_classes)
+    cfg = UCGMConfig(
+        transport=transport,
+        consistency_ratio=0.0,
+        enhanced_ratio=0.5,
+        enhanced_style="ft-vs-fe",
+        teacher_decay=0.999,
+        num_classes=net.num_classes,
+    )
     losses = []
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
@@ -401,10 +458,23 @@ def test_every_family_trains_and_samples_under_bf16(case, fixtures_dir):
     print(f"{case}: loss fp32 {losses[0]:.6f} bf16 {losses[1]:.6f}")
     assert abs(losses[1] - losses[0]) <= BF16_REL * abs(losses[0]), losses
     shape = [net.in_channels, net.input_size, net.input_size]
-    res = [generate_images(net.eval(), range(2), seed=0, method="ucgm", steps=2, transport=transport,
-                           latent_shape=shape, num_classes=net.num_classes,
-                           normalizer=LatentNormalizer(None, None, 1.0), decode=lambda z: ((z + 1) / 2).clamp(0, 1),
-                           precision=p, quantize="round") for p in ("fp32", "bf16")]
+    res = [
+        generate_images(
+            net.eval(),
+            range(2),
+            seed=0,
+            method="ucgm",
+            steps=2,
+            transport=transport,
+            latent_shape=shape,
+            num_classes=net.num_classes,
+            normalizer=LatentNormalizer(None, None, 1.0),
+            decode=lambda z: ((z + 1) / 2).clamp(0, 1),
+            precision=p,
+            quantize="round",
+        )
+        for p in ("fp32", "bf16")
+    ]
     levels = np.abs(res[0].images.astype(int) - res[1].images.astype(int)).max()
     print(f"{case}: samples differ by at most {levels} uint8 levels")
     assert levels <= 8

@@ -156,11 +156,19 @@ def command_line_uses(source: str, filename: str = "<source>") -> List[str]:
             found += [f"line {node.lineno}: import {a.name}" for a in node.names if a.name.split(".")[0] == "argparse"]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "argparse":
             found.append(f"line {node.lineno}: from {node.module} import ...")
-        elif isinstance(node, ast.Attribute) and node.attr == "argv" and isinstance(node.value, ast.Name) \
-                and node.value.id == "sys":
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr == "argv"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "sys"
+        ):
             found.append(f"line {node.lineno}: sys.argv")
-        elif isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "__name__" \
-                and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.comparators):
+        elif (
+            isinstance(node, ast.Compare)
+            and isinstance(node.left, ast.Name)
+            and node.left.id == "__name__"
+            and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.comparators)
+        ):
             found.append(f'line {node.lineno}: __name__ == "__main__"')
     return found
 
@@ -168,13 +176,38 @@ def command_line_uses(source: str, filename: str = "<source>") -> List[str]:
 def test_no_argparse_in_the_library():
     """Command lines live in the stage tools (workflow/scripts/); the package only has typed functions they
     call (issue 12). The reader must see every form in planted code and in a real tool, then none in ucgm_core."""
-    planted = ("import argparse\ndef f():\n    from argparse import ArgumentParser\n    import sys\n"
-               "    return sys.argv\nif __name__ == '__main__':\n    f()\n")
-    assert sorted(command_line_uses(planted)) == ["line 1: import argparse", "line 3: from argparse import ...",
-                                                  "line 5: sys.argv", 'line 6: __name__ == "__main__"']
+    planted = (
+        "import argparse\ndef f():\n    from argparse import ArgumentParser\n    import sys\n"
+        "    return sys.argv\nif __name__ == '__main__':\n    f()\n"
+    )
+    assert sorted(command_line_uses(planted)) == [
+        "line 1: import argparse",
+        "line 3: from argparse import ...",
+        "line 5: sys.argv",
+        'line 6: __name__ == "__main__"',
+    ]
     for tool in ("shards.py", "latents.py", "inception_weights.py"):
         path = ROOT / "workflow" / "scripts" / tool
         assert any("import argparse" in u for u in command_line_uses(path.read_text(), str(path))), path
-    bad = [f"{path.relative_to(ROOT)} {use}" for path in sorted(PKG.rglob("*.py"))
-           for use in command_line_uses(path.read_text(), str(path))]
+    bad = [
+        f"{path.relative_to(ROOT)} {use}"
+        for path in sorted(PKG.rglob("*.py"))
+        for use in command_line_uses(path.read_text(), str(path))
+    ]
     assert not bad, "command lines in the library (move them to a tool in workflow/scripts/):\n" + "\n".join(bad)
+
+
+#: a stage tool maps its flags (or ``snakemake.*``) onto one library call; the work itself is in ucgm_core
+SCRIPT_MAX_LINES = 100
+
+
+def test_stage_scripts_are_thin():
+    """Every ``workflow/scripts/*.py`` is under ``SCRIPT_MAX_LINES`` lines (issue 12: the largest were 309
+    and 220 lines, building models, loaders and files themselves) and imports ``ucgm_core`` for its work."""
+    scripts = sorted((ROOT / "workflow" / "scripts").glob("*.py"))
+    assert len(scripts) >= 10, scripts  # the stage tools are there to be checked
+    sizes = {p.name: len(p.read_text().splitlines()) for p in scripts}
+    fat = {name: n for name, n in sizes.items() if n > SCRIPT_MAX_LINES}
+    assert not fat, f"stage scripts over {SCRIPT_MAX_LINES} lines (move the work into ucgm_core): {fat}"
+    lazy = [p.name for p in scripts if p.name != "_common.py" and "ucgm_core" not in p.read_text()]
+    assert not lazy, f"stage scripts that do not call the library: {lazy}"

@@ -114,7 +114,8 @@ def test_ucgm_sampler_with_the_ideal_network_reaches_the_data():
     for steps in (50, 200):
         out = ucgm_sample(_ideal_network("Random"), noise, "Random", steps=steps).sample.double().reshape(-1).numpy()
         assert np.isfinite(out).all()
-        errors[steps] = np.asarray([abs(out.mean() - mix.mean()), abs(out.var() - mix.variance()),
-                                    abs(np.mean(out < 0) - mix.weights[0])])
+        errors[steps] = np.asarray(
+            [abs(out.mean() - mix.mean()), abs(out.var() - mix.variance()), abs(np.mean(out < 0) - mix.weights[0])]
+        )
     assert np.all(errors[200] <= 0.5 * errors[50] + 1e-3), errors
     assert np.all(errors[200] <= [0.01, 0.06, 0.004]), errors[200]

@@ -28,8 +28,17 @@ from ucgm_core.autoencoders.identity import IdentityAutoencoder
 from ucgm_core.data import latents as lt
 from ucgm_core.data.datasets import ArraySource
 from ucgm_core.data.loader import LatentLoader, LatentNormalizer, load_latent_arrays
-from ucgm_core.data.shards import (ShardIntegrityError, TarShardWriter, encode_field, iter_images, iter_tar_files,
-                                   load_images, read_manifest, split_fingerprint, write_image_shards)
+from ucgm_core.data.shards import (
+    ShardIntegrityError,
+    TarShardWriter,
+    encode_field,
+    iter_images,
+    iter_tar_files,
+    load_images,
+    read_manifest,
+    split_fingerprint,
+    write_image_shards,
+)
 from ucgm_core.io import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,8 +105,16 @@ def images(tmp_path) -> Path:
 @pytest.fixture()
 def latents(images, tmp_path) -> Path:
     out = tmp_path / "lat"
-    lt.encode_split(images, out, "train", IdentityAutoencoder(C), batch_size=7, autoencoder_name="identity",
-                    autoencoder_kwargs={"channels": C}, **QUIET)
+    lt.encode_split(
+        images,
+        out,
+        "train",
+        IdentityAutoencoder(C),
+        batch_size=7,
+        autoencoder_name="identity",
+        autoencoder_kwargs={"channels": C},
+        **QUIET,
+    )
     return out
 
 
@@ -130,8 +147,13 @@ def cut_shard_v1(images, latents, tmp):
 def short_shard(images, latents, tmp):
     """Shard 0 rewritten with 5 of its 10 images (a well-formed tar, hash and size in the manifest updated)."""
     samples = _samples(images / "train-000000.tar")[:5]
-    _rewrite_shard(images, "train", 0, [{k: v for k, v in s.items() if k != "__key__"} for s in samples],
-                   [s["__key__"] for s in samples])
+    _rewrite_shard(
+        images,
+        "train",
+        0,
+        [{k: v for k, v in s.items() if k != "__key__"} for s in samples],
+        [s["__key__"] for s in samples],
+    )
     list(iter_images(images, "train"))
 
 
@@ -170,8 +192,13 @@ def latents_from_v1_images(images, latents, tmp):
 
 def latents_from_short_image_shard(images, latents, tmp):
     samples = _samples(images / "train-000000.tar")[:5]
-    _rewrite_shard(images, "train", 0, [{k: v for k, v in s.items() if k != "__key__"} for s in samples],
-                   [s["__key__"] for s in samples])
+    _rewrite_shard(
+        images,
+        "train",
+        0,
+        [{k: v for k, v in s.items() if k != "__key__"} for s in samples],
+        [s["__key__"] for s in samples],
+    )
     lt.encode_split(images, tmp / "new", "train", IdentityAutoencoder(C), autoencoder_name="identity", **QUIET)
 
 
@@ -184,16 +211,26 @@ def latent_shape_broadcasts(images, latents, tmp):
     """A [1, h, w] latent among [3, h, w] ones would broadcast into its slot."""
     samples = _samples(latents / "train-000000.tar")
     samples[3]["latent.npy"] = encode_field("npy", np.zeros((1, S, S), np.float32))
-    _rewrite_shard(latents, "train", 0, [{k: v for k, v in s.items() if k != "__key__"} for s in samples],
-                   [s["__key__"] for s in samples])
+    _rewrite_shard(
+        latents,
+        "train",
+        0,
+        [{k: v for k, v in s.items() if k != "__key__"} for s in samples],
+        [s["__key__"] for s in samples],
+    )
     load_latent_arrays(latents, "train")
 
 
 def latent_label_out_of_range(images, latents, tmp):
     samples = _samples(latents / "train-000001.tar")
     samples[0]["cls"] = encode_field("cls", 7)
-    _rewrite_shard(latents, "train", 1, [{k: v for k, v in s.items() if k != "__key__"} for s in samples],
-                   [s["__key__"] for s in samples])
+    _rewrite_shard(
+        latents,
+        "train",
+        1,
+        [{k: v for k, v in s.items() if k != "__key__"} for s in samples],
+        [s["__key__"] for s in samples],
+    )
     load_latent_arrays(latents, "train")
 
 
@@ -207,7 +244,9 @@ def latent_shard_corrupt(images, latents, tmp):
 
 def _save_stats(tmp: Path, mean, std) -> Path:
     path = tmp / "stats.pt"
-    lt.save_latent_stats(path, {"mean": torch.tensor(mean).view(1, -1, 1, 1), "std": torch.tensor(std).view(1, -1, 1, 1)})
+    lt.save_latent_stats(
+        path, {"mean": torch.tensor(mean).view(1, -1, 1, 1), "std": torch.tensor(std).view(1, -1, 1, 1)}
+    )
     return path
 
 
@@ -220,8 +259,12 @@ def stats_nan(images, latents, tmp):
 
 
 def stats_std_nan_in_config(images, latents, tmp):
-    LatentNormalizer(torch.zeros(1, 3, 1, 1), torch.tensor([1.0, float("nan"), 1.0]).view(1, 3, 1, 1), 1.0,
-                     source="data.latent_stats")
+    LatentNormalizer(
+        torch.zeros(1, 3, 1, 1),
+        torch.tensor([1.0, float("nan"), 1.0]).view(1, 3, 1, 1),
+        1.0,
+        source="data.latent_stats",
+    )
 
 
 def stats_wrong_channels(images, latents, tmp):
@@ -237,9 +280,19 @@ def stats_mean_std_disagree(images, latents, tmp):
 def merge_differing_fingerprints(images, latents, tmp):
     out = tmp / "parts"
     for k, kwargs in enumerate(({"channels": C}, {"channels": C, "scale": 2})):
-        lt.encode_part(images, out, "train", IdentityAutoencoder(C), part=k, parts=2,
-                       part_manifest=out / f"p{k}.json", part_stats=out / f"s{k}.pt", autoencoder_name="identity",
-                       autoencoder_kwargs=kwargs, **QUIET)
+        lt.encode_part(
+            images,
+            out,
+            "train",
+            IdentityAutoencoder(C),
+            part=k,
+            parts=2,
+            part_manifest=out / f"p{k}.json",
+            part_stats=out / f"s{k}.pt",
+            autoencoder_name="identity",
+            autoencoder_kwargs=kwargs,
+            **QUIET,
+        )
     lt.merge_latent_parts(out, "train", [out / "p0.json", out / "p1.json"], [out / "s0.pt", out / "s1.pt"])
 
 
@@ -247,61 +300,161 @@ def merge_replaced_shard(images, latents, tmp):
     """Parts merged after another job replaced one of their shards (a different autoencoder)."""
     out = tmp / "parts"
     for k in range(2):
-        lt.encode_part(images, out, "train", IdentityAutoencoder(C), part=k, parts=2,
-                       part_manifest=out / f"p{k}.json", part_stats=out / f"s{k}.pt", autoencoder_name="identity",
-                       **QUIET)
-    lt.encode_part(images, out, "train", _Scaled(), part=1, parts=2, part_manifest=tmp / "other.json",
-                   part_stats=tmp / "other.pt", autoencoder_name="scaled", **QUIET)
+        lt.encode_part(
+            images,
+            out,
+            "train",
+            IdentityAutoencoder(C),
+            part=k,
+            parts=2,
+            part_manifest=out / f"p{k}.json",
+            part_stats=out / f"s{k}.pt",
+            autoencoder_name="identity",
+            **QUIET,
+        )
+    lt.encode_part(
+        images,
+        out,
+        "train",
+        _Scaled(),
+        part=1,
+        parts=2,
+        part_manifest=tmp / "other.json",
+        part_stats=tmp / "other.pt",
+        autoencoder_name="scaled",
+        **QUIET,
+    )
     lt.merge_latent_parts(out, "train", [out / "p0.json", out / "p1.json"], [out / "s0.pt", out / "s1.pt"])
 
 
 REFUSED = [
-    ("cut shard (v2 manifest: size)", cut_shard_v2, ShardIntegrityError,
-     r"img/train-000000.tar: \d+ bytes, the manifest .*train.json records \d+ \(a cut, short or rewritten shard\); "
-     r"rebuild the image shards with python workflow/scripts/shards.py"),
-    ("cut shard, version-1 manifest", cut_shard_v1, ValueError,
-     r"train-000000.tar: ends at byte \d+ without the end-of-archive marker"),
-    ("short shard (5 of 10 images)", short_shard, ShardIntegrityError,
-     r"train-000000.tar: 5 samples, the manifest .*train.json records 10 \(a short or cut shard\)"),
-    ("short shard, version-1 manifest", short_shard_v1, ShardIntegrityError,
-     r"train-000000.tar: 5 samples, the manifest .*train.json records 10"),
-    ("corrupt shard (same size)", corrupt_shard, ShardIntegrityError,
-     r"train-000001.tar: sha256 [0-9a-f]{64}, the manifest .*train.json records [0-9a-f]{64} "
-     r"\(a corrupt or rewritten shard\)"),
-    ("image label >= num_classes", image_label_out_of_range, ShardIntegrityError,
-     r"train-000000.tar: sample train-00000003 has label 3, outside \[0, 3\) \(num_classes of .*train.json\)"),
-    ("manifest from a newer version", newer_manifest, ShardIntegrityError,
-     r"train.json: manifest version 99, this code reads 1 to 2"),
-    ("latents from a version-1 image manifest", latents_from_v1_images, ShardIntegrityError,
-     r"img/train.json: an image manifest without per-shard counts and sha256 .*rebuild the image shards with "
-     r"python workflow/scripts/shards.py"),
-    ("latents from a short image shard", latents_from_short_image_shard, ShardIntegrityError,
-     r"img/train-000000.tar: 5 samples, the manifest .*img/train.json records 10"),
-    ("latents without fingerprint (version 1)", latents_v1_manifest, ShardIntegrityError,
-     r"lat/train.json: latents without a fingerprint of what made them .*rebuild the latents with "
-     r"python workflow/scripts/latents.py --no-resume"),
-    ("latent shape that broadcasts", latent_shape_broadcasts, ShardIntegrityError,
-     r"lat/train-000000.tar: sample train-00000003: latent.npy has shape \(1, 8, 8\), the manifest .*train.json "
-     r"says latent_shape \[3, 8, 8\]"),
-    ("latent label >= num_classes", latent_label_out_of_range, ShardIntegrityError,
-     r"lat/train-000001.tar: sample train-00000010 has label 7, outside \[0, 5\) \(num_classes of .*train.json\)"),
-    ("corrupt latent shard", latent_shard_corrupt, ShardIntegrityError,
-     r"lat/train-000000.tar: sha256 [0-9a-f]{64}, the manifest .*lat/train.json records [0-9a-f]{64}"),
-    ("stats std = 0", stats_std_zero, ValueError,
-     r"stats.pt: std of channel\(s\) \[1\] is \[0.0\]; expected finite values > 0"),
-    ("stats mean NaN", stats_nan, ValueError, r"stats.pt: mean of channel\(s\) \[1\] is \[nan\]; expected finite values"),
-    ("data.latent_stats std NaN", stats_std_nan_in_config, ValueError,
-     r"^data.latent_stats: std of channel\(s\) \[1\] is \[nan\]; expected finite values > 0"),
-    ("data.latent_stats channels != latent channels", stats_wrong_channels, ValueError,
-     r"^data.latent_stats: statistics for 4 channels, the latents have 3 \(\[3, 8, 8\]\); expected one mean and "
-     r"std per latent channel"),
-    ("data.latent_stats mean/std shapes differ", stats_mean_std_disagree, ValueError,
-     r"^data.latent_stats: mean \[1, 4, 1, 1\] and std \[1, 3, 1, 1\], expected both \[1, C, 1, 1\]"),
-    ("merge of parts with differing fingerprints", merge_differing_fingerprints, ValueError,
-     r"parts/p1.json: fingerprint = '[0-9a-f]{64}' differs from part 0's \(.*parts/p0.json\) '[0-9a-f]{64}'"),
-    ("merge after a shard was replaced", merge_replaced_shard, ValueError,
-     r"parts/train-000001.tar: made from fingerprint [0-9a-f]{16} with sha256 [0-9a-f]{64}, but .*parts/p1.json "
-     r"lists fingerprint [0-9a-f]{16} and sha256 [0-9a-f]{64} \(replaced since\); rerun that part"),
+    (
+        "cut shard (v2 manifest: size)",
+        cut_shard_v2,
+        ShardIntegrityError,
+        r"img/train-000000.tar: \d+ bytes, the manifest .*train.json records \d+ \(a cut, short or rewritten shard\); "
+        r"rebuild the image shards with python workflow/scripts/shards.py",
+    ),
+    (
+        "cut shard, version-1 manifest",
+        cut_shard_v1,
+        ValueError,
+        r"train-000000.tar: ends at byte \d+ without the end-of-archive marker",
+    ),
+    (
+        "short shard (5 of 10 images)",
+        short_shard,
+        ShardIntegrityError,
+        r"train-000000.tar: 5 samples, the manifest .*train.json records 10 \(a short or cut shard\)",
+    ),
+    (
+        "short shard, version-1 manifest",
+        short_shard_v1,
+        ShardIntegrityError,
+        r"train-000000.tar: 5 samples, the manifest .*train.json records 10",
+    ),
+    (
+        "corrupt shard (same size)",
+        corrupt_shard,
+        ShardIntegrityError,
+        r"train-000001.tar: sha256 [0-9a-f]{64}, the manifest .*train.json records [0-9a-f]{64} "
+        r"\(a corrupt or rewritten shard\)",
+    ),
+    (
+        "image label >= num_classes",
+        image_label_out_of_range,
+        ShardIntegrityError,
+        r"train-000000.tar: sample train-00000003 has label 3, outside \[0, 3\) \(num_classes of .*train.json\)",
+    ),
+    (
+        "manifest from a newer version",
+        newer_manifest,
+        ShardIntegrityError,
+        r"train.json: manifest version 99, this code reads 1 to 2",
+    ),
+    (
+        "latents from a version-1 image manifest",
+        latents_from_v1_images,
+        ShardIntegrityError,
+        r"img/train.json: an image manifest without per-shard counts and sha256 .*rebuild the image shards with "
+        r"python workflow/scripts/shards.py",
+    ),
+    (
+        "latents from a short image shard",
+        latents_from_short_image_shard,
+        ShardIntegrityError,
+        r"img/train-000000.tar: 5 samples, the manifest .*img/train.json records 10",
+    ),
+    (
+        "latents without fingerprint (version 1)",
+        latents_v1_manifest,
+        ShardIntegrityError,
+        r"lat/train.json: latents without a fingerprint of what made them .*rebuild the latents with "
+        r"python workflow/scripts/latents.py --no-resume",
+    ),
+    (
+        "latent shape that broadcasts",
+        latent_shape_broadcasts,
+        ShardIntegrityError,
+        r"lat/train-000000.tar: sample train-00000003: latent.npy has shape \(1, 8, 8\), the manifest .*train.json "
+        r"says latent_shape \[3, 8, 8\]",
+    ),
+    (
+        "latent label >= num_classes",
+        latent_label_out_of_range,
+        ShardIntegrityError,
+        r"lat/train-000001.tar: sample train-00000010 has label 7, outside \[0, 5\) \(num_classes of .*train.json\)",
+    ),
+    (
+        "corrupt latent shard",
+        latent_shard_corrupt,
+        ShardIntegrityError,
+        r"lat/train-000000.tar: sha256 [0-9a-f]{64}, the manifest .*lat/train.json records [0-9a-f]{64}",
+    ),
+    (
+        "stats std = 0",
+        stats_std_zero,
+        ValueError,
+        r"stats.pt: std of channel\(s\) \[1\] is \[0.0\]; expected finite values > 0",
+    ),
+    (
+        "stats mean NaN",
+        stats_nan,
+        ValueError,
+        r"stats.pt: mean of channel\(s\) \[1\] is \[nan\]; expected finite values",
+    ),
+    (
+        "data.latent_stats std NaN",
+        stats_std_nan_in_config,
+        ValueError,
+        r"^data.latent_stats: std of channel\(s\) \[1\] is \[nan\]; expected finite values > 0",
+    ),
+    (
+        "data.latent_stats channels != latent channels",
+        stats_wrong_channels,
+        ValueError,
+        r"^data.latent_stats: statistics for 4 channels, the latents have 3 \(\[3, 8, 8\]\); expected one mean and "
+        r"std per latent channel",
+    ),
+    (
+        "data.latent_stats mean/std shapes differ",
+        stats_mean_std_disagree,
+        ValueError,
+        r"^data.latent_stats: mean \[1, 4, 1, 1\] and std \[1, 3, 1, 1\], expected both \[1, C, 1, 1\]",
+    ),
+    (
+        "merge of parts with differing fingerprints",
+        merge_differing_fingerprints,
+        ValueError,
+        r"parts/p1.json: fingerprint = '[0-9a-f]{64}' differs from part 0's \(.*parts/p0.json\) '[0-9a-f]{64}'",
+    ),
+    (
+        "merge after a shard was replaced",
+        merge_replaced_shard,
+        ValueError,
+        r"parts/train-000001.tar: made from fingerprint [0-9a-f]{16} with sha256 [0-9a-f]{64}, but .*parts/p1.json "
+        r"lists fingerprint [0-9a-f]{16} and sha256 [0-9a-f]{64} \(replaced since\); rerun that part",
+    ),
 ]
 
 
@@ -344,8 +497,9 @@ class _Scaled(Autoencoder):
 
 def _encode(images: Path, out: Path, ae, name: str, kwargs=None) -> List[str]:
     log: List[str] = []
-    lt.encode_split(images, out, "train", ae, batch_size=7, autoencoder_name=name, autoencoder_kwargs=kwargs,
-                    log=log.append)
+    lt.encode_split(
+        images, out, "train", ae, batch_size=7, autoencoder_name=name, autoencoder_kwargs=kwargs, log=log.append
+    )
     return log
 
 
@@ -353,8 +507,9 @@ def test_resume_with_another_autoencoder_reencodes_every_shard(images, latents):
     before = load_latent_arrays(latents, "train").latents
     log = _encode(images, latents, _Scaled(), "scaled")
     assert not any("skipped" in m for m in log)
-    assert sum("not reused, made from other inputs" in m and "autoencoder 'identity' -> 'scaled'" in m
-               for m in log) == 2, log
+    assert (
+        sum("not reused, made from other inputs" in m and "autoencoder 'identity' -> 'scaled'" in m for m in log) == 2
+    ), log
     info = read_manifest(latents, "train")
     assert info["autoencoder"] == "scaled" and info["made_from"]["autoencoder"] == "scaled"
     assert torch.equal(load_latent_arrays(latents, "train").latents, 2 * before)  # the new encoder's latents
@@ -381,7 +536,9 @@ def test_resume_after_image_shards_rebuilt_from_other_data(images, latents):
     log = _encode(images, latents, IdentityAutoencoder(C), "identity", {"channels": C})
     assert sum("source_manifest_sha256" in m and "re-encoding" in m for m in log) == 2, log
     x, _ = _images(5)
-    assert torch.equal(load_latent_arrays(latents, "train").latents, torch.from_numpy(x).permute(0, 3, 1, 2) / 127.5 - 1)
+    assert torch.equal(
+        load_latent_arrays(latents, "train").latents, torch.from_numpy(x).permute(0, 3, 1, 2) / 127.5 - 1
+    )
 
 
 def test_resume_with_damaged_or_unrecorded_shards(images, latents):
@@ -394,7 +551,9 @@ def test_resume_with_damaged_or_unrecorded_shards(images, latents):
     assert any("train-000000.tar: not reused, no record train-000000.tar.json" in m for m in log), log
     assert any(re.search(r"train-000001.tar: not reused, sha256 [0-9a-f]{64}, its record says", m) for m in log), log
     x, _ = _images(0)
-    assert torch.equal(load_latent_arrays(latents, "train").latents, torch.from_numpy(x).permute(0, 3, 1, 2) / 127.5 - 1)
+    assert torch.equal(
+        load_latent_arrays(latents, "train").latents, torch.from_numpy(x).permute(0, 3, 1, 2) / 127.5 - 1
+    )
 
 
 def test_cli_resume_with_other_ae_kwargs(images, tmp_path, capsys):
@@ -421,11 +580,19 @@ def classifier_spec(tmp_path_factory):
     from ucgm_core.metrics.fidelity import FeatureExtractorSpec
 
     x, y = _images(1, 200)
-    cfg = clf_mod.ClassifierConfig(in_channels=C, resolution=S, num_classes=K, widths=(4, 8), pool_size=2,
-                                   feature_dim=16, dropout=0.0)
+    cfg = clf_mod.ClassifierConfig(
+        in_channels=C, resolution=S, num_classes=K, widths=(4, 8), pool_size=2, feature_dim=16, dropout=0.0
+    )
     path = str(tmp_path_factory.mktemp("clf") / "clf.pt")
-    clf_mod.train_classifier(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y), path, seed=0,
-                             steps=5, batch_size=32, config=cfg)
+    clf_mod.train_classifier(
+        torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(),
+        torch.from_numpy(y),
+        path,
+        seed=0,
+        steps=5,
+        batch_size=32,
+        config=cfg,
+    )
     return FeatureExtractorSpec(clf_mod.CLASSIFIER_EXTRACTOR_NAME, path)
 
 
@@ -443,8 +610,10 @@ def test_reference_cache_follows_the_shards_content(classifier_spec, tmp_path):
     r1 = evaluate(generated, ref_a, classifier_spec, **kw)
     assert r1.reference_source == "computed" and ref_a.id == "toy_8-test"
     assert r1.reference_fingerprint == split_fingerprint(folder, "test")
-    assert evaluate(generated, ReferenceSet.from_image_shards(folder, "test"), classifier_spec, **kw).reference_source \
+    assert (
+        evaluate(generated, ReferenceSet.from_image_shards(folder, "test"), classifier_spec, **kw).reference_source
         == "cache"
+    )
 
     _write_images(folder, seed=3, split="test")  # rebuilt from another data.source: same folder, same names
     ref_b = ReferenceSet.from_image_shards(folder, "test")
@@ -452,8 +621,13 @@ def test_reference_cache_follows_the_shards_content(classifier_spec, tmp_path):
     n0 = fid_mod.reference_compute_count()
     r2 = evaluate(generated, ref_b, classifier_spec, **kw)
     assert r2.reference_source == "computed" and fid_mod.reference_compute_count() == n0 + 1
-    fresh = evaluate(generated, ReferenceSet.from_image_shards(folder, "test"), classifier_spec, metrics=("fid",),
-                     cache_dir=str(tmp_path / "fresh"))
+    fresh = evaluate(
+        generated,
+        ReferenceSet.from_image_shards(folder, "test"),
+        classifier_spec,
+        metrics=("fid",),
+        cache_dir=str(tmp_path / "fresh"),
+    )
     assert r2.fid == fresh.fid != r1.fid  # the new images' FID (same code, same inputs: bit-identical)
     assert r2.reference_fingerprint == split_fingerprint(folder, "test") != r1.reference_fingerprint
     assert EvaluationResult.from_json(r2.to_json()).reference_fingerprint == r2.reference_fingerprint
@@ -469,19 +643,55 @@ def test_reference_cache_follows_the_shards_content(classifier_spec, tmp_path):
 
 
 def test_evaluate_script_reference_mode_records_the_fingerprint(classifier_spec, tmp_path):
-    spec = importlib.util.spec_from_file_location("ucgm_evaluate_script_h3", ROOT / "workflow" / "scripts" / "evaluate.py")
+    spec = importlib.util.spec_from_file_location(
+        "ucgm_evaluate_script_h3", ROOT / "workflow" / "scripts" / "evaluate.py"
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     folder = _write_images(tmp_path / "toy_8", split="test")
     out = tmp_path / "ref.json"
-    assert script.main(["reference", "--images", str(folder), "--split", "test", "--extractor", "classifier",
-                        "--weights", classifier_spec.weights_path, "--cache-dir", str(tmp_path / "c"),
-                        "--out", str(out)]) == 0
+    assert (
+        script.main(
+            [
+                "reference",
+                "--images",
+                str(folder),
+                "--split",
+                "test",
+                "--extractor",
+                "classifier",
+                "--weights",
+                classifier_spec.weights_path,
+                "--cache-dir",
+                str(tmp_path / "c"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     info = json.loads(out.read_text())
     assert info["reference_fingerprint"] == split_fingerprint(folder, "test") and info["source"] == "computed"
     shutil.rmtree(folder)
     _write_images(folder, seed=4, split="test")
-    assert script.main(["reference", "--images", str(folder), "--split", "test", "--extractor", "classifier",
-                        "--weights", classifier_spec.weights_path, "--cache-dir", str(tmp_path / "c"),
-                        "--out", str(out)]) == 0
+    assert (
+        script.main(
+            [
+                "reference",
+                "--images",
+                str(folder),
+                "--split",
+                "test",
+                "--extractor",
+                "classifier",
+                "--weights",
+                classifier_spec.weights_path,
+                "--cache-dir",
+                str(tmp_path / "c"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["source"] == "computed"  # not the first shards' cached features

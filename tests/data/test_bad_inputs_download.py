@@ -118,8 +118,14 @@ class FakeClock:
 
 def _member(name: str, kind: str = "file", link: str = "") -> Tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
-    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE,
-                 "fifo": tarfile.FIFOTYPE, "chr": tarfile.CHRTYPE}[kind]
+    info.type = {
+        "file": tarfile.REGTYPE,
+        "dir": tarfile.DIRTYPE,
+        "sym": tarfile.SYMTYPE,
+        "hard": tarfile.LNKTYPE,
+        "fifo": tarfile.FIFOTYPE,
+        "chr": tarfile.CHRTYPE,
+    }[kind]
     info.linkname = link
     return info, (b"data of " + name.encode()) if kind == "file" else b""
 
@@ -153,8 +159,11 @@ def _url_name_escape(tmp: Path, base: str, st: _State, mp) -> Probe:
     (tmp / "src" / "srcdir").mkdir(parents=True)
     (tmp / "src" / "payload.bin").write_bytes(BODY)
     url = (tmp / "src" / "srcdir").as_uri() + "/..%2Fpayload.bin"
-    return Probe(lambda: name_from_url(url), UnsafeNameError, [url, "'../payload.bin'", "path separator",
-                                                                "expected a plain file name"])
+    return Probe(
+        lambda: name_from_url(url),
+        UnsafeNameError,
+        [url, "'../payload.bin'", "path separator", "expected a plain file name"],
+    )
 
 
 def _spec_name_escape(tmp: Path, base: str, st: _State, mp) -> Probe:
@@ -162,16 +171,23 @@ def _spec_name_escape(tmp: Path, base: str, st: _State, mp) -> Probe:
     (tmp / "src" / "evil.bin").write_bytes(BODY)
     out = tmp / "work" / "out"
     spec = RemoteFile("../evil.bin", (str(tmp / "src") + "/",), sha256=_sha(BODY))
-    return Probe(lambda: _fetch(spec, out), UnsafeNameError, ["'../evil.bin'", str(tmp / "src")],
-                 [out, tmp / "work" / "evil.bin"])
+    return Probe(
+        lambda: _fetch(spec, out),
+        UnsafeNameError,
+        ["'../evil.bin'", str(tmp / "src")],
+        [out, tmp / "work" / "evil.bin"],
+    )
 
 
 def _size_cap_announced(tmp: Path, base: str, st: _State, mp) -> Probe:
     st.files["/big.bin"] = BODY
     spec = RemoteFile("big.bin", (base + "/big.bin",), sha256=_sha(BODY))
-    return Probe(lambda: _fetch(spec, tmp / "out", max_bytes=1000), DownloadError,
-                 [base + "/big.bin", f"announces {len(BODY)} bytes", "size cap is 1000 bytes", "download.max_bytes"],
-                 [tmp / "out" / "big.bin", tmp / "out" / "big.bin.part"])
+    return Probe(
+        lambda: _fetch(spec, tmp / "out", max_bytes=1000),
+        DownloadError,
+        [base + "/big.bin", f"announces {len(BODY)} bytes", "size cap is 1000 bytes", "download.max_bytes"],
+        [tmp / "out" / "big.bin", tmp / "out" / "big.bin.part"],
+    )
 
 
 def _size_cap_streamed(tmp: Path, base: str, st: _State, mp) -> Probe:
@@ -179,28 +195,40 @@ def _size_cap_streamed(tmp: Path, base: str, st: _State, mp) -> Probe:
     st.no_length.add("/stream.bin")
     mp.setattr(dl, "_CHUNK", 512)
     spec = RemoteFile("stream.bin", (base + "/stream.bin",), sha256=_sha(BODY))
-    return Probe(lambda: _fetch(spec, tmp / "out", max_bytes=1000), DownloadError,
-                 [base + "/stream.bin", "bytes seen", "size cap is 1000 bytes"],
-                 [tmp / "out" / "stream.bin", tmp / "out" / "stream.bin.part"])
+    return Probe(
+        lambda: _fetch(spec, tmp / "out", max_bytes=1000),
+        DownloadError,
+        [base + "/stream.bin", "bytes seen", "size cap is 1000 bytes"],
+        [tmp / "out" / "stream.bin", tmp / "out" / "stream.bin.part"],
+    )
 
 
 def _size_cap_local(tmp: Path, base: str, st: _State, mp) -> Probe:
     (tmp / "src").mkdir()
     (tmp / "src" / "f.bin").write_bytes(BODY)
     spec = RemoteFile("f.bin", ((tmp / "src" / "f.bin").as_uri(),), sha256=_sha(BODY))
-    return Probe(lambda: _fetch(spec, tmp / "out", max_bytes=100), DownloadError,
-                 [(tmp / "src" / "f.bin").as_uri(), f"is {len(BODY)} bytes", "size cap is 100 bytes"],
-                 [tmp / "out" / "f.bin"])
+    return Probe(
+        lambda: _fetch(spec, tmp / "out", max_bytes=100),
+        DownloadError,
+        [(tmp / "src" / "f.bin").as_uri(), f"is {len(BODY)} bytes", "size cap is 100 bytes"],
+        [tmp / "out" / "f.bin"],
+    )
 
 
 def _deadline_over_retries(tmp: Path, base: str, st: _State, mp) -> Probe:
     """1000 retries of an always-busy mirror stop at the overall deadline (the clock advances 10 s a read)."""
     st.always_503.add("/busy.bin")
     spec = RemoteFile("busy.bin", (base + "/busy.bin",), sha256=_sha(BODY))
-    call = lambda: _fetch(spec, tmp / "out", retries=1000, deadline=25, clock=FakeClock(10.0),  # noqa: E731
-                          sleep=lambda s: None)
-    return Probe(call, DownloadError, ["'busy.bin': deadline passed", base + "/busy.bin", "deadline of 25 s",
-                                       "download.deadline_s"], [tmp / "out" / "busy.bin"])
+
+    def call():
+        return _fetch(spec, tmp / "out", retries=1000, deadline=25, clock=FakeClock(10.0), sleep=lambda s: None)
+
+    return Probe(
+        call,
+        DownloadError,
+        ["'busy.bin': deadline passed", base + "/busy.bin", "deadline of 25 s", "download.deadline_s"],
+        [tmp / "out" / "busy.bin"],
+    )
 
 
 def _deadline_mid_transfer(tmp: Path, base: str, st: _State, mp) -> Probe:
@@ -209,8 +237,12 @@ def _deadline_mid_transfer(tmp: Path, base: str, st: _State, mp) -> Probe:
     mp.setattr(dl, "_CHUNK", 100)
     spec = RemoteFile("slow.bin", (base + "/slow.bin",), sha256=_sha(BODY))
     call = lambda: _fetch(spec, tmp / "out", deadline=20, clock=FakeClock(1.0))  # noqa: E731
-    return Probe(call, DownloadError, ["deadline passed", base + "/slow.bin", "bytes"],
-                 [tmp / "out" / "slow.bin", tmp / "out" / "slow.bin.part"])
+    return Probe(
+        call,
+        DownloadError,
+        ["deadline passed", base + "/slow.bin", "bytes"],
+        [tmp / "out" / "slow.bin", tmp / "out" / "slow.bin.part"],
+    )
 
 
 def _redirect_https_to_http(tmp: Path, base: str, st: _State, mp) -> Probe:
@@ -229,29 +261,40 @@ def _redirect_https_to_http(tmp: Path, base: str, st: _State, mp) -> Probe:
 def _redirect_to_ftp(tmp: Path, base: str, st: _State, mp) -> Probe:
     st.redirects["/r.bin"] = "ftp://127.0.0.1/r.bin"
     spec = RemoteFile("r.bin", (base + "/r.bin",), sha256=_sha(BODY))
-    return Probe(lambda: _fetch(spec, tmp / "out"), DownloadError,
-                 [base + "/r.bin", "redirect (302) to ftp://127.0.0.1/r.bin refused", "not http(s)"],
-                 [tmp / "out" / "r.bin"])
+    return Probe(
+        lambda: _fetch(spec, tmp / "out"),
+        DownloadError,
+        [base + "/r.bin", "redirect (302) to ftp://127.0.0.1/r.bin refused", "not http(s)"],
+        [tmp / "out" / "r.bin"],
+    )
 
 
 def _no_checksum(tmp: Path, base: str, st: _State, mp) -> Probe:
     st.files["/w.pt"] = BODY
     spec = RemoteFile("w.pt", (base + "/w.pt",))
     call = lambda: _fetch(spec, tmp / "out", sha256_key="models.m.pretrained.sha256")  # noqa: E731
-    return Probe(call, ChecksumRequiredError, [base + "/w.pt", "'w.pt'", "models.m.pretrained.sha256",
-                                               "download.allow_unverified"], [tmp / "out"])
+    return Probe(
+        call,
+        ChecksumRequiredError,
+        [base + "/w.pt", "'w.pt'", "models.m.pretrained.sha256", "download.allow_unverified"],
+        [tmp / "out"],
+    )
 
 
-def _archive_probe(members: List[Tuple[tarfile.TarInfo, bytes]], refused: str, why: str,
-                   no_data_filter: bool = False) -> Callable[[Path, str, _State, object], Probe]:
+def _archive_probe(
+    members: List[Tuple[tarfile.TarInfo, bytes]], refused: str, why: str, no_data_filter: bool = False
+) -> Callable[[Path, str, _State, object], Probe]:
     def make(tmp: Path, base: str, st: _State, mp) -> Probe:
         if no_data_filter:  # as on Python 3.10.0-3.10.11 and 3.11.0-3.11.3
             mp.delattr(tarfile, "data_filter")
         (tmp / "x").mkdir()
         arc = _tar(tmp / "x" / "bad.tar", members)
-        return Probe(lambda: safe_extract(arc, tmp / "x" / "out"), UnsafeArchiveError,
-                     [str(arc), repr(refused), why, "nothing was extracted"],
-                     [tmp / "x" / "out", tmp / "x" / "escaped", tmp / "escaped"])
+        return Probe(
+            lambda: safe_extract(arc, tmp / "x" / "out"),
+            UnsafeArchiveError,
+            [str(arc), repr(refused), why, "nothing was extracted"],
+            [tmp / "x" / "out", tmp / "x" / "escaped", tmp / "escaped"],
+        )
 
     return make
 
@@ -270,8 +313,12 @@ def _corrupt_archive(truncated: bool) -> Callable[[Path, str, _State, object], P
             arc.write_bytes(arc.read_bytes()[:150_000])
         else:
             arc.write_bytes(b"this is no archive" * 100)
-        return Probe(lambda: safe_extract(arc, tmp / "out"), BadArchiveError,
-                     [str(arc), "not a readable tar or zip archive", "nothing was extracted"], [tmp / "out"])
+        return Probe(
+            lambda: safe_extract(arc, tmp / "out"),
+            BadArchiveError,
+            [str(arc), "not a readable tar or zip archive", "nothing was extracted"],
+            [tmp / "out"],
+        )
 
     return make
 
@@ -292,11 +339,13 @@ CASES: Dict[str, Callable[[Path, str, _State, object], Probe]] = {
     "link chain a->., a/b->.., a/b/x": _archive_probe(CHAIN, "a/b", "would be extracted outside"),
     "link chain, no data filter": _archive_probe(CHAIN, "a/b", "would be extracted outside", no_data_filter=True),
     "link redirected by a later link": _archive_probe(
-        [_member("x", "sym", "w/w2/../.."), _member("w", "sym", ".")], "x", "outside"),
+        [_member("x", "sym", "w/w2/../.."), _member("w", "sym", ".")], "x", "outside"
+    ),
     "symlink to an absolute path": _archive_probe([_member("l", "sym", "/etc")], "l", "absolute path '/etc'"),
     "hard link outside": _archive_probe([_member("h", "hard", "../escaped")], "h", "outside"),
-    "hard link to no earlier file": _archive_probe([_member("h", "hard", "later"), _member("later")], "h",
-                                                   "not an earlier file"),
+    "hard link to no earlier file": _archive_probe(
+        [_member("h", "hard", "later"), _member("later")], "h", "not an earlier file"
+    ),
     "absolute member": _archive_probe([_member("/escaped")], "/escaped", "absolute path"),
     "dot-dot member": _archive_probe([_member("ok"), _member("d/../../escaped")], "d/../../escaped", "'..'"),
     "fifo": _archive_probe([_member("ok"), _member("p", "fifo")], "p", "device, fifo"),
@@ -323,8 +372,9 @@ def test_bad_input_is_refused(case, tmp_path, server, monkeypatch):
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".part", ".tmp", ".extract"))]
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", ".hidden", "-rf", "a\x00b", "a/b", "a\\b", "x y", "caf\u00e9.bin",
-                                  "a" * 256])
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", ".hidden", "-rf", "a\x00b", "a/b", "a\\b", "x y", "caf\u00e9.bin", "a" * 256]
+)
 def test_unsafe_file_names(name):
     with pytest.raises(UnsafeNameError) as err:
         check_file_name(name, "https://example.org/src")
@@ -348,8 +398,13 @@ def test_record_first_seen_sha256(server, tmp_path):
     base, st = server
     st.files["/w.pt"] = BODY
     said: List[str] = []
-    path = fetch(RemoteFile("w.pt", (base + "/w.pt",)), tmp_path / "out", allow_unverified=True,
-                 sha256_key="models.m.pretrained.sha256", log=said.append)
+    path = fetch(
+        RemoteFile("w.pt", (base + "/w.pt",)),
+        tmp_path / "out",
+        allow_unverified=True,
+        sha256_key="models.m.pretrained.sha256",
+        log=said.append,
+    )
     assert path.read_bytes() == BODY
     assert (tmp_path / "out" / "w.pt.sha256").read_text() == f"{_sha(BODY)}  w.pt\n"
     assert any(_sha(BODY) in m and "models.m.pretrained.sha256" in m for m in said), said
@@ -371,8 +426,16 @@ def test_redirects_within_policy_are_followed(server, tmp_path):
 def test_safe_archive_extracts_with_and_without_data_filter(tmp_path, monkeypatch, data_filter):
     if not data_filter:
         monkeypatch.delattr(tarfile, "data_filter", raising=False)
-    arc = _tar(tmp_path / "ok.tar", [_member("d", "dir"), _member("d/f"), _member("d/l", "sym", "f"),
-                                     _member("d/h", "hard", "d/f"), _member("up", "sym", "d/../d/f")])
+    arc = _tar(
+        tmp_path / "ok.tar",
+        [
+            _member("d", "dir"),
+            _member("d/f"),
+            _member("d/l", "sym", "f"),
+            _member("d/h", "hard", "d/f"),
+            _member("up", "sym", "d/../d/f"),
+        ],
+    )
     (tmp_path / "out").mkdir()  # an empty folder is fine
     safe_extract(arc, tmp_path / "out")
     for name in ("d/f", "d/l", "d/h", "up"):
@@ -451,16 +514,28 @@ def test_fetch_rule_refuses_unverified_then_records(tmp_path):
     with download.allow_unverified the file lands with its first-seen sha256 beside it."""
     weights = tmp_path / "sdvae.safetensors"
     weights.write_bytes(BODY)
-    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(
-        {"autoencoders": {"sdvae_ema_f8c4": {"source": weights.as_uri(), "sha256": None}}}))
+    (tmp_path / "overlay.yaml").write_text(
+        yaml.safe_dump({"autoencoders": {"sdvae_ema_f8c4": {"source": weights.as_uri(), "sha256": None}}})
+    )
     (tmp_path / "allow.yaml").write_text(yaml.safe_dump({"download": {"allow_unverified": True}}))
     target = "results/downloads/autoencoders/sdvae_ema_f8c4/sdvae.safetensors"
     log = tmp_path / "results" / "logs" / "fetch" / "autoencoders" / "sdvae_ema_f8c4" / "sdvae.safetensors.log"
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
 
     def snakemake(*configs: str) -> subprocess.CompletedProcess:
-        cmd = [os.path.join(BIN, "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-               "--cores", "1", target, "--configfile", str(ROOT / "config" / "smoke.yaml"), *configs]
+        cmd = [
+            os.path.join(BIN, "snakemake"),
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--cores",
+            "1",
+            target,
+            "--configfile",
+            str(ROOT / "config" / "smoke.yaml"),
+            *configs,
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
     run = snakemake(str(tmp_path / "overlay.yaml"))

@@ -338,7 +338,11 @@ def test_safe_extract_good_archive(tmp_path):
 )
 def test_safe_extract_refuses_escaping_members(tmp_path, member, payload):
     m = member()
-    arc = _tar(tmp_path / "bad.tar.gz", [_file("fine.txt"), m], {"fine.txt": b"ok", m.name: payload} if payload else {"fine.txt": b"ok"})
+    arc = _tar(
+        tmp_path / "bad.tar.gz",
+        [_file("fine.txt"), m],
+        {"fine.txt": b"ok", m.name: payload} if payload else {"fine.txt": b"ok"},
+    )
     out = tmp_path / "deep" / "out"
     with pytest.raises(UnsafeArchiveError) as err:
         safe_extract(arc, out)

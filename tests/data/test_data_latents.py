@@ -129,8 +129,22 @@ def test_latent_stats(latent_dir, tmp_path, suffix):
 def test_latents_cli(image_shards, tmp_path, capsys):
     root, _ = image_shards
     out = tmp_path / "cli"
-    rc = tool.main(["--image-dir", str(root), "--out-dir", str(out), "--autoencoder", "identity",
-                  "--batch-size", "10", "--stats-out", str(out / "stats.json"), "--stats-samples", "30"])
+    rc = tool.main(
+        [
+            "--image-dir",
+            str(root),
+            "--out-dir",
+            str(out),
+            "--autoencoder",
+            "identity",
+            "--batch-size",
+            "10",
+            "--stats-out",
+            str(out / "stats.json"),
+            "--stats-samples",
+            "30",
+        ]
+    )
     assert rc == 0
     assert read_manifest(out, "test")["num_samples"] == N_TEST
     st = json.loads((out / "stats.json").read_text())
@@ -246,21 +260,76 @@ def _files(folder) -> dict:
 
 def _cli_one(root, out, *extra) -> None:
     """One job, as the workflow's latents rule runs it with data.prep_jobs = 1."""
-    assert tool.main(["--image-dir", str(root), "--out-dir", str(out), "--autoencoder", "identity", "--splits", "train",
-                    "--batch-size", "7", "--stats-out", str(out / "stats.pt"), *extra]) == 0
+    assert (
+        tool.main(
+            [
+                "--image-dir",
+                str(root),
+                "--out-dir",
+                str(out),
+                "--autoencoder",
+                "identity",
+                "--splits",
+                "train",
+                "--batch-size",
+                "7",
+                "--stats-out",
+                str(out / "stats.pt"),
+                *extra,
+            ]
+        )
+        == 0
+    )
 
 
 def _cli_parts(root, out, parts, *extra, order=None) -> None:
     """K part jobs (any order) and the merge, as the workflow's latents and latents_merge rules run them."""
     d = [out / "parts" / f"{k:04d}-of-{parts:04d}" for k in range(parts)]
     for k in order or range(parts):
-        assert tool.main(["--image-dir", str(root), "--out-dir", str(out), "--autoencoder", "identity", "--splits",
-                        "train", "--batch-size", "7", "--part", str(k), "--parts", str(parts),
-                        "--part-manifest", str(d[k] / "train.json"), "--part-stats", str(d[k] / "stats.pt"),
-                        *extra]) == 0
-    assert tool.main(["--out-dir", str(out), "--splits", "train", "--merge-parts", *[str(p / "train.json") for p in d],
-                    "--merge-stats", *[str(p / "stats.pt") for p in d], "--stats-out", str(out / "stats.pt"),
-                    *extra]) == 0
+        assert (
+            tool.main(
+                [
+                    "--image-dir",
+                    str(root),
+                    "--out-dir",
+                    str(out),
+                    "--autoencoder",
+                    "identity",
+                    "--splits",
+                    "train",
+                    "--batch-size",
+                    "7",
+                    "--part",
+                    str(k),
+                    "--parts",
+                    str(parts),
+                    "--part-manifest",
+                    str(d[k] / "train.json"),
+                    "--part-stats",
+                    str(d[k] / "stats.pt"),
+                    *extra,
+                ]
+            )
+            == 0
+        )
+    assert (
+        tool.main(
+            [
+                "--out-dir",
+                str(out),
+                "--splits",
+                "train",
+                "--merge-parts",
+                *[str(p / "train.json") for p in d],
+                "--merge-stats",
+                *[str(p / "stats.pt") for p in d],
+                "--stats-out",
+                str(out / "stats.pt"),
+                *extra,
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize("stats_samples", [20, 10000])
@@ -312,16 +381,19 @@ def test_sampling_encoder_gives_the_same_latents_whatever_k_and_resume(image_sha
 
     d = [out / "parts" / str(k) for k in range(2)]
     for k in (1, 0):
-        lt.encode_part(root, out, "train", factory, part=k, parts=2, part_manifest=d[k] / "m.json",
-                       part_stats=d[k] / "s.pt", **kw)
+        lt.encode_part(
+            root, out, "train", factory, part=k, parts=2, part_manifest=d[k] / "m.json", part_stats=d[k] / "s.pt", **kw
+        )
     lt.merge_latent_parts(out, "train", [p / "m.json" for p in d], [p / "s.pt" for p in d])
     assert _files(out) == one and len(made) == 2
     # resumed: one shard lost, the part re-encodes it alone (and the others without loading the encoder)
     (out / "train-000002.tar").unlink()
-    lt.encode_part(root, out, "train", factory, part=1, parts=2, part_manifest=d[1] / "m.json",
-                   part_stats=d[1] / "s.pt", **kw)
-    lt.encode_part(root, out, "train", factory, part=0, parts=2, part_manifest=d[0] / "m.json",
-                   part_stats=d[0] / "s.pt", **kw)
+    lt.encode_part(
+        root, out, "train", factory, part=1, parts=2, part_manifest=d[1] / "m.json", part_stats=d[1] / "s.pt", **kw
+    )
+    lt.encode_part(
+        root, out, "train", factory, part=0, parts=2, part_manifest=d[0] / "m.json", part_stats=d[0] / "s.pt", **kw
+    )
     assert len(made) == 3
     lt.merge_latent_parts(out, "train", [p / "m.json" for p in d], [p / "s.pt" for p in d])
     assert _files(out) == one
@@ -337,8 +409,18 @@ def test_part_merge_checks(image_shards, tmp_path):
     ae = IdentityAutoencoder(C)
     d = [tmp_path / "parts" / str(k) for k in range(2)]
     for k in range(2):
-        lt.encode_part(root, tmp_path, "train", ae, part=k, parts=2, part_manifest=d[k] / "m.json",
-                       part_stats=d[k] / "s.pt", stats_samples=20 + k, log=lambda m: None)
+        lt.encode_part(
+            root,
+            tmp_path,
+            "train",
+            ae,
+            part=k,
+            parts=2,
+            part_manifest=d[k] / "m.json",
+            part_stats=d[k] / "s.pt",
+            stats_samples=20 + k,
+            log=lambda m: None,
+        )
     with pytest.raises(ValueError, match="differs from part 0"):
         lt.merge_latent_parts(tmp_path, "train", [p / "m.json" for p in d], [p / "s.pt" for p in d])
     with pytest.raises(ValueError, match="give the parts in order"):
@@ -352,13 +434,15 @@ def test_a_part_without_shards_does_not_load_torch(image_shards, tmp_path):
     import sys
 
     root, _ = image_shards
-    code = ("import importlib.util, sys; "
-            f"spec = importlib.util.spec_from_file_location('latents_tool', {str(TOOL)!r}); "
-            "tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool); "
-            f"rc = tool.main(['--image-dir', {str(root)!r}, '--out-dir', {str(tmp_path)!r}, '--autoencoder', 'sdvae_ema_f8c4', "
-            f"'--splits', 'train', '--part', '0', '--parts', '5', '--part-manifest', {str(tmp_path / 'm.json')!r}, "
-            f"'--part-stats', {str(tmp_path / 's.pt')!r}]); "
-            "assert rc == 0 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]")
+    code = (
+        "import importlib.util, sys; "
+        f"spec = importlib.util.spec_from_file_location('latents_tool', {str(TOOL)!r}); "
+        "tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool); "
+        f"rc = tool.main(['--image-dir', {str(root)!r}, '--out-dir', {str(tmp_path)!r}, '--autoencoder', 'sdvae_ema_f8c4', "
+        f"'--splits', 'train', '--part', '0', '--parts', '5', '--part-manifest', {str(tmp_path / 'm.json')!r}, "
+        f"'--part-stats', {str(tmp_path / 's.pt')!r}]); "
+        "assert rc == 0 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     part = json.loads((tmp_path / "m.json").read_text())

@@ -29,7 +29,14 @@ from ucgm_core.data.datasets import (
     read_image_folder,
 )
 from ucgm_core.data.download import fetch_all
-from ucgm_core.data.shards import adm_center_crop, iter_images, load_images, prepare_image, read_manifest, write_image_shards
+from ucgm_core.data.shards import (
+    adm_center_crop,
+    iter_images,
+    load_images,
+    prepare_image,
+    read_manifest,
+    write_image_shards,
+)
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 TOOL = Path(__file__).resolve().parents[2] / "workflow" / "scripts" / "shards.py"
@@ -142,7 +149,12 @@ def _write_cifar(path: Path, n_per_batch: int = 4, seed: int = 0, evil: bool = F
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
             data = rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
             labels = [int(v) for v in rng.integers(0, 10, size=n_per_batch)]
-            obj = {b"batch_label": name.encode(), b"labels": labels, b"data": data, b"filenames": [b"f.png"] * n_per_batch}
+            obj = {
+                b"batch_label": name.encode(),
+                b"labels": labels,
+                b"data": data,
+                b"filenames": [b"f.png"] * n_per_batch,
+            }
             blob = pickle.dumps(obj, protocol=2)
             if evil and name == "test_batch":
                 blob = pickle.dumps(os.system, protocol=2)
@@ -261,8 +273,16 @@ def test_adm_center_crop_non_square():
 def test_shard_roundtrip(tmp_path, fmt):
     data = _write_idx_dataset(tmp_path / "raw", n_train=25)
     src = get_dataset("fashion_mnist").read(tmp_path / "raw", "train")
-    info = write_image_shards(src, tmp_path / "sh", "train", resolution=28, samples_per_shard=10,
-                              image_format=fmt, num_classes=10, extra_info={"dataset": "fashion_mnist"})
+    info = write_image_shards(
+        src,
+        tmp_path / "sh",
+        "train",
+        resolution=28,
+        samples_per_shard=10,
+        image_format=fmt,
+        num_classes=10,
+        extra_info={"dataset": "fashion_mnist"},
+    )
     assert info["shards"] == [f"train-{i:06d}.tar" for i in range(3)]
     assert info["num_samples"] == 25 and info["class_counts"] == [3, 3, 3, 3, 3, 2, 2, 2, 2, 2]
     assert read_manifest(tmp_path / "sh", "train") == json.loads((tmp_path / "sh" / "train.json").read_text())
@@ -276,7 +296,9 @@ def test_shard_roundtrip(tmp_path, fmt):
     assert not list((tmp_path / "sh").glob(".*"))  # no temporary files left
     # byte-identical on a rebuild
     first = (tmp_path / "sh" / "train-000001.tar").read_bytes()
-    write_image_shards(src, tmp_path / "sh", "train", resolution=28, samples_per_shard=10, image_format=fmt, num_classes=10)
+    write_image_shards(
+        src, tmp_path / "sh", "train", resolution=28, samples_per_shard=10, image_format=fmt, num_classes=10
+    )
     assert (tmp_path / "sh" / "train-000001.tar").read_bytes() == first
 
 
@@ -292,8 +314,22 @@ def test_shards_readable_by_webdataset(tmp_path):
 
 def test_shards_cli(tmp_path, capsys):
     _write_idx_dataset(tmp_path / "raw", n_train=30, n_test=10)
-    rc = tool.main(["--dataset", "fashion_mnist", "--raw-dir", str(tmp_path / "raw"), "--out-dir", str(tmp_path / "sh"),
-                  "--resolution", "32", "--samples-per-shard", "16", "--limit", "20"])
+    rc = tool.main(
+        [
+            "--dataset",
+            "fashion_mnist",
+            "--raw-dir",
+            str(tmp_path / "raw"),
+            "--out-dir",
+            str(tmp_path / "sh"),
+            "--resolution",
+            "32",
+            "--samples-per-shard",
+            "16",
+            "--limit",
+            "20",
+        ]
+    )
     assert rc == 0
     tr, te = read_manifest(tmp_path / "sh", "train"), read_manifest(tmp_path / "sh", "test")
     assert (tr["num_samples"], len(tr["shards"]), tr["resolution"]) == (20, 2, 32)
@@ -339,8 +375,28 @@ def _files(folder: Path) -> dict:
 def _cli_parts(raw: Path, out: Path, split: str, parts: int, *extra: str, order=None) -> None:
     manifests = [str(out / "parts" / f"{k:04d}-of-{parts:04d}" / f"{split}.json") for k in range(parts)]
     for k in order or range(parts):  # independent: any order (side by side on a cluster)
-        assert tool.main(["--dataset", "fashion_mnist", "--raw-dir", str(raw), "--out-dir", str(out), "--splits", split,
-                        "--part", str(k), "--parts", str(parts), "--part-manifest", manifests[k], *extra]) == 0
+        assert (
+            tool.main(
+                [
+                    "--dataset",
+                    "fashion_mnist",
+                    "--raw-dir",
+                    str(raw),
+                    "--out-dir",
+                    str(out),
+                    "--splits",
+                    split,
+                    "--part",
+                    str(k),
+                    "--parts",
+                    str(parts),
+                    "--part-manifest",
+                    manifests[k],
+                    *extra,
+                ]
+            )
+            == 0
+        )
     assert tool.main(["--out-dir", str(out), "--splits", split, "--merge-parts", *manifests]) == 0
 
 
@@ -349,8 +405,22 @@ def test_parts_give_the_same_shards_and_manifest_whatever_k(tmp_path):
     write nothing): byte-identical shards and manifest, parts run in any order, with workers."""
     _write_idx_dataset(tmp_path / "raw", n_train=67, n_test=10)
     raw, common = tmp_path / "raw", ["--samples-per-shard", "10", "--resolution", "32"]
-    assert tool.main(["--dataset", "fashion_mnist", "--raw-dir", str(raw), "--out-dir", str(tmp_path / "one"),
-                    "--splits", "train", *common]) == 0
+    assert (
+        tool.main(
+            [
+                "--dataset",
+                "fashion_mnist",
+                "--raw-dir",
+                str(raw),
+                "--out-dir",
+                str(tmp_path / "one"),
+                "--splits",
+                "train",
+                *common,
+            ]
+        )
+        == 0
+    )
     one = _files(tmp_path / "one")
     assert sorted(one) == sorted(["train.json"] + [f"train-{i:06d}.tar" for i in range(7)])
     for parts, order in ((3, [2, 0, 1]), (5, None), (10, [9, 3, 0, 1, 2, 4, 5, 6, 7, 8])):
@@ -358,14 +428,24 @@ def test_parts_give_the_same_shards_and_manifest_whatever_k(tmp_path):
         _cli_parts(raw, out, "train", parts, *common, "--workers", "2" if parts == 3 else "1", order=order)
         assert _files(out) == one, f"K={parts}"
         assert not list(out.glob(".*"))
-    sizes = [json.loads((tmp_path / "k10" / "parts" / f"{k:04d}-of-0010" / "train.json").read_text())["manifest"]
-             for k in range(10)]
+    sizes = [
+        json.loads((tmp_path / "k10" / "parts" / f"{k:04d}-of-0010" / "train.json").read_text())["manifest"]
+        for k in range(10)
+    ]
     assert [0 if m is None else m["num_samples"] for m in sizes] == [0, 10, 10, 0, 10, 10, 0, 10, 10, 7]
     # with --limit too
     _cli_parts(raw, tmp_path / "lim", "train", 2, *common, "--limit", "25")
     assert read_manifest(tmp_path / "lim", "train")["num_samples"] == 25
-    write_image_shards(get_dataset("fashion_mnist").read(raw, "train"), tmp_path / "lim1", "train", resolution=32,
-                       samples_per_shard=10, num_classes=10, limit=25, extra_info={"dataset": "fashion_mnist"})
+    write_image_shards(
+        get_dataset("fashion_mnist").read(raw, "train"),
+        tmp_path / "lim1",
+        "train",
+        resolution=32,
+        samples_per_shard=10,
+        num_classes=10,
+        limit=25,
+        extra_info={"dataset": "fashion_mnist"},
+    )
     assert _files(tmp_path / "lim") == _files(tmp_path / "lim1")
 
 

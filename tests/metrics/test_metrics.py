@@ -33,12 +33,16 @@ def make_blobs(n: int, seed: int, res: int = 28, channels: int = 1) -> tuple[tor
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 10
     labels = labels[torch.randperm(n, generator=g)]
-    yy, xx = torch.meshgrid(torch.arange(res, dtype=torch.float32), torch.arange(res, dtype=torch.float32), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(res, dtype=torch.float32), torch.arange(res, dtype=torch.float32), indexing="ij"
+    )
     ang = labels.float() * (2 * math.pi / 10)
     cx = res / 2 + 0.3 * res * torch.cos(ang) + torch.randn(n, generator=g) * 0.8
     cy = res / 2 + 0.3 * res * torch.sin(ang) + torch.randn(n, generator=g) * 0.8
     amp = 0.7 + 0.3 * torch.rand(n, generator=g)
-    blob = amp[:, None, None] * torch.exp(-((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2) / (2 * 2.5**2))
+    blob = amp[:, None, None] * torch.exp(
+        -((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2) / (2 * 2.5**2)
+    )
     x = blob + 0.05 * torch.randn(n, res, res, generator=g)
     x = x.clamp(0, 1).unsqueeze(1)
     if channels == 3:
@@ -58,8 +62,9 @@ def classifier_path(tmp_path_factory):
     xt, yt = make_blobs(500, seed=2)
     cfg = clf_mod.ClassifierConfig(widths=(8, 16), feature_dim=32, dropout=0.0)
     path = str(tmp_path_factory.mktemp("clf") / "clf.pt")
-    clf_mod.train_classifier(x, y, path, seed=0, steps=120, batch_size=64, lr=3e-3, config=cfg,
-                             test_images=xt, test_labels=yt)
+    clf_mod.train_classifier(
+        x, y, path, seed=0, steps=120, batch_size=64, lr=3e-3, config=cfg, test_images=xt, test_labels=yt
+    )
     return path
 
 
@@ -96,8 +101,11 @@ def test_classifier_trained_and_extractor_inputs(classifier_path):
     assert meta["format"] == clf_mod.FILE_FORMAT
     assert meta["train_info"]["test_accuracy"] > 0.9, meta["train_info"]
     x, _ = make_blobs(16, seed=5)
-    fe = clf_mod.ClassifierFeatureExtractor(clf_mod.CLASSIFIER_EXTRACTOR_NAME, ["features", "logits_unbiased"],
-                                            feature_extractor_weights_path=classifier_path)
+    fe = clf_mod.ClassifierFeatureExtractor(
+        clf_mod.CLASSIFIER_EXTRACTOR_NAME,
+        ["features", "logits_unbiased"],
+        feature_extractor_weights_path=classifier_path,
+    )
     with torch.no_grad():
         f_rgb, l_rgb = fe(ensure_rgb_uint8(x))
         f_grey, l_grey = fe(x)
@@ -144,8 +152,10 @@ def test_is_kid_prc_sane(spec, real_sets, tmp_path):
     r_mode = evaluate(one_class, ref, spec, **kw)
     for r in (r_self, r_same, r_noise, r_mode):
         assert not r.unavailable
-        assert all(v is not None and math.isfinite(v) for v in
-                   (r.fid, r.is_mean, r.is_std, r.kid_mean, r.kid_std, r.precision, r.recall))
+        assert all(
+            v is not None and math.isfinite(v)
+            for v in (r.fid, r.is_mean, r.is_std, r.kid_mean, r.kid_std, r.precision, r.recall)
+        )
     # IS: a confident 10-class classifier on balanced real data -> close to 10; one class -> close to 1
     assert 6.0 < r_self.is_mean <= 10.0 + 1e-6, r_self.is_mean
     assert r_mode.is_mean < 2.0 and r_mode.is_mean < r_self.is_mean
@@ -160,7 +170,9 @@ def test_is_kid_prc_sane(spec, real_sets, tmp_path):
     assert r_noise.precision < r_same.precision
     assert r_mode.recall < 0.5 < r_mode.precision  # a single mode: precise but low coverage
     assert r_self.metric_settings["kid_subset_size"] == 400
-    assert r_self.metric_settings["prc_num_reference"] == 400 and r_mode.metric_settings["prc_num_reference"] == len(one_class)
+    assert r_self.metric_settings["prc_num_reference"] == 400 and r_mode.metric_settings["prc_num_reference"] == len(
+        one_class
+    )
 
 
 def test_reference_cache_reused_and_invalidated(spec, classifier_path, real_sets, tmp_path):
@@ -225,8 +237,21 @@ def test_result_json_roundtrip_and_contract(spec, classifier_path, real_sets, tm
     assert r.feature_layers == {"fid": "features", "isc": "logits_unbiased", "kid": "features", "prc": "features"}
     s = r.to_json()
     d = json.loads(s)
-    for key in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "num_samples",
-                "extractor", "extractor_weights_sha256", "reference_id", "context", "metric_settings"):
+    for key in (
+        "fid",
+        "is_mean",
+        "is_std",
+        "kid_mean",
+        "kid_std",
+        "precision",
+        "recall",
+        "num_samples",
+        "extractor",
+        "extractor_weights_sha256",
+        "reference_id",
+        "context",
+        "metric_settings",
+    ):
         assert key in d
     assert EvaluationResult.from_json(s) == r
     p = r.save(tmp_path / "eval.json")
@@ -280,9 +305,21 @@ def test_matches_torch_fidelity_calculate_metrics(spec, real_sets, tmp_path):
     gen = noised(b, 0.1, 2)
     ours = evaluate(gen, ReferenceSet("blobs-a", a), spec, cache_dir=str(tmp_path), kid_subsets=10, kid_subset_size=300)
     theirs = torch_fidelity.calculate_metrics(
-        input1=features_mod.RGBUint8Dataset(gen), input2=features_mod.RGBUint8Dataset(a), fid=True, isc=True, kid=True,
-        prc=True, feature_extractor=spec.name, feature_extractor_weights_path=spec.weights_path, cuda=False,
-        save_cpu_ram=True, cache=False, verbose=False, kid_subsets=10, kid_subset_size=300)
+        input1=features_mod.RGBUint8Dataset(gen),
+        input2=features_mod.RGBUint8Dataset(a),
+        fid=True,
+        isc=True,
+        kid=True,
+        prc=True,
+        feature_extractor=spec.name,
+        feature_extractor_weights_path=spec.weights_path,
+        cuda=False,
+        save_cpu_ram=True,
+        cache=False,
+        verbose=False,
+        kid_subsets=10,
+        kid_subset_size=300,
+    )
     assert ours.fid == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
     assert ours.is_mean == pytest.approx(theirs["inception_score_mean"], rel=1e-6)
     assert ours.kid_mean == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4)
@@ -306,8 +343,9 @@ def test_torch_fidelity_weights_checksum(tmp_path):
 
 def test_inception_cli_help(capsys):
     """The weights tool (workflow/scripts/inception_weights.py, the command line config/README.md names)."""
-    spec = importlib.util.spec_from_file_location("ucgm_inception_weights_tool",
-                                                  ROOT / "workflow" / "scripts" / "inception_weights.py")
+    spec = importlib.util.spec_from_file_location(
+        "ucgm_inception_weights_tool", ROOT / "workflow" / "scripts" / "inception_weights.py"
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     with pytest.raises(SystemExit) as e:

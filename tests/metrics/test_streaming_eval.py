@@ -50,25 +50,45 @@ def load_evaluate_script():
 def blobs(n: int, seed: int, res: int = 28, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 10, (n,), generator=g)
-    yy, xx = torch.meshgrid(torch.arange(res, dtype=torch.float32), torch.arange(res, dtype=torch.float32),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(res, dtype=torch.float32), torch.arange(res, dtype=torch.float32), indexing="ij"
+    )
     ang = labels.float() * (2 * math.pi / 10)
     cx = res / 2 + 0.3 * res * torch.cos(ang) + torch.randn(n, generator=g)
     cy = res / 2 + 0.3 * res * torch.sin(ang) + torch.randn(n, generator=g)
-    x = torch.exp(-((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2) / (2 * 2.5 ** 2))
+    x = torch.exp(-((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2) / (2 * 2.5**2))
     x = (x + 0.1 * torch.randn(n, res, res, generator=g)).clamp(0, 1).unsqueeze(1)
     if channels == 3:
         x = x * torch.tensor([1.0, 0.8, 0.6])[None, :, None, None]
     return to_uint8(x), labels
 
 
-META = {"checkpoint": "/somewhere/results/models/m/checkpoint.pt", "checkpoint_sha256": "ab" * 32,
-        "checkpoint_step": 100, "method": "ucgm", "steps": 4, "nfe": 4, "sampler_evaluations": 4,
-        "options": {"extrapolation": 0.5}, "guidance": {}, "weights": "ema", "quantize": "round", "seed": 0}
+META = {
+    "checkpoint": "/somewhere/results/models/m/checkpoint.pt",
+    "checkpoint_sha256": "ab" * 32,
+    "checkpoint_step": 100,
+    "method": "ucgm",
+    "steps": 4,
+    "nfe": 4,
+    "sampler_evaluations": 4,
+    "options": {"extrapolation": 0.5},
+    "guidance": {},
+    "weights": "ema",
+    "quantize": "round",
+    "seed": 0,
+}
 
 
-def write_shards(folder: Path, n_shards: int, per_shard: int, *, channels: int = 3, compressed: bool = False,
-                 meta: dict | None = None, changes: dict[int, dict] | None = None) -> list[str]:
+def write_shards(
+    folder: Path,
+    n_shards: int,
+    per_shard: int,
+    *,
+    channels: int = 3,
+    compressed: bool = False,
+    meta: dict | None = None,
+    changes: dict[int, dict] | None = None,
+) -> list[str]:
     """``n_shards`` shards as sample.py writes them (``changes``: shard -> metadata overrides)."""
     folder.mkdir(parents=True, exist_ok=True)
     num = n_shards * per_shard
@@ -76,13 +96,21 @@ def write_shards(folder: Path, n_shards: int, per_shard: int, *, channels: int =
     for k in range(n_shards):
         lo = k * per_shard
         images, labels = blobs(per_shard, seed=1000 + k, channels=channels)
-        m = {**(meta or META), "shard": k, "samples_per_shard": per_shard, "num_samples": num, "first_index": lo,
-             "count": per_shard, "seconds": 0.5 + k}
+        m = {
+            **(meta or META),
+            "shard": k,
+            "samples_per_shard": per_shard,
+            "num_samples": num,
+            "first_index": lo,
+            "count": per_shard,
+            "seconds": 0.5 + k,
+        }
         m.update((changes or {}).get(k, {}))
         idx = np.arange(lo, lo + per_shard, dtype=np.int64)
         p = folder / f"shard-{k:04d}.npz"
         (np.savez_compressed if compressed else np.savez)(
-            p, images=images.numpy(), labels=labels.numpy(), indices=idx, seeds=idx + 7, meta=np.asarray(json.dumps(m)))
+            p, images=images.numpy(), labels=labels.numpy(), indices=idx, seeds=idx + 7, meta=np.asarray(json.dumps(m))
+        )
         paths.append(str(p))
     return paths
 
@@ -97,8 +125,12 @@ def old_in_memory(paths: list[str]) -> tuple[np.ndarray, dict]:
             metas.append(json.loads(str(z["meta"])))
     idx = np.concatenate(indices)
     first = {k: v for k, v in metas[0].items() if k not in ("count", "shard", "first_index", "seconds")}
-    context = {"samples": first, "num_shards": len(metas), "seed_range": [int(idx.min()), int(idx.max())],
-               "sampling_seconds": round(sum(m.get("seconds", 0.0) for m in metas), 3)}
+    context = {
+        "samples": first,
+        "num_shards": len(metas),
+        "seed_range": [int(idx.min()), int(idx.max())],
+        "sampling_seconds": round(sum(m.get("seconds", 0.0) for m in metas), 3),
+    }
     return np.concatenate(images), context
 
 
@@ -122,9 +154,24 @@ def reference_batch(spec, tmp_path_factory):
 
 
 def cli_args(spec, reference_batch, cache, shards, out, *extra):
-    return ["samples", "--reference-batch", reference_batch, "--extractor", "classifier", "--weights",
-            spec.weights_path, "--cache-dir", str(cache), "--context", '{"sampler": "ucgm"}', "--out", str(out),
-            "--shards", *shards, *extra]
+    return [
+        "samples",
+        "--reference-batch",
+        reference_batch,
+        "--extractor",
+        "classifier",
+        "--weights",
+        spec.weights_path,
+        "--cache-dir",
+        str(cache),
+        "--context",
+        '{"sampler": "ucgm"}',
+        "--out",
+        str(out),
+        "--shards",
+        *shards,
+        *extra,
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -154,6 +201,7 @@ def test_chunked_images_holds_one_chunk():
         def load():
             live.append((lo, hi))
             return data[lo:hi].numpy().copy()
+
         return load
 
     bounds = [(0, 4), (4, 4), (4, 9), (9, 10)]  # an empty chunk too
@@ -184,8 +232,9 @@ def test_streamed_equals_in_memory_and_contract_unchanged(spec, reference_batch,
 
     images, ctx = old_in_memory(paths)
     ref = evaluation_mod.reference_batch_set(reference_batch)
-    old = fid_mod.evaluate(torch.from_numpy(images), ref, spec, cache_dir=str(tmp_path / "cache"),
-                           context={"sampler": "ucgm", **ctx})
+    old = fid_mod.evaluate(
+        torch.from_numpy(images), ref, spec, cache_dir=str(tmp_path / "cache"), context={"sampler": "ucgm", **ctx}
+    )
     for key in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall"):
         assert getattr(new, key) == getattr(old, key), key  # identical, not only close
     assert new.fid is not None and new.kid_mean is not None and new.precision is not None
@@ -205,8 +254,10 @@ def test_streamed_equals_in_memory_and_contract_unchanged(spec, reference_batch,
     assert isinstance(ref_stream, ChunkedImages)
     with np.load(reference_batch) as z:
         ref_whole = torch.from_numpy(z["arr_0"]).permute(0, 3, 1, 2)
-    assert torch.equal(fid_mod.extract_features(ref_stream, spec, ["features"])["features"],
-                       fid_mod.extract_features(ref_whole, spec, ["features"])["features"])
+    assert torch.equal(
+        fid_mod.extract_features(ref_stream, spec, ["features"])["features"],
+        fid_mod.extract_features(ref_whole, spec, ["features"])["features"],
+    )
     # compressed shards (np.savez_compressed) stream the same images
     zpaths = write_shards(tmp_path / "z", 24, 20, compressed=True)
     zs = open_sample_shards(zpaths).images(block_bytes=6 * 3 * 28 * 28)
@@ -240,18 +291,22 @@ def test_peak_memory_does_not_grow_with_shards(spec, reference_batch, tmp_path):
     fe = features_mod.make_extractor(spec, ["features", "logits_unbiased"], cuda=False)
 
     def stream(n):
-        return lambda: fid_mod.extract_features(open_sample_shards(sets[n]).images(block), spec,
-                                                ["features", "logits_unbiased"], cuda=False, _fe=fe)
+        return lambda: fid_mod.extract_features(
+            open_sample_shards(sets[n]).images(block), spec, ["features", "logits_unbiased"], cuda=False, _fe=fe
+        )
 
     def in_memory(n):
-        return lambda: fid_mod.extract_features(torch.from_numpy(old_in_memory(sets[n])[0]), spec,
-                                                ["features", "logits_unbiased"], cuda=False, _fe=fe)
+        return lambda: fid_mod.extract_features(
+            torch.from_numpy(old_in_memory(sets[n])[0]), spec, ["features", "logits_unbiased"], cuda=False, _fe=fe
+        )
 
     stream(6)()  # warm-up (lazy imports, caches)
     s6, s24 = _peak_bytes(stream(6)), _peak_bytes(stream(24))
     m6, m24 = _peak_bytes(in_memory(6)), _peak_bytes(in_memory(24))
-    print(f"extraction peak (tracemalloc): streamed {s6 / 1e3:.0f} kB -> {s24 / 1e3:.0f} kB, "
-          f"in memory {m6 / 1e3:.0f} kB -> {m24 / 1e3:.0f} kB (added images {added / 1e3:.0f} kB)")
+    print(
+        f"extraction peak (tracemalloc): streamed {s6 / 1e3:.0f} kB -> {s24 / 1e3:.0f} kB, "
+        f"in memory {m6 / 1e3:.0f} kB -> {m24 / 1e3:.0f} kB (added images {added / 1e3:.0f} kB)"
+    )
     assert s24 <= 1.1 * s6 + 32_000, (s6, s24)
     # two blocks at most (a batch that straddles two blocks holds views of the first while the second is read),
     # plus what opening the shards takes (zip directories, metadata, indices: about 0.3 MB here)
@@ -260,9 +315,27 @@ def test_peak_memory_does_not_grow_with_shards(spec, reference_batch, tmp_path):
 
     script = load_evaluate_script()
     cache = tmp_path / "cache"
-    run = {n: (lambda n=n: script.main(cli_args(spec, reference_batch, cache, sets[n], tmp_path / f"e{n}.json",
-                                                "--block-mb", "1", "--metrics", "fid", "isc", "kid", "prc")))
-           for n in (6, 24)}
+    run = {
+        n: (
+            lambda n=n: script.main(
+                cli_args(
+                    spec,
+                    reference_batch,
+                    cache,
+                    sets[n],
+                    tmp_path / f"e{n}.json",
+                    "--block-mb",
+                    "1",
+                    "--metrics",
+                    "fid",
+                    "isc",
+                    "kid",
+                    "prc",
+                )
+            )
+        )
+        for n in (6, 24)
+    }
     run[6]()  # reference features cached
     e6, e24 = _peak_bytes(run[6]), _peak_bytes(run[24])
     print(f"evaluate.py samples peak (tracemalloc): {e6 / 1e3:.0f} kB for 6 shards, {e24 / 1e3:.0f} kB for 24")
@@ -270,10 +343,19 @@ def test_peak_memory_does_not_grow_with_shards(spec, reference_batch, tmp_path):
     assert EvaluationResult.load(tmp_path / "e24.json").num_samples == 24 * per_shard
 
 
-@pytest.mark.parametrize("key, value", [
-    ("checkpoint_sha256", "cd" * 32), ("method", "euler"), ("steps", 8), ("options", {"extrapolation": 0.4}),
-    ("guidance", {"scale": 1.5}), ("seed", 1), ("weights", "raw"), ("quantize", "truncate"),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("checkpoint_sha256", "cd" * 32),
+        ("method", "euler"),
+        ("steps", 8),
+        ("options", {"extrapolation": 0.4}),
+        ("guidance", {"scale": 1.5}),
+        ("seed", 1),
+        ("weights", "raw"),
+        ("quantize", "truncate"),
+    ],
+)
 def test_mixed_shards_are_refused(tmp_path, key, value):
     paths = write_shards(tmp_path, 5, 4, changes={3: {key: value}})
     with pytest.raises(ValueError, match=rf"shard-0003\.npz differs from the first shard in {key} "):
@@ -346,9 +428,18 @@ def _bench_child(mode: str, paths: list[str], weights: str, reference: str, cach
         res = fid_mod.evaluate(open_sample_shards(paths).images(), ref, spec, metrics, cache_dir=cache)
     seconds = time.perf_counter() - t0
     peak = _vm_kib("VmHWM")
-    return {"mode": mode, "seconds": round(seconds, 2), "rss_before_mb": round(rss0 / 1024, 1),
-            "peak_rss_mb": round(peak / 1024, 1), "peak_above_start_mb": round((peak - rss0) / 1024, 1), "fid": res.fid, "is_mean": res.is_mean, "kid_mean": res.kid_mean,
-            "precision": res.precision, "recall": res.recall}
+    return {
+        "mode": mode,
+        "seconds": round(seconds, 2),
+        "rss_before_mb": round(rss0 / 1024, 1),
+        "peak_rss_mb": round(peak / 1024, 1),
+        "peak_above_start_mb": round((peak - rss0) / 1024, 1),
+        "fid": res.fid,
+        "is_mean": res.is_mean,
+        "kid_mean": res.kid_mean,
+        "precision": res.precision,
+        "recall": res.recall,
+    }
 
 
 def _benchmark(argv) -> None:
@@ -374,8 +465,16 @@ def _benchmark(argv) -> None:
         tmp = Path(tmp)
         x, y = blobs(1000, seed=1)
         weights = str(tmp / "clf.pt")
-        clf_mod.train_classifier(x, y, weights, seed=0, steps=60, batch_size=64, lr=3e-3,
-                                 config=clf_mod.ClassifierConfig(widths=(8, 16), feature_dim=16, dropout=0.0))
+        clf_mod.train_classifier(
+            x,
+            y,
+            weights,
+            seed=0,
+            steps=60,
+            batch_size=64,
+            lr=3e-3,
+            config=clf_mod.ClassifierConfig(widths=(8, 16), feature_dim=16, dropout=0.0),
+        )
         paths = []
         for k in range(a.shards):  # RGB blobs at --res
             imgs, labels = blobs(a.per_shard, seed=1000 + k, res=a.res, channels=3)
@@ -383,8 +482,14 @@ def _benchmark(argv) -> None:
             idx = np.arange(lo, lo + a.per_shard)
             m = {**META, "shard": k, "first_index": lo, "count": a.per_shard, "seconds": 1.0}
             paths.append(str(tmp / f"shard-{k:04d}.npz"))
-            np.savez(paths[-1], images=imgs.numpy(), labels=labels.numpy(), indices=idx, seeds=idx,
-                     meta=np.asarray(json.dumps(m)))
+            np.savez(
+                paths[-1],
+                images=imgs.numpy(),
+                labels=labels.numpy(),
+                indices=idx,
+                seeds=idx,
+                meta=np.asarray(json.dumps(m)),
+            )
         rx, _ = blobs(2000, seed=2, res=a.res, channels=3)
         spec = FeatureExtractorSpec(clf_mod.CLASSIFIER_EXTRACTOR_NAME, weights)
         f = fid_mod.extract_features(rx, spec, ["features"])["features"].double().numpy()
@@ -395,11 +500,21 @@ def _benchmark(argv) -> None:
         fid_mod.reference_features(ref, spec, ["features"], cache_dir=cache)
         fid_mod.reference_statistics(ref, spec, "features", cache_dir=cache)
         n = a.shards * a.per_shard
-        print(f"{a.shards} shards x {a.per_shard} images of 3x{a.res}x{a.res} uint8 "
-              f"({n * 3 * a.res * a.res / 2**20:.0f} MiB of images), reference features cached")
+        print(
+            f"{a.shards} shards x {a.per_shard} images of 3x{a.res}x{a.res} uint8 "
+            f"({n * 3 * a.res * a.res / 2**20:.0f} MiB of images), reference features cached"
+        )
         for mode in ("in-memory", "streamed") * a.repeat:
-            job = json.dumps({"mode": mode, "paths": paths, "weights": weights, "reference": reference,
-                              "cache": cache, "metrics": a.metrics})
+            job = json.dumps(
+                {
+                    "mode": mode,
+                    "paths": paths,
+                    "weights": weights,
+                    "reference": reference,
+                    "cache": cache,
+                    "metrics": a.metrics,
+                }
+            )
             r = subprocess.run([sys.executable, __file__, "--child", job], capture_output=True, text=True, check=True)
             print(r.stdout.strip().splitlines()[-1])
 

@@ -33,17 +33,42 @@ from ucgm_core.autoencoders.vavae import (
 TOL_POSTERIOR = 1e-5
 TOL_DECODED = 5e-5
 
-TINY_SD = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-               up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[32, 32, 32, 32], layers_per_block=1,
-               latent_channels=4, norm_num_groups=32, sample_size=32)
-TINY_LDM = dict(double_z=True, z_channels=8, resolution=32, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2, 2],
-                num_res_blocks=1, attn_resolutions=[8], dropout=0.0)
-TINY_DC = dict(in_channels=3, latent_channels=8, attention_head_dim=8,
-               encoder_block_types=["ResBlock", "ResBlock", "EfficientViTBlock"],
-               decoder_block_types=["ResBlock", "ResBlock", "EfficientViTBlock"],
-               encoder_block_out_channels=[8, 16, 32], decoder_block_out_channels=[8, 16, 32],
-               encoder_layers_per_block=[1, 1, 1], decoder_layers_per_block=[1, 1, 1],
-               encoder_qkv_multiscales=[[], [], [5]], decoder_qkv_multiscales=[[], [], [5]])
+TINY_SD = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[32, 32, 32, 32],
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=32,
+)
+TINY_LDM = dict(
+    double_z=True,
+    z_channels=8,
+    resolution=32,
+    in_channels=3,
+    out_ch=3,
+    ch=32,
+    ch_mult=[1, 2, 2],
+    num_res_blocks=1,
+    attn_resolutions=[8],
+    dropout=0.0,
+)
+TINY_DC = dict(
+    in_channels=3,
+    latent_channels=8,
+    attention_head_dim=8,
+    encoder_block_types=["ResBlock", "ResBlock", "EfficientViTBlock"],
+    decoder_block_types=["ResBlock", "ResBlock", "EfficientViTBlock"],
+    encoder_block_out_channels=[8, 16, 32],
+    decoder_block_out_channels=[8, 16, 32],
+    encoder_layers_per_block=[1, 1, 1],
+    decoder_layers_per_block=[1, 1, 1],
+    encoder_qkv_multiscales=[[], [], [5]],
+    decoder_qkv_multiscales=[[], [], [5]],
+)
 
 
 def _images(b=2, size=16, seed=0):
@@ -74,11 +99,19 @@ def tiny_ldm_vae():
 
 def test_registry_names():
     names = set(available_autoencoders())
-    assert {"sdvae_ema_f8c4", "sdvae_mse_f8c4", "sdvae_f8c4", "edm2_sdvae_f8c4", "vavae_f16d32",
-            "e2evavae_f16d32", "dcae_f32c32"} <= names
+    assert {
+        "sdvae_ema_f8c4",
+        "sdvae_mse_f8c4",
+        "sdvae_f8c4",
+        "edm2_sdvae_f8c4",
+        "vavae_f16d32",
+        "e2evavae_f16d32",
+        "dcae_f32c32",
+    } <= names
 
 
 # ------------------------------------------------------------------------------------------------ SD-VAE
+
 
 def test_sdvae_diffusers_folder(tmp_path, tiny_sd):
     tiny_sd.save_pretrained(tmp_path / "vae")
@@ -96,8 +129,9 @@ def test_sdvae_diffusers_folder(tmp_path, tiny_sd):
     assert img.shape == (2, 3, 16, 16) and 0 <= img.min() and img.max() <= 1
     torch.testing.assert_close(img, ref_img, rtol=0, atol=1e-6)
     # flipped copies (as the latent pipeline encodes them) and batch independence
-    torch.testing.assert_close(ae.encode(torch.flip(x, dims=[3]))[:1], ae.encode(torch.flip(x[:1], dims=[3])),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        ae.encode(torch.flip(x, dims=[3]))[:1], ae.encode(torch.flip(x[:1], dims=[3])), rtol=0, atol=1e-5
+    )
     with pytest.raises(ValueError):
         ae.encode(_images(size=12))  # not divisible by the stride
 
@@ -153,6 +187,7 @@ def test_hub_id_is_not_fetched_without_permission(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ DC-AE
 
+
 def test_dcae_diffusers_folder_and_single_file(tmp_path):
     torch.manual_seed(0)
     ref = _perturb_norms(AutoencoderDC(**TINY_DC))
@@ -171,8 +206,9 @@ def test_dcae_diffusers_folder_and_single_file(tmp_path):
     save_state_dict(ref.state_dict(), tmp_path / "bare" / "dcae.safetensors")
     with pytest.raises(CheckpointError, match="config"):
         get_autoencoder("dcae_f32c32", source=str(tmp_path / "bare" / "dcae.safetensors"))
-    ae2 = get_autoencoder("dcae_f32c32", source=str(tmp_path / "bare" / "dcae.safetensors"),
-                          config=str(tmp_path / "dcae" / "config.json"))
+    ae2 = get_autoencoder(
+        "dcae_f32c32", source=str(tmp_path / "bare" / "dcae.safetensors"), config=str(tmp_path / "dcae" / "config.json")
+    )
     torch.testing.assert_close(ae2.encode(x), z, rtol=0, atol=0)
 
 
@@ -184,6 +220,7 @@ def test_dcae_full_size_default_config_builds_on_meta():
 
 # ------------------------------------------------------------------------------------------------ VA-VAE
 
+
 def test_ldm_key_mapping_is_one_to_one(tiny_ldm_vae):
     keys = list(tiny_ldm_vae.state_dict())
     ldm = [diffusers_to_ldm_key(k, 3) for k in keys]
@@ -192,7 +229,10 @@ def test_ldm_key_mapping_is_one_to_one(tiny_ldm_vae):
     assert "decoder.up.2.attn.0.q.weight" in ldm and "encoder.down.1.block.0.nin_shortcut.weight" in ldm
     for bad in ("loss.logvar", "encoder.down.0.block.0.bogus.weight", "decoder.up.7.block.0.conv1.weight"):
         assert ldm_to_diffusers_key(bad, 3) is None
-    assert diffusers_to_ldm_key("decoder.up_blocks.0.attentions.0.to_out.0.weight", 3) == "decoder.up.2.attn.0.proj_out.weight"
+    assert (
+        diffusers_to_ldm_key("decoder.up_blocks.0.attentions.0.to_out.0.weight", 3)
+        == "decoder.up.2.attn.0.proj_out.weight"
+    )
 
 
 def _ldm_file(tmp_path, model, extra=None, name="vavae.ckpt"):
@@ -204,8 +244,9 @@ def _ldm_file(tmp_path, model, extra=None, name="vavae.ckpt"):
 
 
 def test_vavae_tiny_ldm_roundtrip(tmp_path, tiny_ldm_vae):
-    path, _ = _ldm_file(tmp_path, tiny_ldm_vae, extra={"loss.logvar": torch.zeros(()),
-                                                       "linear_proj.weight": torch.zeros(4, 8, 1, 1)})
+    path, _ = _ldm_file(
+        tmp_path, tiny_ldm_vae, extra={"loss.logvar": torch.zeros(()), "linear_proj.weight": torch.zeros(4, 8, 1, 1)}
+    )
     x = _images(size=32)
     e2e = get_autoencoder("e2evavae_f16d32", checkpoint=str(path), ddconfig=TINY_LDM, embed_dim=8)
     va = get_autoencoder("vavae_f16d32", checkpoint=str(path), ddconfig=TINY_LDM, embed_dim=8, seed=3)
@@ -274,6 +315,7 @@ def test_vavae_reproduces_ldm_fixture(tmp_path, fixtures_dir):
 
 
 # ------------------------------------------------------------------------------------------------ bad files
+
 
 def test_mismatched_vavae_checkpoint_names_file_and_keys(tmp_path, tiny_ldm_vae):
     state = diffusers_to_ldm_state_dict(tiny_ldm_vae.state_dict())

@@ -21,13 +21,29 @@ from ucgm_core.models.lightningdit import LightningDiT, convert_lightningdit_che
 
 # threads: set once in tests/conftest.py
 ATOL = 1e-5
-LDIT_KWARGS = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio",
-               "class_dropout_prob", "num_classes")
+LDIT_KWARGS = (
+    "input_size",
+    "patch_size",
+    "in_channels",
+    "hidden_size",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "class_dropout_prob",
+    "num_classes",
+)
 FAMILIES = {
-    "lightningdit": dict(cls=LightningDiT, convert=convert_lightningdit_checkpoint, name="LightningDiT-XL/1",
-                         params=675_256_736, nkeys=351, prefix=""),
-    "ddt": dict(cls=DDT, convert=convert_ddt_checkpoint, name="DDT-XL/2", params=674_646_352, nkeys=349,
-                prefix="ema_denoiser."),
+    "lightningdit": dict(
+        cls=LightningDiT,
+        convert=convert_lightningdit_checkpoint,
+        name="LightningDiT-XL/1",
+        params=675_256_736,
+        nkeys=351,
+        prefix="",
+    ),
+    "ddt": dict(
+        cls=DDT, convert=convert_ddt_checkpoint, name="DDT-XL/2", params=674_646_352, nkeys=349, prefix="ema_denoiser."
+    ),
 }
 
 
@@ -70,8 +86,9 @@ def test_tiny_ucgm_guidance(tiny):
     fam, blob, model = tiny
     u = blob["ucgm"]
     for case, ref in u["cfg_cases"].items():
-        out = model.forward_with_cfg(u["cfg_inputs"]["x"], ref["t"], u["cfg_inputs"]["y"], u["cfg_scale"],
-                                     u["cfg_interval"])
+        out = model.forward_with_cfg(
+            u["cfg_inputs"]["x"], ref["t"], u["cfg_inputs"]["y"], u["cfg_scale"], u["cfg_interval"]
+        )
         assert _err(out, ref["out"]) < ATOL, case
 
 
@@ -81,8 +98,9 @@ def test_tiny_original_guidance(tiny):
     oc = blob["original_cfg"]
     if fam == "lightningdit":  # original: 3-channel guidance; rows 0..B-1 are the ones a sampler keeps
         for case, ref in oc["cases"].items():
-            out = model.forward_with_cfg(oc["inputs"]["x"], ref["t"], oc["inputs"]["y"], oc["cfg_scale"],
-                                         [oc["cfg_interval_start"], 1.0])
+            out = model.forward_with_cfg(
+                oc["inputs"]["x"], ref["t"], oc["inputs"]["y"], oc["cfg_scale"], [oc["cfg_interval_start"], 1.0]
+            )
             assert _err(out[:2], ref["out"][:2]) < ATOL, case
         guided = oc["cases"]["guided_t0.5"]["out"]
         cond = model(oc["inputs"]["x"][:2], oc["cases"]["guided_t0.5"]["t"][:2], oc["inputs"]["y"][:2])
@@ -138,8 +156,12 @@ def test_picks_ema_weights(tiny, tmp_path):
     ema = blob["state_dict"]
     raw = {k: v + 1 for k, v in ema.items()}
     if fam == "ddt":
-        blob_out = {"state_dict": {**{"ema_denoiser." + k: v for k, v in ema.items()},
-                                   **{"denoiser." + k: v for k, v in raw.items()}}}
+        blob_out = {
+            "state_dict": {
+                **{"ema_denoiser." + k: v for k, v in ema.items()},
+                **{"denoiser." + k: v for k, v in raw.items()},
+            }
+        }
     else:
         blob_out = {"model": raw, "ema": {"module." + k: v for k, v in ema.items()}}
     path = tmp_path / "release.pt"

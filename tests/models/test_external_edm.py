@@ -48,6 +48,7 @@ SONGUNET_ORIGINAL_PARAMS = {1: 55_733_891, 10: 55_735_299}
 
 # --- fixtures ------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def ext_dir(fixtures_dir: Path) -> Path:
     return fixtures_dir / "external_models"
@@ -89,14 +90,18 @@ def _close(a, b, what, tol=TOL):
 
 # --- EDM2 tiny parity ----------------------------------------------------------------------------------
 
+
 def test_edm2_tiny_all_variants(edm2_blob, edm2_net):
     i, o, u = edm2_blob["inputs"], edm2_blob["outputs"], edm2_blob["ucgm"]
     assert u["config"] == {**edm2_kwargs_from_original(edm2_blob["config"])}
     with torch.no_grad():
         _close(edm2_net.unet(o["unet_in"], o["unet_c_noise"], i["class_labels_onehot"]), o["unet_F"], "raw UNet F")
         _close(edm2_net.denoise(i["x_noisy"], i["sigma"], i["class_labels_onehot"]), o["D"], "Precond D")
-        _close(edm2_net.denoise(i["x_noisy"], i["sigma"], i["class_labels_onehot_zero_row3"]),
-               o["D_zero_label_row3"], "Precond D, zero label row 3")
+        _close(
+            edm2_net.denoise(i["x_noisy"], i["sigma"], i["class_labels_onehot_zero_row3"]),
+            o["D_zero_label_row3"],
+            "Precond D, zero label row 3",
+        )
         # UCGM convention: c_in-scaled input, model time t, integer labels; 1000 = no label branch.
         f = edm2_net(u["inputs"]["x_t"], u["inputs"]["t"], u["inputs"]["y"])
         _close(f, u["F"], "F(x_t, t, y)")
@@ -111,7 +116,7 @@ def test_edm2_tiny_all_variants(edm2_blob, edm2_net):
         _close(f_mix[[0, 2, 3]], u["F"][[0, 2, 3]], "mixed batch, labelled rows")
         # EDM-transport inversion (x_t is c_in-scaled): x_hat = (alpha_in F - alpha_to x_t) / 2 = D
         sigma = i["sigma"][:, None, None, None]
-        n = (sigma ** 2 + 0.25).sqrt()
+        n = (sigma**2 + 0.25).sqrt()
         x_hat = (sigma / n * f + 0.5 / n * u["inputs"]["x_t"]) / 2
         _close(x_hat, o["D"], "x_hat from the EDM transport")
 
@@ -122,8 +127,9 @@ def test_edm2_tiny_guidance(edm2_blob, edm2_net):
     w = 1.5
     want = u["F_uncond"] + w * (u["F"] - u["F_uncond"])
     with torch.no_grad():
-        out = edm2_net.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, 1000)]),
-                                        w, [0.0, 1.0])
+        out = edm2_net.forward_with_cfg(
+            torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, 1000)]), w, [0.0, 1.0]
+        )
         _close(out[:4], want, "forward_with_cfg inside the interval")
         _close(out[4:], want, "forward_with_cfg second half")
         net = guided(edm2_net, y, 1000, w, [0.0, 1.0])
@@ -133,6 +139,7 @@ def test_edm2_tiny_guidance(edm2_blob, edm2_net):
 
 
 # --- SongUNet tiny parity ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("variant", ["unconditional", "conditional"])
 def test_songunet_tiny_all_variants(song_blob, variant):
@@ -149,8 +156,9 @@ def test_songunet_tiny_all_variants(song_blob, variant):
         _close(f, o["F"], f"{variant}: F(x_t, t, y) vs original")
         if onehot is None:
             # no label map: labels are ignored, so guidance is the identity
-            out = net.forward_with_cfg(torch.cat([u["inputs"]["x_t"]] * 2), torch.cat([u["inputs"]["t"]] * 2),
-                                       torch.tensor([0, 0, 1, 1]), 3.0)
+            out = net.forward_with_cfg(
+                torch.cat([u["inputs"]["x_t"]] * 2), torch.cat([u["inputs"]["t"]] * 2), torch.tensor([0, 0, 1, 1]), 3.0
+            )
             _close(out[:2], o["F"], "unconditional: forward_with_cfg")
             return
         _close(net.denoise(i["x_noisy"], i["sigma"]), o["D_no_label"], "conditional: D without labels")
@@ -169,6 +177,7 @@ def test_songunet_tiny_all_variants(song_blob, variant):
 
 # --- full-size layouts and parameter counts ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["EDM2-S", "EDM2-L", "EDM2-XXL"])
 def test_edm2_full_layout(ext_dir, name):
     info = json.loads(_need(ext_dir, "edm2_full_keys.json").read_text())["models"][name]
@@ -176,7 +185,7 @@ def test_edm2_full_layout(ext_dir, name):
     meta = {k: torch.empty(v, device="meta") for k, v in layout.items()}
     state = convert_edm2_checkpoint({"ema": meta}, name)
     irrelevant = set(info["sampling_irrelevant_keys"])
-    want = {k[len("unet."):]: tuple(v) for k, v in layout.items() if k not in irrelevant}
+    want = {k[len("unet.") :]: tuple(v) for k, v in layout.items() if k not in irrelevant}
     assert len(want) == len(layout) - 3 == 200 and all(k.startswith("unet.") or k in irrelevant for k in layout)
     assert {k: tuple(v.shape) for k, v in state.items()} == want
     assert list(state) == list(want)  # same order too
@@ -189,7 +198,11 @@ def test_edm2_full_layout(ext_dir, name):
     logvar = sum(torch.Size(layout[k]).numel() for k in ("logvar_linear.weight",))
     assert n + logvar == EDM2_PRECOND_PARAMS[name] == info["param_count_total"]
     assert edm2_kwargs_from_original(info["constructor_kwargs"]) == {
-        "input_size": 64, "in_channels": 4, "num_classes": 1000, **EDM2_SIZES[name[5:]]}
+        "input_size": 64,
+        "in_channels": 4,
+        "num_classes": 1000,
+        **EDM2_SIZES[name[5:]],
+    }
 
 
 @pytest.mark.parametrize("num_classes", [1, 10])
@@ -199,7 +212,7 @@ def test_songunet_full_layout(ext_dir, num_classes):
     layout = orig["state_dict"]
     meta = {k: torch.empty(v, device="meta") for k, v in layout.items()}
     state = convert_songunet_checkpoint({"ema": meta})  # num_classes inferred from map_label
-    want = {k[len("model."):]: tuple(v) for k, v in layout.items() if k not in info["sampling_irrelevant_keys"]}
+    want = {k[len("model.") :]: tuple(v) for k, v in layout.items() if k not in info["sampling_irrelevant_keys"]}
     assert len(want) == orig["num_keys"] - 1
     assert {k: tuple(v.shape) for k, v in state.items()} == want
     assert list(state) == list(want)
@@ -221,10 +234,26 @@ def test_songunet_full_layout(ext_dir, num_classes):
 
 # --- bad files ------------------------------------------------------------------------------------------
 
-TINY_EDM2 = dict(input_size=8, in_channels=2, num_classes=3, model_channels=8, channel_mult=[1, 2], num_blocks=1,
-                 attn_resolutions=[4], channels_per_head=8)
-TINY_SONG = dict(input_size=8, in_channels=3, num_classes=1, model_channels=8, channel_mult=[1, 2], num_blocks=1,
-                 attn_resolutions=[4], dropout=0.0)
+TINY_EDM2 = dict(
+    input_size=8,
+    in_channels=2,
+    num_classes=3,
+    model_channels=8,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[4],
+    channels_per_head=8,
+)
+TINY_SONG = dict(
+    input_size=8,
+    in_channels=3,
+    num_classes=1,
+    model_channels=8,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[4],
+    dropout=0.0,
+)
 
 
 def test_corrupt_and_mismatched_files(tmp_path):
@@ -293,7 +322,10 @@ def _persistence_modules(monkeypatch):
     pkg = types.ModuleType("torch_utils")
     mod = types.ModuleType("torch_utils.persistence")
     _tripwire.__module__, _tripwire.__qualname__, _tripwire.__name__ = (
-        "torch_utils.persistence", "_reconstruct_persistent_obj", "_reconstruct_persistent_obj")
+        "torch_utils.persistence",
+        "_reconstruct_persistent_obj",
+        "_reconstruct_persistent_obj",
+    )
     mod._reconstruct_persistent_obj = _tripwire
     pkg.persistence = mod
     monkeypatch.setitem(sys.modules, "torch_utils", pkg)
@@ -305,8 +337,13 @@ def _make_persistent(module: nn.Module, class_name: str) -> None:
     with meta = {type, version, module_src, class_name, state=__dict__}."""
 
     def reduce_ex(self, protocol):
-        meta = dict(type="class", version=6, class_name=class_name, state=dict(self.__dict__),
-                    module_src="raise RuntimeError('embedded module source executed')\n")
+        meta = dict(
+            type="class",
+            version=6,
+            class_name=class_name,
+            state=dict(self.__dict__),
+            module_src="raise RuntimeError('embedded module source executed')\n",
+        )
         return sys.modules["torch_utils.persistence"]._reconstruct_persistent_obj, (meta,)
 
     module.__class__ = type(class_name, (type(module),), {"__reduce_ex__": reduce_ex})

@@ -38,14 +38,24 @@ from ucgm_core.transports import EDM, orient
 
 # threads: set once in tests/conftest.py
 
-LDIT_KWARGS = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio",
-               "class_dropout_prob", "num_classes")
+LDIT_KWARGS = (
+    "input_size",
+    "patch_size",
+    "in_channels",
+    "hidden_size",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "class_dropout_prob",
+    "num_classes",
+)
 
 
 def _sit(variant: str) -> Callable[[dict], Tuple[dict, Callable[[dict], dict]]]:
     def prepare(blob):
         kw = sit_kwargs_from_original(blob["config"])
         return kw, lambda kw: convert_sit_checkpoint(blob["state_dict"], variant, **kw)
+
     return prepare
 
 
@@ -70,6 +80,7 @@ def _song(conditional: bool):
         blob = blob["conditional"] if conditional else blob
         kw = songunet_kwargs_from_original(blob["config"])
         return kw, lambda kw: convert_songunet_checkpoint({"ema": blob["state_dict"]}, **kw)
+
     return prepare
 
 
@@ -85,9 +96,16 @@ CASES: Dict[str, tuple] = {
     "songunet-cond": ("SongUNet-CIFAR10", "songunet_tiny.pt", _song(True), SongUNet, "EDM"),
 }
 # Every external registry entry belongs to one of the families above (same builder and transport).
-FAMILY_OF_ENTRY = {"SiT-XL/2-REPA": "sit-repa", "SiT-XL/1-REPAE": "sit-repae", "LightningDiT-XL/1": "lightningdit",
-                   "DDT-XL/2": "ddt", "EDM2-S": "edm2", "EDM2-L": "edm2", "EDM2-XXL": "edm2",
-                   "SongUNet-CIFAR10": "songunet"}
+FAMILY_OF_ENTRY = {
+    "SiT-XL/2-REPA": "sit-repa",
+    "SiT-XL/1-REPAE": "sit-repae",
+    "LightningDiT-XL/1": "lightningdit",
+    "DDT-XL/2": "ddt",
+    "EDM2-S": "edm2",
+    "EDM2-L": "edm2",
+    "EDM2-XXL": "edm2",
+    "SongUNet-CIFAR10": "songunet",
+}
 
 _BLOBS: Dict[str, dict] = {}
 
@@ -177,9 +195,16 @@ def test_ucgm_training_step(case, fixtures_dir):
     net.train()
     x, labels = _inputs(net, seed=1)
     x = 0.5 * x
-    objective = UCGMObjective(UCGMConfig(
-        transport=transport, consistency_ratio=1.0, enhanced_ratio=1.5, enhanced_style="fc-vs-xz",
-        teacher_decay=1.0, num_classes=net.num_classes))
+    objective = UCGMObjective(
+        UCGMConfig(
+            transport=transport,
+            consistency_ratio=1.0,
+            enhanced_ratio=1.5,
+            enhanced_style="fc-vs-xz",
+            teacher_decay=1.0,
+            num_classes=net.num_classes,
+        )
+    )
     out = objective(net, x, labels)
     assert out.nfe == 4  # online + teacher + two consistency evaluations
     assert out.prediction.shape == x.shape and _finite(out.prediction) and _finite(out.target)

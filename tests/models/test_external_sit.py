@@ -82,8 +82,9 @@ def test_tiny_guidance(ext_dir, variant):
     assert torch.equal(guided[:b], guided[b:])
     for name, case in ucgm["cfg_cases"].items():
         with torch.no_grad():
-            got = net.forward_with_cfg(ucgm["cfg_inputs"]["x"], case["t"], ucgm["cfg_inputs"]["y"],
-                                       ucgm["cfg_scale"], ucgm["cfg_interval"])
+            got = net.forward_with_cfg(
+                ucgm["cfg_inputs"]["x"], case["t"], ucgm["cfg_inputs"]["y"], ucgm["cfg_scale"], ucgm["cfg_interval"]
+            )
         err = (got - case["out"]).abs().max().item()
         print(f"{variant} UCGM cfg {name}: max|diff| = {err:.2e}")
         assert err < ATOL, name
@@ -130,7 +131,10 @@ def test_parameter_counts(ext_dir, variant):
     assert full["param_count_total"] == TOTAL_PARAMS[variant]
     assert full["ucgm_port"]["constructor_kwargs"] == SIT_VARIANTS[variant]
     assert sit_kwargs_from_original(full["constructor_kwargs"]) == {
-        **SIT_VARIANTS[variant], "mlp_ratio": 4.0, "class_dropout_prob": 0.1}
+        **SIT_VARIANTS[variant],
+        "mlp_ratio": 4.0,
+        "class_dropout_prob": 0.1,
+    }
 
 
 def test_registry_entries(ext_dir):

@@ -43,8 +43,16 @@ def test_unet_param_budget_and_zero_output():
 
 @pytest.mark.parametrize("unshuffle, size", [(True, 28), (True, 32), (False, 28), (False, 20)])
 def test_unet_sizes(unshuffle, size):
-    model = UNet(input_size=size, in_channels=2, num_classes=5, channels=(8, 16, 16), num_blocks=2,
-                 unshuffle=unshuffle, mid_block=True, emb_dim=32)
+    model = UNet(
+        input_size=size,
+        in_channels=2,
+        num_classes=5,
+        channels=(8, 16, 16),
+        num_blocks=2,
+        unshuffle=unshuffle,
+        mid_block=True,
+        emb_dim=32,
+    )
     out = model(torch.randn(3, 2, size, size), torch.rand(3), torch.tensor([0, 4, 5]))
     assert out.shape == (3, 2, size, size)
 

@@ -11,8 +11,14 @@ import torch
 from ucgm_core.models import TIT_CONFIGS, TiT
 
 ATOL = 1e-5
-HOOKS = {"x_embedder": "x_embed", "t_embedder": "t_emb", "y_embedder": "y_emb",
-         "blocks.0": "block0", "blocks.1": "block1", "final_layer": "final_tokens"}
+HOOKS = {
+    "x_embedder": "x_embed",
+    "t_embedder": "t_emb",
+    "y_embedder": "y_emb",
+    "blocks.0": "block0",
+    "blocks.1": "block1",
+    "final_layer": "final_tokens",
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +52,12 @@ def test_official_init_and_weight_recipe(ref, patch):
     """Official init + the README's perturbation recipe reproduce the fixture weights."""
     model, std = _build(ref, patch), ref["perturb"]
     gen = torch.Generator().manual_seed(ref[patch]["perturb_seed"])
-    rules = [(r".*adaLN_modulation\.1\.", std["s_ada"]), (r"final_layer\.linear\.", std["s_fin"]),
-             (r"t_embedder\.mlp\.[02]\.weight", std["s_temb"]), (r"y_embedder\.embedding_table", std["s_y"])]
+    rules = [
+        (r".*adaLN_modulation\.1\.", std["s_ada"]),
+        (r"final_layer\.linear\.", std["s_fin"]),
+        (r"t_embedder\.mlp\.[02]\.weight", std["s_temb"]),
+        (r"y_embedder\.embedding_table", std["s_y"]),
+    ]
     with torch.no_grad():
         for name, p in model.named_parameters():
             s = next((s for pat, s in rules if re.match(pat, name)), None)
@@ -107,7 +117,11 @@ def test_official_sizes_param_counts(ref):
     for s in ref["sizes"]:
         cfg = TIT_CONFIGS[s["name"]]
         assert (cfg["depth"], cfg["hidden_size"], cfg["num_heads"], cfg["patch_size"]) == (
-            s["depth"], s["hidden"], s["heads"], s["patch"])
+            s["depth"],
+            s["hidden"],
+            s["heads"],
+            s["patch"],
+        )
         with torch.device("meta"):
             model = TiT(input_size=s["input_size"], in_channels=s["in_channels"], num_classes=1000, **cfg)
         total = sum(p.numel() for p in model.parameters())
@@ -128,13 +142,16 @@ def test_bad_labels_raise(bad_y, match):
         _tiny()(torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor(bad_y))
 
 
-@pytest.mark.parametrize("x_shape, t_shape, y_shape", [
-    ((2, 3, 8, 8), (2,), (2,)),   # wrong channels
-    ((2, 4, 16, 16), (2,), (2,)),  # wrong size
-    ((4, 8, 8), (2,), (2,)),      # no batch dim
-    ((2, 4, 8, 8), (3,), (2,)),   # t batch mismatch
-    ((2, 4, 8, 8), (2,), (3,)),   # y batch mismatch
-])
+@pytest.mark.parametrize(
+    "x_shape, t_shape, y_shape",
+    [
+        ((2, 3, 8, 8), (2,), (2,)),  # wrong channels
+        ((2, 4, 16, 16), (2,), (2,)),  # wrong size
+        ((4, 8, 8), (2,), (2,)),  # no batch dim
+        ((2, 4, 8, 8), (3,), (2,)),  # t batch mismatch
+        ((2, 4, 8, 8), (2,), (3,)),  # y batch mismatch
+    ],
+)
 def test_bad_shapes_raise(x_shape, t_shape, y_shape):
     with pytest.raises(ValueError, match="must"):
         _tiny()(torch.randn(x_shape), torch.rand(t_shape), torch.zeros(y_shape, dtype=torch.long))
@@ -160,6 +177,7 @@ def test_zero_init_output_and_bf16_autocast():
 
 @pytest.mark.parametrize("flag", ["use_qknorm", "use_swiglu", "use_rope", "use_rmsnorm"])
 def test_ablation_flags_run(flag):
-    model = TiT(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=1, num_heads=4, num_classes=10,
-                **{flag: False})
+    model = TiT(
+        input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=1, num_heads=4, num_classes=10, **{flag: False}
+    )
     assert model(torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([0, 10])).shape == (2, 4, 8, 8)

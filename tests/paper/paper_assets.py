@@ -234,8 +234,10 @@ def _imagenet_jpegs(num_classes: int, images_per_class: int) -> Dict[str, List[T
 def _write_imagenet(root: Path, num_classes: int, images_per_class: int) -> Tuple[Path, Path, Tuple[str, ...]]:
     folder, tar = root / "imagenet", root / "ILSVRC2012_img_train.tar"
     wnids = tuple(f"n{c:08d}" for c in range(num_classes))
-    need_folder = not all((folder / "train" / w).is_dir() and
-                          len(list((folder / "train" / w).glob("*.JPEG"))) == images_per_class for w in wnids)
+    need_folder = not all(
+        (folder / "train" / w).is_dir() and len(list((folder / "train" / w).glob("*.JPEG"))) == images_per_class
+        for w in wnids
+    )
     if need_folder or not tar.exists():
         jpegs = _imagenet_jpegs(num_classes, images_per_class)
         for wnid, files in jpegs.items():
@@ -265,8 +267,9 @@ def _spd_stats(rng: np.random.Generator, dim: int, rank: int = 64) -> Tuple[np.n
 def _write_ref_batch(path: Path, size: int, n: int, seed: int) -> Path:
     def write(tmp: Path) -> None:
         rng = np.random.default_rng([SEED, 2, seed])
-        arr = np.stack([np.asarray(_synthetic_image(rng, size, size, int(rng.integers(0, 1000)), 1000))
-                        for _ in range(n)]).astype(np.uint8)
+        arr = np.stack(
+            [np.asarray(_synthetic_image(rng, size, size, int(rng.integers(0, 1000)), 1000)) for _ in range(n)]
+        ).astype(np.uint8)
         mu, sigma = _spd_stats(rng, FID_DIM)
         mu_s, sigma_s = _spd_stats(rng, SFID_DIM)
         with open(tmp, "wb") as f:  # np.savez on a file object: the name stays as given
@@ -320,8 +323,10 @@ def _write_inception(path: Path) -> Path:
                     m.bn.running_var.fill_(1.0)
             net.fc.weight.copy_(torch.randn(net.fc.weight.shape, generator=g) * (8.0 / np.sqrt(FID_DIM)))
             net.fc.bias.copy_(torch.randn(net.fc.bias.shape, generator=g) * 0.1)
-        state = {k: v.detach().float().contiguous() if v.is_floating_point() else v.detach().clone()
-                 for k, v in net.state_dict().items()}
+        state = {
+            k: v.detach().float().contiguous() if v.is_floating_point() else v.detach().clone()
+            for k, v in net.state_dict().items()
+        }
         torch.save(state, tmp)
 
     return _atomic(path, write)
@@ -349,12 +354,15 @@ NETWORK_SPECS: Dict[str, Tuple[str, Dict[str, Any], Tuple[int, int, int], bool, 
     # EDM2: three sizes (widths 8/16/16, 8/16/24, 8/16/32 at levels 16, 8, 4; 8 channels per head)
     "edm2_s_512": ("EDM2-S", dict(_EDM2_TINY, channel_mult=[1, 2, 2]), (4, 16, 16), True, "edm2-img512-s.pt"),
     "edm2_l_512": ("EDM2-L", dict(_EDM2_TINY, channel_mult=[1, 2, 3]), (4, 16, 16), True, "edm2-img512-l.pt"),
-    "edm2_xxl_512": ("EDM2-XXL", dict(_EDM2_TINY, channel_mult=[1, 2, 4]), (4, 16, 16), True,
-                     "edm2-img512-xxl.pt"),
+    "edm2_xxl_512": ("EDM2-XXL", dict(_EDM2_TINY, channel_mult=[1, 2, 4]), (4, 16, 16), True, "edm2-img512-xxl.pt"),
     # EDM's CIFAR-10 DDPM++ (unconditional: num_classes 1, no label map), levels 32, 16 with attention at 16
-    "songunet_cifar10": ("SongUNet-CIFAR10", dict(model_channels=16, channel_mult=[1, 2], channel_mult_emb=2,
-                                                  num_blocks=1, attn_resolutions=[16]), (3, 32, 32), False,
-                         "edm-cifar10-32x32-uncond-vp.pkl"),
+    "songunet_cifar10": (
+        "SongUNet-CIFAR10",
+        dict(model_channels=16, channel_mult=[1, 2], channel_mult_emb=2, num_blocks=1, attn_resolutions=[16]),
+        (3, 32, 32),
+        False,
+        "edm-cifar10-32x32-uncond-vp.pkl",
+    ),
 }
 
 # tensors that are fixed tables or buffers of the construction: never perturbed
@@ -426,7 +434,7 @@ def convert_external(net: ExternalNet, **extra: Any) -> Dict[str, Tensor]:
     if arch.startswith("EDM2-"):
         from ucgm_core.models.edm2 import EDM2_SIZES, convert_edm2_checkpoint
 
-        size = {**EDM2_SIZES[arch[len("EDM2-"):]], **kw}
+        size = {**EDM2_SIZES[arch[len("EDM2-") :]], **kw}
         return convert_edm2_checkpoint(net.path, size, **extra)
     if arch.startswith("SongUNet"):
         from ucgm_core.models.songunet import convert_songunet_checkpoint
@@ -470,8 +478,13 @@ class _Persistent:
         self.class_name, self.state = class_name, state
 
     def __reduce_ex__(self, protocol):
-        meta = dict(type="class", version=6, class_name=self.class_name, state=self.state,
-                    module_src="raise RuntimeError('embedded module source executed')\n")
+        meta = dict(
+            type="class",
+            version=6,
+            class_name=self.class_name,
+            state=self.state,
+            module_src="raise RuntimeError('embedded module source executed')\n",
+        )
         return sys.modules["torch_utils.persistence"]._reconstruct_persistent_obj, (meta,)
 
 
@@ -497,11 +510,19 @@ def _write_edm_pickle(path: Path, net: nn.Module, label_dim: int) -> None:
     precond.img_resolution, precond.img_channels, precond.label_dim = net.input_size, net.in_channels, label_dim
     precond.use_fp16, precond.sigma_min, precond.sigma_max, precond.sigma_data = False, 0.0, float("inf"), 0.5
     _make_persistent(precond, "EDMPrecond")
-    data = dict(ema=precond,
-                loss_fn=_Persistent("EDMLoss", dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5)),
-                augment_pipe=None,
-                dataset_kwargs=dict(class_name="training.dataset.ImageFolderDataset", path="cifar10-32x32.zip",
-                                    use_labels=False, xflip=False, resolution=32, max_size=50000))
+    data = dict(
+        ema=precond,
+        loss_fn=_Persistent("EDMLoss", dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5)),
+        augment_pipe=None,
+        dataset_kwargs=dict(
+            class_name="training.dataset.ImageFolderDataset",
+            path="cifar10-32x32.zip",
+            use_labels=False,
+            xflip=False,
+            resolution=32,
+            max_size=50000,
+        ),
+    )
     with _persistence_modules():
         blob = pickle.dumps(data, protocol=4)
     path.write_bytes(blob)
@@ -530,28 +551,54 @@ def _write_network(root: Path, name: str, num_classes: int, index: int) -> Exter
 # ----------------------------------------------------------------------------------------------------------
 
 TINY_SDVAE_CONFIG: Dict[str, Any] = dict(
-    in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[4, 8, 16, 16], layers_per_block=1,
-    act_fn="silu", latent_channels=4, norm_num_groups=4, sample_size=256, scaling_factor=0.18215)
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[4, 8, 16, 16],
+    layers_per_block=1,
+    act_fn="silu",
+    latent_channels=4,
+    norm_num_groups=4,
+    sample_size=256,
+    scaling_factor=0.18215,
+)
 
 # LDM ddconfig: the VA-VAE wrapper fixes norm_num_groups at 32 (as the LDM code), so ch >= 32 at full
 # resolution, which is what costs time (about 0.1-0.3 s per 256 px image on 2 cores). num_res_blocks 0 would
 # halve it but vavae.py infers the level count from the encoder's block keys, which that config lacks.
 TINY_VAVAE_DDCONFIG: Dict[str, Any] = dict(
-    double_z=True, z_channels=32, resolution=256, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 1, 1, 1, 1],
-    num_res_blocks=1, attn_resolutions=[16], dropout=0.0)
+    double_z=True,
+    z_channels=32,
+    resolution=256,
+    in_channels=3,
+    out_ch=3,
+    ch=32,
+    ch_mult=[1, 1, 1, 1, 1],
+    num_res_blocks=1,
+    attn_resolutions=[16],
+    dropout=0.0,
+)
 
 # DC-AE f32c32 shape: 6 stages (stride 2^5 = 32), 32 latent channels, ResBlock x3 + EfficientViT x3 as released
 TINY_DCAE_CONFIG: Dict[str, Any] = dict(
-    in_channels=3, latent_channels=32, attention_head_dim=8,
+    in_channels=3,
+    latent_channels=32,
+    attention_head_dim=8,
     encoder_block_types=["ResBlock"] * 3 + ["EfficientViTBlock"] * 3,
     decoder_block_types=["ResBlock"] * 3 + ["EfficientViTBlock"] * 3,
-    encoder_block_out_channels=[8, 8, 16, 16, 32, 32], decoder_block_out_channels=[8, 8, 16, 16, 32, 32],
-    encoder_layers_per_block=[0, 1, 1, 1, 1, 1], decoder_layers_per_block=[0, 1, 1, 1, 1, 1],
-    encoder_qkv_multiscales=[[], [], [], [5], [5], [5]], decoder_qkv_multiscales=[[], [], [], [5], [5], [5]],
-    upsample_block_type="interpolate", downsample_block_type="Conv",
-    decoder_norm_types=["batch_norm"] * 3 + ["rms_norm"] * 3, decoder_act_fns=["relu"] * 3 + ["silu"] * 3,
-    scaling_factor=1.0)
+    encoder_block_out_channels=[8, 8, 16, 16, 32, 32],
+    decoder_block_out_channels=[8, 8, 16, 16, 32, 32],
+    encoder_layers_per_block=[0, 1, 1, 1, 1, 1],
+    decoder_layers_per_block=[0, 1, 1, 1, 1, 1],
+    encoder_qkv_multiscales=[[], [], [], [5], [5], [5]],
+    decoder_qkv_multiscales=[[], [], [], [5], [5], [5]],
+    upsample_block_type="interpolate",
+    downsample_block_type="Conv",
+    decoder_norm_types=["batch_norm"] * 3 + ["rms_norm"] * 3,
+    decoder_act_fns=["relu"] * 3 + ["silu"] * 3,
+    scaling_factor=1.0,
+)
 
 #: file -> (writer kind, config, seed offset); registry names -> file, weights kwarg, kwargs, channels, stride
 _AE_FILES: Dict[str, Tuple[str, Dict[str, Any], int]] = {
@@ -567,8 +614,13 @@ AUTOENCODER_SPECS: Dict[str, Tuple[str, str, Dict[str, Any], int, int]] = {
     "sdvae_f8c4": ("sd-vae-ft-mse.safetensors", "source", {"config": TINY_SDVAE_CONFIG}, 4, 8),
     "edm2_sdvae_f8c4": ("sd-vae-ft-mse.safetensors", "source", {"config": TINY_SDVAE_CONFIG}, 4, 8),
     "vavae_f16d32": ("vavae_f16d32.ckpt", "checkpoint", {"ddconfig": TINY_VAVAE_DDCONFIG, "embed_dim": 32}, 32, 16),
-    "e2evavae_f16d32": ("e2evavae_f16d32.ckpt", "checkpoint", {"ddconfig": TINY_VAVAE_DDCONFIG, "embed_dim": 32},
-                        32, 16),
+    "e2evavae_f16d32": (
+        "e2evavae_f16d32.ckpt",
+        "checkpoint",
+        {"ddconfig": TINY_VAVAE_DDCONFIG, "embed_dim": 32},
+        32,
+        16,
+    ),
     "dcae_f32c32": ("dc-ae-f32c32-in-1.0.safetensors", "source", {"config": TINY_DCAE_CONFIG}, 32, 32),
 }
 
@@ -625,14 +677,13 @@ def load_autoencoder(ae: TinyAutoencoder, **extra: Any):
 
 
 def _cifar_writer():
-    try:
-        from test_data_shards import _write_cifar  # tests/ is on sys.path under pytest
-    except ImportError:
-        spec = importlib.util.spec_from_file_location("_paper_assets_test_data_shards",
-                                                      Path(__file__).with_name("test_data_shards.py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)  # type: ignore[union-attr]
-        _write_cifar = mod._write_cifar
+    # loaded by path: tests/data is not on sys.path when only tests/paper is collected
+    spec = importlib.util.spec_from_file_location(
+        "_paper_assets_test_data_shards", Path(__file__).parents[1] / "data" / "test_data_shards.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    _write_cifar = mod._write_cifar
     return _write_cifar
 
 
@@ -677,13 +728,26 @@ def make_paper_assets(root: Path, *, num_classes: int = 4, images_per_class: int
     ae_dir = root / "autoencoders"
     for filename, (kind, config, offset) in _AE_FILES.items():
         _write_autoencoder(ae_dir / filename, kind, config, offset)
-    autoencoders = {name: TinyAutoencoder(name, ae_dir / f, kwarg, dict(kw), c, s)
-                    for name, (f, kwarg, kw, c, s) in AUTOENCODER_SPECS.items()}
+    autoencoders = {
+        name: TinyAutoencoder(name, ae_dir / f, kwarg, dict(kw), c, s)
+        for name, (f, kwarg, kw, c, s) in AUTOENCODER_SPECS.items()
+    }
     cifar = _write_cifar10(root / "cifar-10-python.tar.gz")
-    return PaperAssets(root=root, num_classes=num_classes, images_per_class=images_per_class, class_names=wnids,
-                       imagenet_folder=folder, imagenet_train_tar=tar, ref_batch_256=ref256, ref_batch_512=ref512,
-                       ref_batch_size=REF_BATCH_SIZE, inception_weights=inception, networks=networks,
-                       autoencoders=autoencoders, cifar10_tarball=cifar)
+    return PaperAssets(
+        root=root,
+        num_classes=num_classes,
+        images_per_class=images_per_class,
+        class_names=wnids,
+        imagenet_folder=folder,
+        imagenet_train_tar=tar,
+        ref_batch_256=ref256,
+        ref_batch_512=ref512,
+        ref_batch_size=REF_BATCH_SIZE,
+        inception_weights=inception,
+        networks=networks,
+        autoencoders=autoencoders,
+        cifar10_tarball=cifar,
+    )
 
 
 if __name__ == "__main__":  # python tests/paper/paper_assets.py DIR: build and time

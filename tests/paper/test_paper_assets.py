@@ -47,6 +47,7 @@ def _sha(path: Path) -> str:
 
 # --- creation ---------------------------------------------------------------------------------------------
 
+
 def test_build_fast_idempotent_and_complete(built):
     assets, seconds = built
     print(f"make_paper_assets: {seconds:.1f} s")
@@ -60,8 +61,14 @@ def test_build_fast_idempotent_and_complete(built):
     assert again == assets
     assert {p: p.stat().st_mtime_ns for p in files} == stamps  # nothing rewritten
     # every path field exists
-    for name in ("imagenet_folder", "imagenet_train_tar", "ref_batch_256", "ref_batch_512", "inception_weights",
-                 "cifar10_tarball"):
+    for name in (
+        "imagenet_folder",
+        "imagenet_train_tar",
+        "ref_batch_256",
+        "ref_batch_512",
+        "inception_weights",
+        "cifar10_tarball",
+    ):
         assert getattr(assets, name).exists(), name
     assert all(n.path.is_file() for n in assets.networks.values())
     assert all(a.path.is_file() for a in assets.autoencoders.values())
@@ -87,6 +94,7 @@ def test_deterministic(assets, tmp_path):
 
 
 # --- 1. ImageNet ------------------------------------------------------------------------------------------
+
 
 def test_imagenet_folder_and_tar(assets):
     spec = get_dataset("imagenet")
@@ -126,6 +134,7 @@ def test_imagenet_folder_and_tar(assets):
 
 # --- 2. ADM reference batches -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("res", [256, 512])
 def test_reference_batches(assets, res):
     path = assets.ref_batch_256 if res == 256 else assets.ref_batch_512
@@ -153,6 +162,7 @@ def test_reference_batches(assets, res):
 
 # --- 3. Inception weights ---------------------------------------------------------------------------------
 
+
 def test_inception_weights_with_logits(assets):
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     from torch_fidelity.metric_isc import isc_features_to_metric
@@ -168,8 +178,9 @@ def test_inception_weights_with_logits(assets):
     assert weights_have_logits(path)
     assert FeatureExtractorSpec(EXTRACTOR_NAME, str(path)).resolved_weights_path() == str(path)
 
-    fe = FeatureExtractorInceptionV3(EXTRACTOR_NAME, ["2048", "logits_unbiased"],
-                                     feature_extractor_weights_path=str(path))  # strict load: same keys/shapes
+    fe = FeatureExtractorInceptionV3(
+        EXTRACTOR_NAME, ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
+    )  # strict load: same keys/shapes
     with np.load(assets.ref_batch_256) as z:
         imgs = torch.from_numpy(z["arr_0"][:2]).permute(0, 3, 1, 2).contiguous()
     with torch.no_grad():
@@ -183,6 +194,7 @@ def test_inception_weights_with_logits(assets):
 
 
 # --- 4. external networks ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list(pa.NETWORK_SPECS))
 def test_external_network_converts_and_runs(assets, name):
@@ -232,8 +244,9 @@ def test_networks_through_workflow_entry_point(assets):
 
     for name, net in assets.networks.items():
         c, s, _ = net.latent_shape
-        kwargs = model_kwargs_for(net.architecture, input_size=s, in_channels=c, num_classes=net.num_classes,
-                                  **net.overrides)
+        kwargs = model_kwargs_for(
+            net.architecture, input_size=s, in_channels=c, num_classes=net.num_classes, **net.overrides
+        )
         model = convert_pretrained(net.architecture, net.path, kwargs, allow_unsafe_pickle=net.path.suffix == ".pkl")
         want, got = convert_external(net), model.state_dict()
         assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want), name
@@ -252,6 +265,7 @@ def test_network_overrides_are_needed(assets):
 
 
 # --- 5. autoencoders --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list(pa.AUTOENCODER_SPECS))
 def test_autoencoder_roundtrip(assets, name):
@@ -293,6 +307,7 @@ def test_autoencoder_weight_formats(assets):
 
 
 # --- 6. CIFAR-10 ------------------------------------------------------------------------------------------
+
 
 def test_cifar10_tarball(assets):
     train = read_cifar10(assets.cifar10_tarball, "train")

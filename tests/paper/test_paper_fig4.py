@@ -35,17 +35,24 @@ def _runs() -> list:
         with torch.no_grad():  # the output layer starts at zero (adaLN-zero): give every weight a value
             for p in net.parameters():
                 p.normal_(0.0, 0.05)
-        runs.append(LambdaRun(lam, net, "Linear", LatentNormalizer(None, None, 1.0),
-                              {"order": 1, "extrapolation": 0.0, "time_warp": [1.0, 1.0, 1.0],
-                               "end_gaps": [0.001, 0.001]}))
+        runs.append(
+            LambdaRun(
+                lam,
+                net,
+                "Linear",
+                LatentNormalizer(None, None, 1.0),
+                {"order": 1, "extrapolation": 0.0, "time_warp": [1.0, 1.0, 1.0], "end_gaps": [0.001, 0.001]},
+            )
+        )
     return runs
 
 
 @pytest.fixture(scope="module")
 def result():
     ae = get_autoencoder("identity", channels=C)
-    return xhat_trajectories(_runs(), latent_shape=(C, S, S), num_classes=K, decode=ae.decode, num_images=2,
-                             seed=7, steps=12, columns=5)
+    return xhat_trajectories(
+        _runs(), latent_shape=(C, S, S), num_classes=K, decode=ae.decode, num_images=2, seed=7, steps=12, columns=5
+    )
 
 
 def test_shown_steps_are_evenly_spaced_and_include_both_ends():
@@ -101,8 +108,11 @@ def test_repeated_lambdas_are_refused():
 
 
 def test_paper_scale_plans_fig4_once_on_one_gpu_after_its_models(overlay, tmp_path):  # noqa: F811
-    run = snakemake(["-n", "--profile", str(Path(__file__).resolve().parents[2] / "profiles" / "slurm"),
-                     "paper_scale"], tmp_path, [overlay])
+    run = snakemake(
+        ["-n", "--profile", str(Path(__file__).resolve().parents[2] / "profiles" / "slurm"), "paper_scale"],
+        tmp_path,
+        [overlay],
+    )
     assert run.returncode == 0, f"dry run of paper_scale failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     jobs = planned(run.stdout + run.stderr)
     fig4 = [j for j in jobs if j["rule"] == "paper_fig4_xhat"]
@@ -125,21 +135,47 @@ def test_script_runs_from_checkpoints_and_refuses_mixed_experiments(tmp_path):
     paths = []
     for run in _runs():
         p = tmp_path / f"l{run.lam}.pt"
-        save_checkpoint(p, architecture="TiT-Tiny/2", model_kwargs=dict(input_size=S, in_channels=C, num_classes=K),
-                        transport="Linear", num_classes=K, latent_shape=[C, S, S], normalizer=run.normalizer,
-                        autoencoder="identity", step=1, model=run.network, ema=run.network)
+        save_checkpoint(
+            p,
+            architecture="TiT-Tiny/2",
+            model_kwargs=dict(input_size=S, in_channels=C, num_classes=K),
+            transport="Linear",
+            num_classes=K,
+            latent_shape=[C, S, S],
+            normalizer=run.normalizer,
+            autoencoder="identity",
+            step=1,
+            model=run.network,
+            ema=run.network,
+        )
         paths.append(str(p))
-    opts = [{"order": 1, "stochasticity": 1.0, "extrapolation": 0.0, "time_warp": [1.0, 1.0, 1.0],
-             "end_gaps": [0.001, 0.001]}] * 3
+    opts = [
+        {
+            "order": 1,
+            "stochasticity": 1.0,
+            "extrapolation": 0.0,
+            "time_warp": [1.0, 1.0, 1.0],
+            "end_gaps": [0.001, 0.001],
+        }
+    ] * 3
     png, csv, lines = tmp_path / "f.png", tmp_path / "f.csv", []
     make_xhat_figure(paths, list(LAMBDAS), opts, {}, str(png), str(csv), steps=6, columns=3, log=lines.append)
     df = pd.read_csv(csv)
     assert list(df.columns) == CSV_COLUMNS and len(df) == 3 * 3 and sorted(set(df["step"])) == [0, 2, 5]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "shown steps [0, 2, 5]" in lines[0]
     other = tmp_path / "other.pt"
-    save_checkpoint(other, architecture="TiT-Tiny/2", model_kwargs=dict(input_size=S, in_channels=C, num_classes=K),
-                    transport="Linear", num_classes=K + 1, latent_shape=[C, S, S],
-                    normalizer=LatentNormalizer(None, None, 1.0), autoencoder="identity", step=1,
-                    model=_runs()[0].network, ema=_runs()[0].network)
+    save_checkpoint(
+        other,
+        architecture="TiT-Tiny/2",
+        model_kwargs=dict(input_size=S, in_channels=C, num_classes=K),
+        transport="Linear",
+        num_classes=K + 1,
+        latent_shape=[C, S, S],
+        normalizer=LatentNormalizer(None, None, 1.0),
+        autoencoder="identity",
+        step=1,
+        model=_runs()[0].network,
+        ema=_runs()[0].network,
+    )
     with pytest.raises(ValueError, match=r"other.pt: latent shape, classes, autoencoder .* differ from the first"):
         make_xhat_figure([paths[0], str(other)], [0.0, 1.0], opts[:2], {}, str(png), str(csv), steps=4)

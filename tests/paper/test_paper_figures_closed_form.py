@@ -50,12 +50,15 @@ def self_normalised(weights: np.ndarray, values: np.ndarray) -> tuple[float, flo
 # --- the mixture and its refusals ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(weights=(0.5, 0.5), means=(0.0,), stds=(1.0, 1.0)), "same non-zero length"),
-    (dict(weights=(0.7, 0.7), means=(0.0, 1.0), stds=(1.0, 1.0)), r"sum to 1, got \(0.7, 0.7\)"),
-    (dict(weights=(1.0,), means=(0.0,), stds=(0.0,)), r"stds must be > 0, got \(0.0,\)"),
-    (dict(weights=(1.0,), means=(float("nan"),), stds=(1.0,)), "must be finite"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(weights=(0.5, 0.5), means=(0.0,), stds=(1.0, 1.0)), "same non-zero length"),
+        (dict(weights=(0.7, 0.7), means=(0.0, 1.0), stds=(1.0, 1.0)), r"sum to 1, got \(0.7, 0.7\)"),
+        (dict(weights=(1.0,), means=(0.0,), stds=(0.0,)), r"stds must be > 0, got \(0.0,\)"),
+        (dict(weights=(1.0,), means=(float("nan"),), stds=(1.0,)), "must be finite"),
+    ],
+)
 def test_bad_mixture_is_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         cf.GaussianMixture1D(**kwargs)
@@ -193,8 +196,9 @@ def test_fig7_data_layout_and_key_numbers():
         assert np.isfinite(part[["t", "x", "density"]].to_numpy()).all()
         ends = part[(part.kind == "trajectory") & (part.t == 0.0)].sort_values("index").x.to_numpy()
         u = (np.arange(10) + 0.5) / 10
-        np.testing.assert_allclose(ends, cf.mixture_quantiles(*MIX.arrays()[:2], np.asarray(MIX.stds) ** 2, u),
-                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            ends, cf.mixture_quantiles(*MIX.arrays()[:2], np.asarray(MIX.stds) ** 2, u), rtol=0, atol=1e-6
+        )
     # quantile starts (i + 0.5) / 10: exactly 4 of 10 below 0 (weight 0.4)
     assert all(v == pytest.approx(0.4, abs=1e-12) for v in cf.endpoint_shares(rows).values())
 
@@ -203,9 +207,11 @@ def test_fig7_data_layout_and_key_numbers():
 
 
 def test_fig8_panels_are_the_papers():
-    assert cf.FIG8_PANELS == (("a", ((2.0, 8.0), (5.0, 5.0), (8.0, 2.0))),
-                              ("b", ((1.0, 1.0), (5.0, 5.0), (20.0, 20.0))),
-                              ("c", ((0.5, 0.5), (0.5, 2.0), (2.0, 0.5))))
+    assert cf.FIG8_PANELS == (
+        ("a", ((2.0, 8.0), (5.0, 5.0), (8.0, 2.0))),
+        ("b", ((1.0, 1.0), (5.0, 5.0), (20.0, 20.0))),
+        ("c", ((0.5, 0.5), (0.5, 2.0), (2.0, 0.5))),
+    )
 
 
 def test_fig8_curves_are_beta_densities():
@@ -261,8 +267,18 @@ def test_manifest_lists_the_files_with_their_hashes(tmp_path):
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
-    cmd = [os.path.join(BIN, "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(SMOKE), "--cores", "2", *args]
+    cmd = [
+        os.path.join(BIN, "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(SMOKE),
+        "--cores",
+        "2",
+        *args,
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
     if check and run.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
@@ -294,8 +310,9 @@ def test_snakemake_builds_the_miniature_figures(mini):
 
 def test_snakemake_scales_and_rerun(mini):
     # same inputs: nothing to redo; the paper scale is the same rule at the other scale; other scales have no rule
-    again = snakemake(mini, "-n", "results/figures/paper_mini/fig7_pf_ode_1d.png",
-                      "results/figures/paper_mini/fig8_beta.png")
+    again = snakemake(
+        mini, "-n", "results/figures/paper_mini/fig7_pf_ode_1d.png", "results/figures/paper_mini/fig8_beta.png"
+    )
     assert "Nothing to be done" in again.stdout + again.stderr
     plan = snakemake(mini, "-n", "results/figures/paper/fig7_pf_ode_1d.png")
     assert "paper_fig7" in plan.stdout + plan.stderr

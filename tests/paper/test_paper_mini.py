@@ -35,8 +35,15 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = os.path.dirname(sys.executable)
 TABLES = ["in1k256", "in1k512", "cifar10", "readme_acceleration", "readme_tuning", "readme_unified"]
 TIT_TINY = {"depth": 1, "hidden_size": 32, "num_heads": 2}
-TINY_TRAIN = {"steps": 2, "checkpoint_every": 1, "log_every": 1, "grid_every": 0, "precision": "fp32", "gpus": 1,
-              "hours": 1}
+TINY_TRAIN = {
+    "steps": 2,
+    "checkpoint_every": 1,
+    "log_every": 1,
+    "grid_every": 0,
+    "precision": "fp32",
+    "gpus": 1,
+    "hours": 1,
+}
 
 
 def _network_for(assets, architecture: str, latent_size: int):
@@ -60,8 +67,12 @@ def overlay_for(assets) -> dict:
             src = assets.imagenet_train_tar if resolution == 256 else assets.imagenet_folder
             resolution = MINI_RESOLUTION[resolution]
             # two parts, not the paper's 32: the parallel prep and its merges run for real, without ~200 part jobs
-            over["data"] = {"source": str(src), "num_classes": assets.num_classes, "resolution": resolution,
-                            "prep_jobs": 2}
+            over["data"] = {
+                "source": str(src),
+                "num_classes": assets.num_classes,
+                "resolution": resolution,
+                "prep_jobs": 2,
+            }
         else:
             over["data"] = {"source": str(assets.cifar10_tarball)}
         ae = data["autoencoder"]
@@ -83,8 +94,10 @@ def overlay_for(assets) -> dict:
         for name, spec in exp["models"].items():
             if spec.get("pretrained"):
                 net = _network_for(assets, spec["architecture"], latent_size)
-                models[name] = {"pretrained": {"source": str(net.path)},
-                                "architecture_overrides": {**net.overrides, **spec.get("architecture_overrides", {})}}
+                models[name] = {
+                    "pretrained": {"source": str(net.path)},
+                    "architecture_overrides": {**net.overrides, **spec.get("architecture_overrides", {})},
+                }
                 continue
             m = {"train": {**TINY_TRAIN, "batch_size": 4}}
             if spec["train"].get("snapshots"):
@@ -114,8 +127,19 @@ def mini(tmp_path_factory):
     overlay.write_text(yaml.safe_dump(overlay_for(assets)))
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
     targets = [f"results/table_{t}.csv" for t in TABLES]
-    cmd = [os.path.join(BIN, "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-           "--cores", "2", *targets, "--configfile", str(ROOT / "config" / "config.yaml"), str(overlay)]
+    cmd = [
+        os.path.join(BIN, "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(work),
+        "--cores",
+        "2",
+        *targets,
+        "--configfile",
+        str(ROOT / "config" / "config.yaml"),
+        str(overlay),
+    ]
     start = time.monotonic()
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3000)
     if run.returncode != 0:
@@ -124,8 +148,9 @@ def mini(tmp_path_factory):
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg.update(yaml.safe_load(overlay.read_text()))
     wf = load_workflow(copy.deepcopy(cfg), "config/config.yaml", base_dir=ROOT)
-    full = load_workflow(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), "config/config.yaml",
-                         base_dir=ROOT)
+    full = load_workflow(
+        yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), "config/config.yaml", base_dir=ROOT
+    )
     return {"work": work, "wf": wf, "full": full, "assets": assets, "log": run.stdout + run.stderr}
 
 
@@ -166,7 +191,9 @@ def test_the_chain_ran_through_each_stage(mini):
         assert images.shape[1:] == (size, size, 3) and set(labels.tolist()) == set(range(4))
     # a weights file with a configured sha256 was copied and verified by the fetch rule
     tiny = mini["assets"].autoencoders["e2evavae_f16d32"]
-    assert file_digest(res / "downloads" / "autoencoders" / "e2evavae_f16d32" / tiny.path.name) == file_digest(tiny.path)
+    assert file_digest(res / "downloads" / "autoencoders" / "e2evavae_f16d32" / tiny.path.name) == file_digest(
+        tiny.path
+    )
     # latents of every VAE, statistics beside them
     for ae in ("e2evavae_f16d32", "vavae_f16d32", "sdvae_ema_f8c4", "dcae_f32c32"):
         assert list((res / "latents" / ae).glob("imagenet_*/stats.pt")), ae

@@ -32,28 +32,92 @@ FIG2 = ["fig2a_lambda_steps", "fig2b_zeta_transport", "fig2c_kappa_steps"]
 # (paper NFE, paper FID) of every row of Tables 2, 3, 7 that is the paper's own result or UCGM-S applied to
 # others' models: each is a row we run.
 RUN_ROWS = {
-    "paper2_in1k256": {(60, 1.41), (60, 1.21), (40, 1.21), (20, 1.30),              # ours: SD-, VA-, E2E-VAE
-                       (100, 1.27), (100, 1.21), (80, 1.06), (20, 2.00)},            # UCGM-S: DDT, LightningDiT, REPA-E
-    "paper2_in1k512": {(40, 1.48), (20, 1.68), (40, 1.67), (20, 1.80),              # ours: DC-AE, SD-VAE
-                       (40, 2.53), (50, 2.04), (40, 1.88), (200, 1.25)},             # UCGM-S: EDM2-S/L/XXL, DDT
-    "paper3_in1k256": {(16, 2.11), (8, 6.09), (16, 1.40), (8, 2.68),                # lambda = 0: VA-VAE, E2E-VAE
-                       (2, 1.42), (1, 2.19), (1, 2.10), (1, 2.29)},                  # lambda = 1: VA-, SD-, E2E-VAE
-    "paper3_in1k512": {(32, 1.55), (16, 1.81), (8, 3.07), (4, 74.0),                # lambda = 0: DC-AE
-                       (1, 2.42), (2, 1.75), (1, 2.63), (2, 2.11)},                  # lambda = 1: DC-AE, SD-VAE
+    "paper2_in1k256": {
+        (60, 1.41),
+        (60, 1.21),
+        (40, 1.21),
+        (20, 1.30),  # ours: SD-, VA-, E2E-VAE
+        (100, 1.27),
+        (100, 1.21),
+        (80, 1.06),
+        (20, 2.00),
+    },  # UCGM-S: DDT, LightningDiT, REPA-E
+    "paper2_in1k512": {
+        (40, 1.48),
+        (20, 1.68),
+        (40, 1.67),
+        (20, 1.80),  # ours: DC-AE, SD-VAE
+        (40, 2.53),
+        (50, 2.04),
+        (40, 1.88),
+        (200, 1.25),
+    },  # UCGM-S: EDM2-S/L/XXL, DDT
+    "paper3_in1k256": {
+        (16, 2.11),
+        (8, 6.09),
+        (16, 1.40),
+        (8, 2.68),  # lambda = 0: VA-VAE, E2E-VAE
+        (2, 1.42),
+        (1, 2.19),
+        (1, 2.10),
+        (1, 2.29),
+    },  # lambda = 1: VA-, SD-, E2E-VAE
+    "paper3_in1k512": {
+        (32, 1.55),
+        (16, 1.81),
+        (8, 3.07),
+        (4, 74.0),  # lambda = 0: DC-AE
+        (1, 2.42),
+        (2, 1.75),
+        (1, 2.63),
+        (2, 2.11),
+    },  # lambda = 1: DC-AE, SD-VAE
     "paper7_cifar10": {(1, 2.82), (2, 2.17)},
 }
 # (label, paper NFE, paper FID) of the competitors' numbers printed beside them: reference rows, never run.
 REFERENCE_ROWS = {
-    "paper2_in1k256": {("REPA-E", 500, 1.26), ("LightningDiT", 500, 1.35), ("DDT-XL/2", 500, 1.26),
-                       ("REPA-XL/2", 500, 1.42), ("SiT-XL/2", 500, 2.06), ("DiT-XL/2", 500, 2.27)},
-    "paper2_in1k512": {("EDM2-S", 63, 2.56), ("EDM2-L", 63, 2.06), ("EDM2-XXL", 63, 1.91), ("DDT-XL/2", 500, 1.28),
-                       ("REPA-XL/2", 500, 2.08), ("SiT-XL/2", 500, 2.62), ("DiT-XL/2", 500, 3.04)},
-    "paper3_in1k256": {("IMM-XL/2", 2, 7.77), ("IMM-XL/2", 4, 5.33), ("IMM-XL/2", 8, 3.66), ("IMM-XL/2", 16, 2.77),
-                       ("Shortcut-XL/2", 1, 10.6), ("Shortcut-XL/2", 4, 7.80), ("Shortcut-XL/2", 128, 3.80)},
+    "paper2_in1k256": {
+        ("REPA-E", 500, 1.26),
+        ("LightningDiT", 500, 1.35),
+        ("DDT-XL/2", 500, 1.26),
+        ("REPA-XL/2", 500, 1.42),
+        ("SiT-XL/2", 500, 2.06),
+        ("DiT-XL/2", 500, 2.27),
+    },
+    "paper2_in1k512": {
+        ("EDM2-S", 63, 2.56),
+        ("EDM2-L", 63, 2.06),
+        ("EDM2-XXL", 63, 1.91),
+        ("DDT-XL/2", 500, 1.28),
+        ("REPA-XL/2", 500, 2.08),
+        ("SiT-XL/2", 500, 2.62),
+        ("DiT-XL/2", 500, 3.04),
+    },
+    "paper3_in1k256": {
+        ("IMM-XL/2", 2, 7.77),
+        ("IMM-XL/2", 4, 5.33),
+        ("IMM-XL/2", 8, 3.66),
+        ("IMM-XL/2", 16, 2.77),
+        ("Shortcut-XL/2", 1, 10.6),
+        ("Shortcut-XL/2", 4, 7.80),
+        ("Shortcut-XL/2", 128, 3.80),
+    },
     "paper3_in1k512": {("sCD-XXL", 1, 2.28), ("sCD-XXL", 2, 1.88), ("sCT-XXL", 1, 4.29), ("sCT-XXL", 2, 3.76)},
-    "paper7_cifar10": {("PD", 2, 4.51), ("2-RF", 1, 4.85), ("DMD", 1, 3.77), ("CD", 2, 2.93), ("sCD", 2, 2.52),
-                       ("iCT", 1, 2.83), ("iCT", 2, 2.46), ("ECT", 1, 3.60), ("ECT", 2, 2.11), ("sCT", 1, 2.97),
-                       ("sCT", 2, 2.06), ("IMM", 1, 3.20), ("IMM", 2, 1.98)},
+    "paper7_cifar10": {
+        ("PD", 2, 4.51),
+        ("2-RF", 1, 4.85),
+        ("DMD", 1, 3.77),
+        ("CD", 2, 2.93),
+        ("sCD", 2, 2.52),
+        ("iCT", 1, 2.83),
+        ("iCT", 2, 2.46),
+        ("ECT", 1, 3.60),
+        ("ECT", 2, 2.11),
+        ("sCT", 1, 2.97),
+        ("sCT", 2, 2.06),
+        ("IMM", 1, 3.20),
+        ("IMM", 2, 1.98),
+    },
 }
 
 
@@ -69,8 +133,17 @@ def wf(overlay):
 
 def snakemake(args: list, cwd: Path, configfiles: list) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
-    cmd = [os.path.join(BIN, "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(cwd), *args,
-           "--configfile", str(ROOT / "config" / "config.yaml"), *map(str, configfiles)]
+    cmd = [
+        os.path.join(BIN, "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(cwd),
+        *args,
+        "--configfile",
+        str(ROOT / "config" / "config.yaml"),
+        *map(str, configfiles),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 
 
@@ -78,8 +151,11 @@ def snakemake(args: list, cwd: Path, configfiles: list) -> subprocess.CompletedP
 def jobs(overlay, tmp_path_factory):
     """Every job of one paper-scale plan of the five paper tables and the three Fig. 2 panels."""
     targets = [f"results/table_{t}.csv" for t in PAPER_TABLES] + [f"results/figures/paper/{f}.png" for f in FIG2]
-    run = snakemake(["-n", "--profile", str(ROOT / "profiles" / "slurm"), *targets],
-                    tmp_path_factory.mktemp("plan-figures-run"), [overlay])
+    run = snakemake(
+        ["-n", "--profile", str(ROOT / "profiles" / "slurm"), *targets],
+        tmp_path_factory.mktemp("plan-figures-run"),
+        [overlay],
+    )
     assert run.returncode == 0, f"dry run failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     return planned(run.stdout + run.stderr)
 
@@ -101,8 +177,11 @@ def test_the_plan_evaluates_exactly_the_rows_and_cells(jobs, wf):
     for s, n in expected:
         ev = wf.of("sampler", s)["evaluation"]
         assert ev["num_samples"] == 50000, s
-        shards = [j for j in jobs if j["rule"] == "sample" and j["wildcards"]["sampler"] == s
-                  and int(j["wildcards"]["steps"]) == n]
+        shards = [
+            j
+            for j in jobs
+            if j["rule"] == "sample" and j["wildcards"]["sampler"] == s and int(j["wildcards"]["steps"]) == n
+        ]
         assert len(shards) == 50000 // ev["samples_per_shard"], (s, n)
     for j in jobs:
         if j["rule"] in ("sample", "evaluate"):
@@ -134,10 +213,22 @@ def test_models_are_trained_with_their_gpus_and_time(jobs, wf):
             trained[j["wildcards"]["model"]] = j["rule"]
     # every TiT-XL of Tables 2/3 and the Fig. 2 ablation models, on 8 GPUs with Table 5's batch of 1024
     tit = {m: r for m, r in trained.items() if wf.models[m]["architecture"].startswith("TiT-")}
-    assert {"tit_repae_multistep", "tit_repae_fewstep", "tit_vavae_multistep", "tit_vavae_fewstep",
-            "tit_sdvae256_multistep", "tit_sdvae256_fewstep", "tit_dcae_multistep", "tit_dcae_fewstep",
-            "tit_sdvae512_multistep", "tit_sdvae512_fewstep", "fig2a_vavae_lambda025", "fig2a_vavae_lambda050",
-            "fig2a_vavae_lambda075", "fig2a_vavae_lambda100"} <= set(tit)
+    assert {
+        "tit_repae_multistep",
+        "tit_repae_fewstep",
+        "tit_vavae_multistep",
+        "tit_vavae_fewstep",
+        "tit_sdvae256_multistep",
+        "tit_sdvae256_fewstep",
+        "tit_dcae_multistep",
+        "tit_dcae_fewstep",
+        "tit_sdvae512_multistep",
+        "tit_sdvae512_fewstep",
+        "fig2a_vavae_lambda025",
+        "fig2a_vavae_lambda050",
+        "fig2a_vavae_lambda075",
+        "fig2a_vavae_lambda100",
+    } <= set(tit)
     assert sum(m.startswith("fig2b_") for m in tit) == 10
     for m in tit:
         assert wf.models[m]["train"]["gpus"] == 8 and wf.models[m]["train"]["batch_size"] == 1024, m
@@ -155,6 +246,7 @@ def _objective(wf, sampler):
 def test_fig2_panels_have_the_papers_settings(wf):
     """Fig. 2a/2c: TiT-XL/1 on VA-VAE at 256, lambda x steps and kappa x steps; Fig. 2b: TiT-B/2 on SD-VAE,
     five transports x zeta {0.45, 0}; kappa = 0 and lambda = 0 unless varied; UCGM-S everywhere."""
+
     def setting(s):
         model = wf.samplers[s]["model"]
         data = wf.of("model", model)["data"]
@@ -173,7 +265,8 @@ def test_fig2_panels_have_the_papers_settings(wf):
     b = wf.tables["fig2b_zeta_transport"]
     assert {setting(s) for s in b} == {("TiT-B/2", "sdvae_ema_f8c4", 256)}
     assert sorted((_objective(wf, s)["transport"], _objective(wf, s)["enhanced_ratio"]) for s in b) == sorted(
-        (t, z) for t in ("EDM", "TrigLinear", "Linear", "Random", "TrigFlow") for z in (0.45, 0.0))
+        (t, z) for t in ("EDM", "TrigLinear", "Linear", "Random", "TrigFlow") for z in (0.45, 0.0)
+    )
     for s in b:
         assert _objective(wf, s)["consistency_ratio"] == 0.0 and wf.samplers[s]["options"]["extrapolation"] == 0.0
     # the ablation models differ from their reference only in what the figure varies
@@ -181,17 +274,30 @@ def test_fig2_panels_have_the_papers_settings(wf):
     for s in a:
         m = wf.samplers[s]["model"]
         assert wf.models[m]["train"] | {"hours": base["hours"]} == base, m
-        assert {k: v for k, v in wf.models[m]["objective"].items() if k != "consistency_ratio"} == \
-            {k: v for k, v in wf.models["tit_vavae_multistep"]["objective"].items() if k != "consistency_ratio"}, m
+        assert {k: v for k, v in wf.models[m]["objective"].items() if k != "consistency_ratio"} == {
+            k: v for k, v in wf.models["tit_vavae_multistep"]["objective"].items() if k != "consistency_ratio"
+        }, m
 
 
 # --- the script, on evaluation files made here ------------------------------------------------------------
 
 
 def _eval(path: Path, sampler: str, steps: int, fid: float) -> str:
-    path.write_text(json.dumps({"fid": fid, "is_mean": 10.0, "num_samples": 50000, "context": {
-        "sampler": sampler, "model": "m", "experiment": "e",
-        "samples": {"steps": steps, "nfe": steps, "method": "ucgm", "seed": 0}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "fid": fid,
+                "is_mean": 10.0,
+                "num_samples": 50000,
+                "context": {
+                    "sampler": sampler,
+                    "model": "m",
+                    "experiment": "e",
+                    "samples": {"steps": steps, "nfe": steps, "method": "ucgm", "seed": 0},
+                },
+            }
+        )
+    )
     return str(path)
 
 
@@ -201,12 +307,33 @@ def test_paper_table_has_our_rows_then_the_reference_rows(tmp_path):
     from ucgm_core.report import COLUMNS
 
     evals = [_eval(tmp_path / "a.json", "few", 1, 2.5), _eval(tmp_path / "b.json", "few", 2, 2.0)]
-    rows = {"few": {"label": "UCGM", "paper": [{"steps": 1, "nfe": 1, "fid": 2.82, "source": "paper Table 7"},
-                                               {"steps": 2, "nfe": 2, "fid": 2.17, "source": "paper Table 7"}]}}
+    rows = {
+        "few": {
+            "label": "UCGM",
+            "paper": [
+                {"steps": 1, "nfe": 1, "fid": 2.82, "source": "paper Table 7"},
+                {"steps": 2, "nfe": 2, "fid": 2.17, "source": "paper Table 7"},
+            ],
+        }
+    }
     refs = [{"kind": "reference", "label": "iCT", "steps": 1, "nfe": 1, "fid": 2.83, "source": "paper Table 7"}]
     out = tmp_path / "t.csv"
-    assert paper_tables.main(["table", "--evals", *evals, "--rows", json.dumps(rows), "--references",
-                              json.dumps(refs), "--out", str(out)]) == 0
+    assert (
+        paper_tables.main(
+            [
+                "table",
+                "--evals",
+                *evals,
+                "--rows",
+                json.dumps(rows),
+                "--references",
+                json.dumps(refs),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     df = pd.read_csv(out)
     assert list(df.columns) == ["kind"] + COLUMNS
     assert list(df["kind"]) == ["run", "run", "reference"]
@@ -242,11 +369,17 @@ def test_fig2a_csv_has_the_fixed_columns_and_the_printed_cells(tmp_path):
 def test_fig2b_and_fig2c_rows(tmp_path):
     from ucgm_core.report import fig2_frame
 
-    b = fig2_frame("fig2b_zeta_transport", [_eval(tmp_path / "e.json", "edm", 60, 9.0),
-                                                         _eval(tmp_path / "f.json", "edm0", 60, 12.0)],
-                                {"edm": {"transport": "EDM", "zeta": 0.45}, "edm0": {"transport": "EDM", "zeta": 0.0}})
-    assert b.to_dict("list") == {"transport": ["EDM", "EDM"], "zeta": [0.45, 0.0], "metric": ["fid", "fid"],
-                                 "value": [9.0, 12.0]}
+    b = fig2_frame(
+        "fig2b_zeta_transport",
+        [_eval(tmp_path / "e.json", "edm", 60, 9.0), _eval(tmp_path / "f.json", "edm0", 60, 12.0)],
+        {"edm": {"transport": "EDM", "zeta": 0.45}, "edm0": {"transport": "EDM", "zeta": 0.0}},
+    )
+    assert b.to_dict("list") == {
+        "transport": ["EDM", "EDM"],
+        "zeta": [0.45, 0.0],
+        "metric": ["fid", "fid"],
+        "value": [9.0, 12.0],
+    }
     c = fig2_frame("fig2c_kappa_steps", [_eval(tmp_path / "k.json", "k", 4, 5.0)], {"k": {"kappa": 0.75}})
     assert c.to_dict("list") == {"kappa": [0.75], "steps": [4], "metric": ["fid"], "value": [5.0]}
 
@@ -264,10 +397,26 @@ def test_fig2_refuses_a_sampler_without_coordinates_and_a_cell_twice(tmp_path):
 
 def test_reference_rows_must_name_a_paper_table_of_their_file(tmp_path):
     overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(yaml.safe_dump({"experiment_overrides": {"paper_tables": {"reference_rows": {"in1k256": [
-        {"kind": "reference", "label": "X", "nfe": 1, "fid": 1.0, "source": "paper Table 2"}]}}}}))
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "experiment_overrides": {
+                    "paper_tables": {
+                        "reference_rows": {
+                            "in1k256": [
+                                {"kind": "reference", "label": "X", "nfe": 1, "fid": 1.0, "source": "paper Table 2"}
+                            ]
+                        }
+                    }
+                }
+            }
+        )
+    )
     run = snakemake(["-n", "--cores", "1", "results/table_paper7_cifar10.csv"], tmp_path, [overlay])
     assert run.returncode != 0
-    assert "tables.yaml: reference_rows.in1k256: names no table paper<N>_<data> of this file; expected one of " \
-           "['paper2_in1k256', 'paper2_in1k512', 'paper3_in1k256', 'paper3_in1k512', 'paper7_cifar10']" \
-        in run.stdout + run.stderr
+    assert (
+        "tables.yaml: reference_rows.in1k256: names no table paper<N>_<data> of this file; expected one of "
+        "['paper2_in1k256', 'paper2_in1k512', 'paper3_in1k256', 'paper3_in1k512', 'paper7_cifar10']"
+        in run.stdout
+        + run.stderr
+    )

@@ -46,16 +46,46 @@ class Row(NamedTuple):
 
 # row name -> (the model it describes, the row as printed)
 TABLE5: Dict[str, Tuple[str, Row]] = {
-    "256 E2E-VAE multi-step": ("tit_repae_multistep", Row(256, "e2evavae_f16d32", "TiT-XL/1", "AdamW", 2e-4, (0.9, 0.95), (1.0, 1.0), 0, 0.67, 0, 0.5, "Auto")),
-    "256 SD-VAE multi-step": ("tit_sdvae256_multistep", Row(256, "sdvae_ema_f8c4", "TiT-XL/2", "AdamW", 2e-4, (0.9, 0.95), (2.4, 2.4), 0, 0.44, 0, 0.21, "Auto")),
-    "256 VA-VAE multi-step": ("tit_vavae_multistep", Row(256, "vavae_f16d32", "TiT-XL/1", "AdamW", 2e-4, (0.9, 0.95), (1.0, 1.0), 0, 0.47, 0, 0.5, "Auto")),
-    "512 DC-AE multi-step": ("tit_dcae_multistep", Row(512, "dcae_f32c32", "TiT-XL/1", "AdamW", 2e-4, (0.9, 0.95), (1.0, 1.0), 0, 0.57, 0, 0.46, "Auto")),
-    "512 SD-VAE multi-step": ("tit_sdvae512_multistep", Row(512, "sdvae_ema_f8c4", "TiT-XL/4", "AdamW", 2e-4, (0.9, 0.95), (2.4, 2.4), 0, 0.60, 0, 0.4, "Auto")),
-    "256 E2E-VAE few-step": ("tit_repae_fewstep", Row(256, "e2evavae_f16d32", "TiT-XL/1", "RAdam", 1e-4, (0.9, 0.999), (0.8, 1.0), 1, 1.3, 1, 0, 0.5)),
-    "256 SD-VAE few-step": ("tit_sdvae256_fewstep", Row(256, "sdvae_ema_f8c4", "TiT-XL/2", "RAdam", 1e-4, (0.9, 0.999), (0.8, 1.0), 1, 2.0, 1, 0, 0.3)),
-    "256 VA-VAE few-step": ("tit_vavae_fewstep", Row(256, "vavae_f16d32", "TiT-XL/1", "RAdam", 1e-4, (0.9, 0.999), (0.8, 1.0), 1, 2.0, 1, 0, 0.3)),
-    "512 DC-AE few-step": ("tit_dcae_fewstep", Row(512, "dcae_f32c32", "TiT-XL/1", "RAdam", 1e-4, (0.9, 0.999), (0.8, 1.0), 1, 1.5, 1, 0, 0.6)),
-    "512 SD-VAE few-step": ("tit_sdvae512_fewstep", Row(512, "sdvae_ema_f8c4", "TiT-XL/4", "RAdam", 1e-4, (0.9, 0.999), (0.8, 1.0), 1, 1.5, 1, 0, 0.5)),
+    "256 E2E-VAE multi-step": (
+        "tit_repae_multistep",
+        Row(256, "e2evavae_f16d32", "TiT-XL/1", "AdamW", 2e-4, (0.9, 0.95), (1.0, 1.0), 0, 0.67, 0, 0.5, "Auto"),
+    ),
+    "256 SD-VAE multi-step": (
+        "tit_sdvae256_multistep",
+        Row(256, "sdvae_ema_f8c4", "TiT-XL/2", "AdamW", 2e-4, (0.9, 0.95), (2.4, 2.4), 0, 0.44, 0, 0.21, "Auto"),
+    ),
+    "256 VA-VAE multi-step": (
+        "tit_vavae_multistep",
+        Row(256, "vavae_f16d32", "TiT-XL/1", "AdamW", 2e-4, (0.9, 0.95), (1.0, 1.0), 0, 0.47, 0, 0.5, "Auto"),
+    ),
+    "512 DC-AE multi-step": (
+        "tit_dcae_multistep",
+        Row(512, "dcae_f32c32", "TiT-XL/1", "AdamW", 2e-4, (0.9, 0.95), (1.0, 1.0), 0, 0.57, 0, 0.46, "Auto"),
+    ),
+    "512 SD-VAE multi-step": (
+        "tit_sdvae512_multistep",
+        Row(512, "sdvae_ema_f8c4", "TiT-XL/4", "AdamW", 2e-4, (0.9, 0.95), (2.4, 2.4), 0, 0.60, 0, 0.4, "Auto"),
+    ),
+    "256 E2E-VAE few-step": (
+        "tit_repae_fewstep",
+        Row(256, "e2evavae_f16d32", "TiT-XL/1", "RAdam", 1e-4, (0.9, 0.999), (0.8, 1.0), 1, 1.3, 1, 0, 0.5),
+    ),
+    "256 SD-VAE few-step": (
+        "tit_sdvae256_fewstep",
+        Row(256, "sdvae_ema_f8c4", "TiT-XL/2", "RAdam", 1e-4, (0.9, 0.999), (0.8, 1.0), 1, 2.0, 1, 0, 0.3),
+    ),
+    "256 VA-VAE few-step": (
+        "tit_vavae_fewstep",
+        Row(256, "vavae_f16d32", "TiT-XL/1", "RAdam", 1e-4, (0.9, 0.999), (0.8, 1.0), 1, 2.0, 1, 0, 0.3),
+    ),
+    "512 DC-AE few-step": (
+        "tit_dcae_fewstep",
+        Row(512, "dcae_f32c32", "TiT-XL/1", "RAdam", 1e-4, (0.9, 0.999), (0.8, 1.0), 1, 1.5, 1, 0, 0.6),
+    ),
+    "512 SD-VAE few-step": (
+        "tit_sdvae512_fewstep",
+        Row(512, "sdvae_ema_f8c4", "TiT-XL/4", "RAdam", 1e-4, (0.9, 0.999), (0.8, 1.0), 1, 1.5, 1, 0, 0.5),
+    ),
 }
 ALL_ROWS = {"batch_size": 1024, "transport": "Linear", "ema_decay": 0.9999}
 
@@ -78,6 +108,7 @@ def table5_mismatches(wf: Workflow) -> List[str]:
     """Every difference between Table 5 and the configs, as 'row: key is ours, the paper prints theirs'."""
     out: List[str] = []
     for name, (model, row) in TABLE5.items():
+
         def check(key: str, ours, paper) -> None:
             if not _close(ours, paper):
                 out.append(f"Table 5 row {name!r} (model {model}): {key} is {ours!r}, the paper prints {paper!r}")
@@ -111,8 +142,11 @@ def table5_mismatches(wf: Workflow) -> List[str]:
                 check(f"samplers.{s}.options.time_warp (T = Auto)", opts.get("time_warp"), AUTO)
             else:
                 check(f"samplers.{s}.options.time_warp (T = {{1, x}})", opts.get("time_warp"), [1.0, 1.0, 1.0])
-                check(f"samplers.{s}.options.end_gaps[1] (T = {{1, x}})", opts.get("end_gaps", [None, None])[1],
-                      row.sampling_t)
+                check(
+                    f"samplers.{s}.options.end_gaps[1] (T = {{1, x}})",
+                    opts.get("end_gaps", [None, None])[1],
+                    row.sampling_t,
+                )
     return out
 
 
@@ -135,17 +169,34 @@ def test_table5_row_equals_the_configs(workflow, row):
 def test_every_paper_table_sampler_on_a_table5_model_is_compared(workflow):
     """Tables 2 and 3's rows on TiT-XL models all fall under some Table 5 row (none escapes the check)."""
     described = {model for model, _ in TABLE5.values()}
-    tit = {s for t in PAPER_TABLES for s in workflow.tables[t]
-           if workflow.models[workflow.samplers[s]["model"]]["architecture"].startswith("TiT-")}
+    tit = {
+        s
+        for t in PAPER_TABLES
+        for s in workflow.tables[t]
+        if workflow.models[workflow.samplers[s]["model"]]["architecture"].startswith("TiT-")
+    }
     assert tit and {workflow.samplers[s]["model"] for s in tit} == described
 
 
-@pytest.mark.parametrize("model,key,value,expected", [
-    ("tit_dcae_fewstep", ("objective", "enhanced_ratio"), 1.4, "Table 5 row '512 DC-AE few-step' (model "
-     "tit_dcae_fewstep): objective.enhanced_ratio is 1.4, the paper prints 1.5"),
-    ("tit_sdvae256_multistep", ("train", "betas"), [0.9, 0.99], "Table 5 row '256 SD-VAE multi-step' (model "
-     "tit_sdvae256_multistep): train.betas is [0.9, 0.99], the paper prints [0.9, 0.95]"),
-])
+@pytest.mark.parametrize(
+    "model,key,value,expected",
+    [
+        (
+            "tit_dcae_fewstep",
+            ("objective", "enhanced_ratio"),
+            1.4,
+            "Table 5 row '512 DC-AE few-step' (model "
+            "tit_dcae_fewstep): objective.enhanced_ratio is 1.4, the paper prints 1.5",
+        ),
+        (
+            "tit_sdvae256_multistep",
+            ("train", "betas"),
+            [0.9, 0.99],
+            "Table 5 row '256 SD-VAE multi-step' (model "
+            "tit_sdvae256_multistep): train.betas is [0.9, 0.99], the paper prints [0.9, 0.95]",
+        ),
+    ],
+)
 def test_a_changed_setting_is_named_with_its_row_and_key(workflow, model, key, value, expected):
     wf = copy.deepcopy(workflow)
     wf.models[model][key[0]][key[1]] = value
@@ -157,4 +208,5 @@ def test_a_changed_sampler_setting_is_named_with_its_sampler(workflow):
     wf.samplers["tit_vavae_fewstep_1"]["options"]["end_gaps"] = [0.001, 0.5]
     assert table5_mismatches(wf) == [
         "Table 5 row '256 VA-VAE few-step' (model tit_vavae_fewstep): samplers.tit_vavae_fewstep_1.options."
-        "end_gaps[1] (T = {1, x}) is 0.5, the paper prints 0.3"]
+        "end_gaps[1] (T = {1, x}) is 0.5, the paper prints 0.3"
+    ]

@@ -139,9 +139,13 @@ def test_model_keys_round_trip_and_refusals():
     for key in figure_models("fig2a") + figure_models("fig2b") + figure_models("fig3"):
         assert parse_model_key(key).key == key
     assert len(set(figure_models("fig2b"))) == 10 and "gmix-Random-l0-z0.45" in figure_models("fig2b")
-    for bad, message in (("gmix_Linear", "malformed"), ("cube-Linear-l0-z0", "dataset 'cube' is unknown"),
-                         ("gmix-VP-l0-z0", "transport 'VP' is unknown"), ("gmix-Linear-l2-z0", "out of range"),
-                         ("gmix-Linear-l0.50-z0", "not canonical")):
+    for bad, message in (
+        ("gmix_Linear", "malformed"),
+        ("cube-Linear-l0-z0", "dataset 'cube' is unknown"),
+        ("gmix-VP-l0-z0", "transport 'VP' is unknown"),
+        ("gmix-Linear-l2-z0", "out of range"),
+        ("gmix-Linear-l0.50-z0", "not canonical"),
+    ):
         with pytest.raises(ValueError, match=message):
             parse_model_key(bad)
     with pytest.raises(ValueError, match="unknown keys"):
@@ -206,14 +210,34 @@ def test_plot_input_columns_are_checked(tmp_path):
 
 # --- the rules, end to end on a small overlay ------------------------------------------------------------
 
-OVERLAY = {"train_steps": 40, "batch_size": 64, "width": 16, "depth": 2, "ema_decay": 0.9, "eval_samples": 64,
-           "eval_seeds": 1, "fig3_trajectories": 3, "fig4_points": 5, "fig4_steps": 7}
+OVERLAY = {
+    "train_steps": 40,
+    "batch_size": 64,
+    "width": 16,
+    "depth": 2,
+    "ema_decay": 0.9,
+    "eval_samples": 64,
+    "eval_seeds": 1,
+    "fig3_trajectories": 3,
+    "fig4_points": 5,
+    "fig4_steps": 7,
+}
 
 
 def snakemake(workdir: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
-    cmd = [os.path.join(BIN, "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(config), "--cores", "2", *args]
+    cmd = [
+        os.path.join(BIN, "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config),
+        "--cores",
+        "2",
+        *args,
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if run.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
@@ -231,8 +255,15 @@ def test_every_toy_figure_through_snakemake(tmp_path):
     snakemake(work, config, "paper_mini")
     out = work / "results" / "figures" / "paper_mini"
     manifest = (work / "results" / "paper_mini_manifest.tsv").read_text()
-    for name in ("fig2a_lambda_steps", "fig2b_zeta_transport", "fig2c_kappa_steps", "fig3_toy2d",
-                 "fig4_xhat_per_lambda", "fig7_pf_ode_1d", "fig8_beta"):
+    for name in (
+        "fig2a_lambda_steps",
+        "fig2b_zeta_transport",
+        "fig2c_kappa_steps",
+        "fig3_toy2d",
+        "fig4_xhat_per_lambda",
+        "fig7_pf_ode_1d",
+        "fig8_beta",
+    ):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert (out / f"{name}.csv").stat().st_size > 0, name
         assert f"{name}.png" in manifest, name
@@ -248,7 +279,8 @@ def test_every_toy_figure_through_snakemake(tmp_path):
     assert [PAPER_FIG2A_LOG_FID[(r["lambda"], r["steps"])] for _, r in a.iterrows()] == a["paper_log_fid"].tolist()
     b = frames["fig2b"]
     assert sorted(set(zip(b["transport"], b["zeta"]))) == sorted(
-        (t, z) for t in ("EDM", "TrigLinear", "Linear", "Random", "TrigFlow") for z in (0.45, 0.0))
+        (t, z) for t in ("EDM", "TrigLinear", "Linear", "Random", "TrigFlow") for z in (0.45, 0.0)
+    )
     c = frames["fig2c"]
     assert len(c) == 5 * 6
     # UCGM-S extrapolates from its third step on: kappa cannot change 1- and 2-step samples (same noise)
@@ -261,12 +293,19 @@ def test_every_toy_figure_through_snakemake(tmp_path):
     # per dataset: 3 trajectories of 32 + 1 points (lambda 0) and of 2 + 1 points (lambda 1), ending at t = 0
     assert len(f3) == 3 * 3 * (33 + 3)
     assert f3.groupby(["dataset", "lambda", "trajectory"])["step"].max().to_dict() == {
-        (d, lam, j): {0.0: 32, 1.0: 2}[lam] for d in ("moons", "scurve", "swissroll") for lam in (0.0, 1.0)
-        for j in range(3)}
-    assert (f3[f3["step"] == 0]["t"] > 0.99).all() and (f3.groupby(["dataset", "lambda", "trajectory"])["t"].last() == 0).all()
+        (d, lam, j): {0.0: 32, 1.0: 2}[lam]
+        for d in ("moons", "scurve", "swissroll")
+        for lam in (0.0, 1.0)
+        for j in range(3)
+    }
+    assert (f3[f3["step"] == 0]["t"] > 0.99).all() and (
+        f3.groupby(["dataset", "lambda", "trajectory"])["t"].last() == 0
+    ).all()
     start = f3[f3["step"] == 0].sort_values(["dataset", "trajectory"])
     # same noise for both models
-    assert np.array_equal(start[start["lambda"] == 0][["x", "y"]].to_numpy(), start[start["lambda"] == 1][["x", "y"]].to_numpy())
+    assert np.array_equal(
+        start[start["lambda"] == 0][["x", "y"]].to_numpy(), start[start["lambda"] == 1][["x", "y"]].to_numpy()
+    )
     f4 = frames["fig4"]
     assert len(f4) == 3 * 7 * 5 and sorted(f4["lambda"].unique()) == [0.0, 0.5, 1.0]
     assert np.isfinite(f4[["t", "x", "y"]].to_numpy()).all()

@@ -18,21 +18,50 @@ from PIL import Image
 from ucgm_core.figures import shard_grid, shard_rows_grid
 from ucgm_core.figures_paper.registry import FIGURES, UnknownFigureError, figure_function
 from ucgm_core.figures_paper.toy_stage import plot_toy_figure
-from ucgm_core.report import COLUMNS, ReportError, labels_from_json, metric_series, results_table, write_csv, \
-    write_manifest
+from ucgm_core.report import (
+    COLUMNS,
+    ReportError,
+    labels_from_json,
+    metric_series,
+    results_table,
+    write_csv,
+    write_manifest,
+)
 
 
 def _eval(path: Path, sampler: str, steps: int, fid: float, method: str = "ucgm") -> str:
     """A minimal evaluation JSON (the fields the table reads; the rest stay empty cells)."""
-    path.write_text(json.dumps({"fid": fid, "is_mean": 10.0, "kid_mean": 0.5, "num_samples": 100, "context": {
-        "sampler": sampler, "model": "m", "experiment": "e",
-        "samples": {"steps": steps, "nfe": 2 * steps, "method": method, "seed": 3, "options": {"b": 1, "a": 2}}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "fid": fid,
+                "is_mean": 10.0,
+                "kid_mean": 0.5,
+                "num_samples": 100,
+                "context": {
+                    "sampler": sampler,
+                    "model": "m",
+                    "experiment": "e",
+                    "samples": {
+                        "steps": steps,
+                        "nfe": 2 * steps,
+                        "method": method,
+                        "seed": 3,
+                        "options": {"b": 1, "a": 2},
+                    },
+                },
+            }
+        )
+    )
     return str(path)
 
 
 def test_results_table_rows_paper_numbers_and_csv_precision(tmp_path):
-    evals = [_eval(tmp_path / "a.json", "few", 1, 3.123456789), _eval(tmp_path / "b.json", "few", 2, 2.0),
-             _eval(tmp_path / "c.json", "other", 4, 1.5)]
+    evals = [
+        _eval(tmp_path / "a.json", "few", 1, 3.123456789),
+        _eval(tmp_path / "b.json", "few", 2, 2.0),
+        _eval(tmp_path / "c.json", "other", 4, 1.5),
+    ]
     rows = {"few": {"label": "UCGM-S", "paper": [{"steps": 2, "nfe": 2, "fid": 2.17, "source": "Table 7"}]}}
     df = results_table(evals, rows)
     assert list(df.columns) == COLUMNS and list(df["sampler"]) == ["few", "few", "other"]
@@ -49,8 +78,11 @@ def test_results_table_rows_paper_numbers_and_csv_precision(tmp_path):
 
 
 def test_metric_series_groups_by_sampler_method_and_model(tmp_path):
-    evals = [_eval(tmp_path / "a.json", "s", 1, 5.0), _eval(tmp_path / "b.json", "s", 4, 2.0),
-             _eval(tmp_path / "c.json", "t", 4, 3.0, method="euler")]
+    evals = [
+        _eval(tmp_path / "a.json", "s", 1, 5.0),
+        _eval(tmp_path / "b.json", "s", 4, 2.0),
+        _eval(tmp_path / "c.json", "t", 4, 3.0, method="euler"),
+    ]
     series = metric_series(evals, "fid")
     assert series == {"s (ucgm, m)": [(2, 5.0), (8, 2.0)], "t (euler, m)": [(8, 3.0)]}
     assert metric_series(evals[:1], "kid") == {"s (ucgm, m)": [(2, 0.5)]}
@@ -105,8 +137,10 @@ def test_shard_rows_grid_needs_one_label_per_shard(tmp_path):
 
 def test_figure_registry_and_toy_plots_refuse_unknown_names():
     assert callable(figure_function("fig8_beta"))
-    with pytest.raises(UnknownFigureError, match=rf"unknown figure 'fig9': expected one of {sorted(FIGURES)}"
-                       .replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        UnknownFigureError,
+        match=rf"unknown figure 'fig9': expected one of {sorted(FIGURES)}".replace("[", r"\[").replace("]", r"\]"),
+    ):
         figure_function("fig9")
     with pytest.raises(ValueError, match=r"unknown toy figure 'fig5'; expected one of \['fig2a'"):
         plot_toy_figure("fig5", "x.csv", "x.png")
@@ -118,14 +152,24 @@ def test_import_pretrained_writes_the_checkpoint_and_names_bad_inputs(tmp_path):
     from ucgm_core.models.registry import MODELS
 
     torch.manual_seed(0)
-    net = MODELS["TiT-Tiny/2"].builder(**model_kwargs_for("TiT-Tiny/2", input_size=28, in_channels=1,
-                                                           num_classes=10))
+    net = MODELS["TiT-Tiny/2"].builder(**model_kwargs_for("TiT-Tiny/2", input_size=28, in_channels=1, num_classes=10))
     weights = tmp_path / "w.pt"
     torch.save({"model": net.state_dict(), "ema": net.state_dict()}, weights)
-    kw = dict(architecture="TiT-Tiny/2", overrides={}, dataset="fashion_mnist", resolution=28, num_classes=None,
-              autoencoder="identity", ae_kwargs={}, normalize=True, latent_stats={"mean": [0.5], "std": [0.25]},
-              stats=None, multiplier=0.5, sha256=hashlib.sha256(weights.read_bytes()).hexdigest(),
-              allow_unsafe_pickle=False)
+    kw = dict(
+        architecture="TiT-Tiny/2",
+        overrides={},
+        dataset="fashion_mnist",
+        resolution=28,
+        num_classes=None,
+        autoencoder="identity",
+        ae_kwargs={},
+        normalize=True,
+        latent_stats={"mean": [0.5], "std": [0.25]},
+        stats=None,
+        multiplier=0.5,
+        sha256=hashlib.sha256(weights.read_bytes()).hexdigest(),
+        allow_unsafe_pickle=False,
+    )
     done = import_pretrained(str(weights), str(tmp_path / "ck.pt"), **kw)
     assert done["latent_shape"] == [1, 28, 28] and done["transport"] == MODELS["TiT-Tiny/2"].transport
     ckpt = load_checkpoint(tmp_path / "ck.pt")
@@ -139,9 +183,11 @@ def test_import_pretrained_writes_the_checkpoint_and_names_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match=r"--architecture 'TiT-Nope': unknown; known: "):
         import_pretrained(str(weights), str(tmp_path / "x.pt"), **{**kw, "architecture": "TiT-Nope"})
     with pytest.raises(ValueError, match="--latent-stats has 2 channels, the identity latents 1"):
-        import_pretrained(str(weights), str(tmp_path / "x.pt"),
-                          **{**kw, "latent_stats": {"mean": [0.0, 0.0], "std": [1.0, 1.0]}})
+        import_pretrained(
+            str(weights), str(tmp_path / "x.pt"), **{**kw, "latent_stats": {"mean": [0.0, 0.0], "std": [1.0, 1.0]}}
+        )
     with pytest.raises(ValueError, match=r"cannot import .*w.pt as TiT-Tiny/2: .*mis-shaped"):
-        import_pretrained(str(weights), str(tmp_path / "x.pt"), **{**kw, "dataset": "cifar10", "resolution": 32,
-                                                                   "normalize": False})
+        import_pretrained(
+            str(weights), str(tmp_path / "x.pt"), **{**kw, "dataset": "cifar10", "resolution": 32, "normalize": False}
+        )
     assert not (tmp_path / "x.pt").exists()

@@ -35,22 +35,51 @@ from conftest import require_file
 from torch import Tensor
 
 from ucgm_core.sampling import SAMPLER_SOURCES, get_sampler
-from ucgm_core.sampling.originals import (ORIGINAL_SAMPLERS, ddt_euler, ddt_grid, edm2_heun, edm_heun,
-                                          karras_sigma_grid, lightningdit_cfg_drift, lightningdit_euler,
-                                          lightningdit_grid, original_network, paper_nfe, repa_ode, repa_sde,
-                                          repae_ode, repae_sde, sit_ode_grid, sit_sde_grid)
+from ucgm_core.sampling.originals import (
+    ORIGINAL_SAMPLERS,
+    ddt_euler,
+    ddt_grid,
+    edm2_heun,
+    edm_heun,
+    karras_sigma_grid,
+    lightningdit_cfg_drift,
+    lightningdit_euler,
+    lightningdit_grid,
+    original_network,
+    paper_nfe,
+    repa_ode,
+    repa_sde,
+    repae_ode,
+    repae_sde,
+    sit_ode_grid,
+    sit_sde_grid,
+)
 from ucgm_core.sampling.originals import edm as edm_module
 from ucgm_core.sampling.originals import flow as flow_module
 from ucgm_core.sampling.originals import sit as sit_module
 
 FILES = [
-    "edm2_nog-steps8.pt", "edm2_nog-steps32.pt", "edm2_guid1.4-steps8.pt", "edm2_guid1.4-steps32.pt",
-    "edm_cifar10uncond-steps6.pt", "edm_cifar10uncond-steps18.pt", "edm_in64stoch-steps8.pt",
-    "repae_sde-cfg2.5-steps8.pt", "repae_sde-cfg2.5-steps250.pt", "repae_sde-nocfg-steps8.pt",
-    "repae_sde-nocfg-steps250.pt", "repa_sde-cfg1.8-steps8.pt", "repa_sde-cfg1.8-steps250.pt",
-    "lightningdit_cfg6.7-steps8.pt", "lightningdit_cfg6.7-steps250.pt", "lightningdit_nocfg-steps8.pt",
-    "lightningdit_nocfg-steps250.pt", "ddt_256-cfg2.0-steps8.pt", "ddt_256-cfg2.0-steps250.pt",
-    "ddt_512-cfg3.0-steps8.pt", "ddt_512-cfg3.0-steps250.pt",
+    "edm2_nog-steps8.pt",
+    "edm2_nog-steps32.pt",
+    "edm2_guid1.4-steps8.pt",
+    "edm2_guid1.4-steps32.pt",
+    "edm_cifar10uncond-steps6.pt",
+    "edm_cifar10uncond-steps18.pt",
+    "edm_in64stoch-steps8.pt",
+    "repae_sde-cfg2.5-steps8.pt",
+    "repae_sde-cfg2.5-steps250.pt",
+    "repae_sde-nocfg-steps8.pt",
+    "repae_sde-nocfg-steps250.pt",
+    "repa_sde-cfg1.8-steps8.pt",
+    "repa_sde-cfg1.8-steps250.pt",
+    "lightningdit_cfg6.7-steps8.pt",
+    "lightningdit_cfg6.7-steps250.pt",
+    "lightningdit_nocfg-steps8.pt",
+    "lightningdit_nocfg-steps250.pt",
+    "ddt_256-cfg2.0-steps8.pt",
+    "ddt_256-cfg2.0-steps250.pt",
+    "ddt_512-cfg3.0-steps8.pt",
+    "ddt_512-cfg3.0-steps250.pt",
 ]
 NULL = 1000  # the originals' hard-coded ImageNet null label
 #: The fixtures were made on AVX-512 hardware; torch's AVX2 and AVX-512 kernels reproduce them bit for bit.
@@ -67,6 +96,7 @@ def _family(name: str) -> str:
 
 
 # --- the fixture network and recorders ---------------------------------------------------------------------
+
 
 def fixture_F(params: Dict[str, Tensor]):
     """F(x, tau, y)[n,c] = tanh(W1[c] x + b1[c]) (1 + 0.5 sin(3 tau[n])) + E[y[n], c] tau[n], float32, in
@@ -140,14 +170,23 @@ def _noise_close(ours: Tensor, stored: Tensor) -> None:
 # --- each file, run ------------------------------------------------------------------------------------
 
 GRID_FUNCTIONS = {  # family -> (module, grid function name, grid from the settings)
-    "edm2": (edm_module, "karras_sigma_grid", lambda s: karras_sigma_grid(
-        s["num_steps"], s["sigma_min"], s["sigma_max"], s["rho"], dtype=torch.float32)),
-    "edm": (edm_module, "karras_sigma_grid", lambda s: karras_sigma_grid(
-        s["num_steps"], s["sigma_min"], s["sigma_max"], s["rho"], dtype=torch.float64)),
+    "edm2": (
+        edm_module,
+        "karras_sigma_grid",
+        lambda s: karras_sigma_grid(s["num_steps"], s["sigma_min"], s["sigma_max"], s["rho"], dtype=torch.float32),
+    ),
+    "edm": (
+        edm_module,
+        "karras_sigma_grid",
+        lambda s: karras_sigma_grid(s["num_steps"], s["sigma_min"], s["sigma_max"], s["rho"], dtype=torch.float64),
+    ),
     "repae": (sit_module, "sit_sde_grid", lambda s: sit_sde_grid(s["num_steps"])),
     "repa": (sit_module, "sit_sde_grid", lambda s: sit_sde_grid(s["num_steps"])),
-    "lightningdit": (flow_module, "lightningdit_grid", lambda s: lightningdit_grid(
-        s["num_sampling_steps"], s["timestep_shift"])),
+    "lightningdit": (
+        flow_module,
+        "lightningdit_grid",
+        lambda s: lightningdit_grid(s["num_sampling_steps"], s["timestep_shift"]),
+    ),
     "ddt": (flow_module, "ddt_grid", lambda s: ddt_grid(s["num_steps"], s["last_step"], s["timeshift"])),
 }
 
@@ -163,8 +202,14 @@ def run_file(d: Dict, monkeypatch) -> Dict:
     """Regenerate the inputs as the original's driver did, run our sampler on the stored inputs (the RNG
     positioned as the original's), and return what it did."""
     name = d["setting_name"]
-    family = {"NVlabs/edm2": "edm2", "NVlabs/edm": "edm", "End2End-Diffusion/REPA-E": "repae",
-              "sihyun-yu/REPA": "repa", "hustvl/LightningDiT": "lightningdit", "MCG-NJU/DDT": "ddt"}[d["original_repo"]]
+    family = {
+        "NVlabs/edm2": "edm2",
+        "NVlabs/edm": "edm",
+        "End2End-Diffusion/REPA-E": "repae",
+        "sihyun-yu/REPA": "repa",
+        "hustvl/LightningDiT": "lightningdit",
+        "MCG-NJU/DDT": "ddt",
+    }[d["original_repo"]]
     s, inputs, F = d["settings"], d["inputs"], fixture_F(d["params"])
     module, fn_name, grid_of = GRID_FUNCTIONS[family]
     grid = grid_of(s)
@@ -183,8 +228,16 @@ def run_file(d: Dict, monkeypatch) -> Dict:
         kw = {k: s[k] for k in ("sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise")}
         if family == "edm2":
             guide = Recorder(F, tag="gnet", fixed_label=NULL, calls=calls) if s["guidance"] != 1 else None
-            res = edm2_heun(net, inputs["noise"], steps=s["num_steps"], labels=labels, guidance=s["guidance"],
-                            guide_network=guide, noise_source=rng, **kw)
+            res = edm2_heun(
+                net,
+                inputs["noise"],
+                steps=s["num_steps"],
+                labels=labels,
+                guidance=s["guidance"],
+                guide_network=guide,
+                noise_source=rng,
+                **kw,
+            )
         else:
             res = edm_heun(net, inputs["noise"], steps=s["num_steps"], labels=labels, noise_source=rng, **kw)
         out["draws"] = rng.draws
@@ -195,28 +248,50 @@ def run_file(d: Dict, monkeypatch) -> Dict:
         out["regenerated"] = {"noise": (z, inputs["latents"]), "labels": (y, inputs["y"])}
         draw = GlobalRandnLike()  # continues the global generator after z and y, as the original
         fn = repae_sde if family == "repae" else repa_sde
-        res = fn(net, inputs["latents"], steps=s["num_steps"], labels=inputs["y"], cfg_scale=s["cfg_scale"],
-                 guidance_low=s["guidance_low"], guidance_high=s["guidance_high"], path_type=s["path_type"],
-                 noise_source=draw)
+        res = fn(
+            net,
+            inputs["latents"],
+            steps=s["num_steps"],
+            labels=inputs["y"],
+            cfg_scale=s["cfg_scale"],
+            guidance_low=s["guidance_low"],
+            guidance_high=s["guidance_high"],
+            path_type=s["path_type"],
+            noise_source=draw,
+        )
         out["draws"] = draw.draws
     elif family == "lightningdit":
         torch.manual_seed(inputs["seed"])
         z = torch.randn(d["shape"])
         y = torch.randint(0, 1000, (d["shape"][0],))
         out["regenerated"] = {"noise": (z, inputs["z"]), "labels": (y, inputs["y"])}
-        res = lightningdit_euler(net, inputs["z"], steps=s["num_sampling_steps"], labels=inputs["y"],
-                                 cfg_scale=s["cfg_scale"], cfg_interval_start=s["cfg_interval_start"],
-                                 timestep_shift=s["timestep_shift"])
+        res = lightningdit_euler(
+            net,
+            inputs["z"],
+            steps=s["num_sampling_steps"],
+            labels=inputs["y"],
+            cfg_scale=s["cfg_scale"],
+            cfg_interval_start=s["cfg_interval_start"],
+            timestep_shift=s["timestep_shift"],
+        )
     else:  # ddt: RandomNDataset items 0, 5, 10, 15 -> seeds 0..3, labels selected_classes[idx // 4]
-        z = torch.stack([torch.randn(d["shape"][1:], generator=torch.Generator().manual_seed(seed))
-                         for seed in inputs["seeds"]])
+        z = torch.stack(
+            [torch.randn(d["shape"][1:], generator=torch.Generator().manual_seed(seed)) for seed in inputs["seeds"]]
+        )
         y = torch.tensor([[1, 207, 360, 999][idx // 4] for idx in (0, 5, 10, 15)])
         out["regenerated"] = {"noise": (z, inputs["xT"]), "labels": (y, inputs["y"])}
         assert torch.equal(inputs["condition"], inputs["y"]) and (inputs["uncondition"] == NULL).all()
-        res = ddt_euler(net, inputs["xT"], steps=s["num_steps"], labels=inputs["y"], guidance=s["guidance"],
-                        guidance_interval_min=s["guidance_interval_min"],
-                        guidance_interval_max=s["guidance_interval_max"], timeshift=s["timeshift"],
-                        last_step=s["last_step"])
+        res = ddt_euler(
+            net,
+            inputs["xT"],
+            steps=s["num_steps"],
+            labels=inputs["y"],
+            guidance=s["guidance"],
+            guidance_interval_min=s["guidance_interval_min"],
+            guidance_interval_max=s["guidance_interval_max"],
+            timeshift=s["timeshift"],
+            last_step=s["last_step"],
+        )
     out["result"] = res
     out["family"] = family
     out["name"] = name
@@ -232,6 +307,7 @@ def state_atol(name: str, dtype: torch.dtype) -> float:
 
 
 # --- tests -----------------------------------------------------------------------------------------------
+
 
 def test_every_fixture_file_is_covered(fixtures_dir):
     present = sorted(p.name for p in (fixtures_dir / "baseline_samplers").glob("*.pt"))
@@ -341,19 +417,35 @@ def test_headline_grids_guide_the_documented_number_of_steps():
 
 # --- NFE as the papers count it, registry, adapters, the ODE variants ---------------------------------------
 
-@pytest.mark.parametrize("name,steps,options,nfe", [
-    ("edm2_heun", 32, {}, 63), ("edm_heun", 18, {}, 35),
-    ("repae_sde", 250, {"cfg_scale": 2.5}, 500), ("repae_sde", 250, {"cfg_scale": 1.0}, 250),
-    ("repa_sde", 250, {"cfg_scale": 1.8}, 500), ("lightningdit_euler", 250, {"cfg_scale": 6.7}, 500),
-    ("lightningdit_euler", 250, {"cfg_scale": 1.0}, 250), ("ddt_euler", 250, {"guidance": 3.0}, 500),
-])
+
+@pytest.mark.parametrize(
+    "name,steps,options,nfe",
+    [
+        ("edm2_heun", 32, {}, 63),
+        ("edm_heun", 18, {}, 35),
+        ("repae_sde", 250, {"cfg_scale": 2.5}, 500),
+        ("repae_sde", 250, {"cfg_scale": 1.0}, 250),
+        ("repa_sde", 250, {"cfg_scale": 1.8}, 500),
+        ("lightningdit_euler", 250, {"cfg_scale": 6.7}, 500),
+        ("lightningdit_euler", 250, {"cfg_scale": 1.0}, 250),
+        ("ddt_euler", 250, {"guidance": 3.0}, 500),
+    ],
+)
 def test_paper_nfe(name, steps, options, nfe):
     assert paper_nfe(get_sampler(name), steps, options) == nfe
 
 
 def test_every_original_is_registered_with_its_source():
-    assert set(ORIGINAL_SAMPLERS) == {"edm2_heun", "edm_heun", "repae_sde", "repae_ode", "repa_sde", "repa_ode",
-                                      "lightningdit_euler", "ddt_euler"}
+    assert set(ORIGINAL_SAMPLERS) == {
+        "edm2_heun",
+        "edm_heun",
+        "repae_sde",
+        "repae_ode",
+        "repa_sde",
+        "repa_ode",
+        "lightningdit_euler",
+        "ddt_euler",
+    }
     for name, fn in ORIGINAL_SAMPLERS.items():
         assert get_sampler(name) is fn and fn.original.name == name
         assert fn.original.repo in SAMPLER_SOURCES[name] and fn.original.commit[:7] in SAMPLER_SOURCES[name]
@@ -409,8 +501,16 @@ def test_edm_denoiser_adapter_is_the_original_precond():
     from ucgm_core.models.edm2 import EDM2UNet
 
     torch.manual_seed(0)
-    model = EDM2UNet(input_size=8, in_channels=2, num_classes=3, model_channels=8, channel_mult=(1, 2),
-                     num_blocks=1, attn_resolutions=(4,), channels_per_head=8).eval()
+    model = EDM2UNet(
+        input_size=8,
+        in_channels=2,
+        num_classes=3,
+        model_channels=8,
+        channel_mult=(1, 2),
+        num_blocks=1,
+        attn_resolutions=(4,),
+        channels_per_head=8,
+    ).eval()
     with torch.no_grad():
         model.out_gain.fill_(1.0)
         x = torch.randn(2, 2, 8, 8) * 5
@@ -434,24 +534,42 @@ def test_samplers_run_a_pipeline_model_through_the_adapter():
     from ucgm_core.models import MODELS, build_model
     from ucgm_core.sampling import PerImageNoise
 
-    cases = [("edm2_heun", "EDM2-S", dict(model_channels=8, channel_mult=(1, 2), num_blocks=1,
-                                          attn_resolutions=(4,), channels_per_head=8), dict(steps=3)),
-             ("repae_sde", "SiT-XL/1-REPAE", dict(depth=1, hidden_size=32, num_heads=2), dict(steps=4)),
-             ("lightningdit_euler", "LightningDiT-XL/1", dict(depth=1, hidden_size=32, num_heads=2), dict(steps=4)),
-             ("ddt_euler", "DDT-XL/2", dict(num_blocks=2, num_encoder_blocks=1, hidden_size=32, num_groups=2),
-              dict(steps=3))]
+    cases = [
+        (
+            "edm2_heun",
+            "EDM2-S",
+            dict(model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,), channels_per_head=8),
+            dict(steps=3),
+        ),
+        ("repae_sde", "SiT-XL/1-REPAE", dict(depth=1, hidden_size=32, num_heads=2), dict(steps=4)),
+        ("lightningdit_euler", "LightningDiT-XL/1", dict(depth=1, hidden_size=32, num_heads=2), dict(steps=4)),
+        (
+            "ddt_euler",
+            "DDT-XL/2",
+            dict(num_blocks=2, num_encoder_blocks=1, hidden_size=32, num_groups=2),
+            dict(steps=3),
+        ),
+    ]
     for method, arch, size, opts in cases:
         torch.manual_seed(0)
         model = build_model(arch, input_size=8, in_channels=4, num_classes=3, **size).eval()
         src = PerImageNoise([5, 6], (4, 8, 8))
         sampler = get_sampler(method)
         net = original_network(model, MODELS[arch].transport, sampler.original.convention)
-        res = sampler(net, src.initial(), MODELS[arch].transport, labels=torch.tensor([0, 2]), null_label=3,
-                      noise_source=src, **opts)
+        res = sampler(
+            net,
+            src.initial(),
+            MODELS[arch].transport,
+            labels=torch.tensor([0, 2]),
+            null_label=3,
+            noise_source=src,
+            **opts,
+        )
         assert res.sample.shape == (2, 4, 8, 8) and torch.isfinite(res.sample).all(), method
 
 
 # --- the pipeline: generate_images and the config ------------------------------------------------------------
+
 
 def test_generate_images_runs_an_original_sampler_with_per_image_noise():
     """``generate_images`` hands an original's sampler the model in its convention, the labels and the null
@@ -462,11 +580,20 @@ def test_generate_images_runs_an_original_sampler_with_per_image_noise():
     from ucgm_core.sampling.generate import generate_images
 
     torch.manual_seed(0)
-    model = build_model("SiT-XL/1-REPAE", input_size=8, in_channels=4, num_classes=3, depth=1, hidden_size=32,
-                        num_heads=2)
-    kw = dict(seed=7, method="repae_sde", steps=6, transport="Linear", latent_shape=(4, 8, 8), num_classes=3,
-              normalizer=LatentNormalizer(), decode=lambda z: (z.clamp(-1, 1) + 1) / 2,
-              options={"cfg_scale": 2.5, "guidance_low": 0.0, "guidance_high": 0.75})
+    model = build_model(
+        "SiT-XL/1-REPAE", input_size=8, in_channels=4, num_classes=3, depth=1, hidden_size=32, num_heads=2
+    )
+    kw = dict(
+        seed=7,
+        method="repae_sde",
+        steps=6,
+        transport="Linear",
+        latent_shape=(4, 8, 8),
+        num_classes=3,
+        normalizer=LatentNormalizer(),
+        decode=lambda z: (z.clamp(-1, 1) + 1) / 2,
+        options={"cfg_scale": 2.5, "guidance_low": 0.0, "guidance_high": 0.75},
+    )
     a = generate_images(model, range(3), batch_size=3, **kw)
     b = generate_images(model, range(3), batch_size=1, **kw)
     assert (a.images == b.images).all() and a.nfe == 6

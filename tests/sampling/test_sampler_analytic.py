@@ -110,14 +110,28 @@ def test_metric_floor():
 # Observed fine errors (steps 48/64/24/32): 0.01-0.16; coarse ones 0.3-4.7.
 CASES = [
     ("ucgm_o1_linear", "ucgm", "Linear", {}, (4, 12, 48), 0.1),
-    ("ucgm_o1_warp_gaps_linear", "ucgm", "Linear", dict(time_warp=(1.17, 0.8, 1.1), end_gaps=(0.001, 0.001)), (4, 12, 48), 0.1),
+    (
+        "ucgm_o1_warp_gaps_linear",
+        "ucgm",
+        "Linear",
+        dict(time_warp=(1.17, 0.8, 1.1), end_gaps=(0.001, 0.001)),
+        (4, 12, 48),
+        0.1,
+    ),
     ("ucgm_o1_extrap_linear", "ucgm", "Linear", dict(extrapolation=0.4), (4, 12, 48), 0.06),
     ("ucgm_o1_extrap_relinear", "ucgm", "ReLinear", dict(extrapolation=0.4), (4, 12, 48), 0.06),
     ("ucgm_o1_edm", "ucgm", "EDM", dict(time_warp=(1.17, 0.8, 1.1), end_gaps=(0.001, 0.001)), (4, 12, 48), 0.2),
     # order 2 needs gamma(t_0) > 0 and is badly conditioned with few steps (fixture README); the
     # start at t_0 = 0.95 from pure noise leaves a floor of ~0.15 with g0 = 0.05
     ("ucgm_o2_linear", "ucgm", "Linear", dict(order=2, end_gaps=(0.05, 0.001)), (8, 16, 64), 0.2),
-    ("ucgm_o2_extrap_trigflow", "ucgm", "TrigFlow", dict(order=2, extrapolation=0.3, end_gaps=(0.05, 0.001)), (8, 16, 64), 0.15),
+    (
+        "ucgm_o2_extrap_trigflow",
+        "ucgm",
+        "TrigFlow",
+        dict(order=2, extrapolation=0.3, end_gaps=(0.05, 0.001)),
+        (8, 16, 64),
+        0.15,
+    ),
     ("ucgm_sde_linear", "ucgm", "Linear", dict(stochasticity="SDE"), (4, 12, 48), 0.15),
     ("euler_linear", "euler", "Linear", {}, (4, 12, 48), 0.1),
     ("euler_trigflow", "euler", "TrigFlow", {}, (4, 12, 48), 0.03),
@@ -255,8 +269,16 @@ def test_bad_baseline_knobs_raise(name):
 
 
 def test_registry():
-    originals = {"edm2_heun", "edm_heun", "repae_sde", "repa_sde", "repae_ode", "repa_ode", "lightningdit_euler",
-                 "ddt_euler"}  # the originals' own samplers (tests/sampling/test_baseline_samplers.py)
+    originals = {
+        "edm2_heun",
+        "edm_heun",
+        "repae_sde",
+        "repa_sde",
+        "repae_ode",
+        "repa_ode",
+        "lightningdit_euler",
+        "ddt_euler",
+    }  # the originals' own samplers (tests/sampling/test_baseline_samplers.py)
     assert set(SAMPLERS) == {"ucgm", "euler", "heun", "euler_maruyama"} | originals
     with pytest.raises(ValueError, match="unknown sampler 'ddpm'.*euler"):
         get_sampler("ddpm")

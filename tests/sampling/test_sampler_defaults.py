@@ -49,8 +49,9 @@ def _base_config() -> dict:
 def _option_defaults(method: str) -> dict:
     """The method's knobs (what a config's ``options`` may set) with their defaults."""
     params = inspect.signature(get_sampler(method)).parameters
-    return {k: params[k].default for k in sampler_option_names(method)
-            if params[k].default is not inspect.Parameter.empty}
+    return {
+        k: params[k].default for k in sampler_option_names(method) if params[k].default is not inspect.Parameter.empty
+    }
 
 
 def test_schema_methods_are_the_registered_samplers():
@@ -104,10 +105,19 @@ def test_sampler_spec_defaults_are_the_schema_defaults():
     assert str(spec.tf32).lower() == _documented_default(props["tf32"]["description"], ("true", "false"))
     assert str(spec.compile).lower() == _documented_default(props["compile"]["description"], ("true", "false"))
     # a spec with the schema's defaults written out means the same settings
-    explicit = SamplerSpec.from_dict({"method": "ucgm", "weights": props["weights"]["default"], "options": {},
-                                      "guidance": props["guidance"]["default"]})
-    assert (explicit.weights, explicit.guidance_scale, explicit.options) == (spec.weights, spec.guidance_scale,
-                                                                             spec.options)
+    explicit = SamplerSpec.from_dict(
+        {
+            "method": "ucgm",
+            "weights": props["weights"]["default"],
+            "options": {},
+            "guidance": props["guidance"]["default"],
+        }
+    )
+    assert (explicit.weights, explicit.guidance_scale, explicit.options) == (
+        spec.weights,
+        spec.guidance_scale,
+        spec.options,
+    )
 
 
 def test_generate_images_defaults_are_the_spec_defaults():
@@ -143,8 +153,12 @@ def _readme_sampler_rows() -> dict:
 def test_readme_states_the_spec_defaults_and_every_option():
     rows = _readme_sampler_rows()
     spec = SamplerSpec.from_dict({"method": "ucgm"})
-    for key, value in (("weights", spec.weights), ("precision", spec.precision), ("tf32", str(spec.tf32).lower()),
-                       ("compile", str(spec.compile).lower())):
+    for key, value in (
+        ("weights", spec.weights),
+        ("precision", spec.precision),
+        ("tf32", str(spec.tf32).lower()),
+        ("compile", str(spec.compile).lower()),
+    ):
         assert rows[key].startswith(f"*{value}*"), (key, rows[key][:80])
     missing = {m: [k for k in sampler_option_names(m) if f"`{k}`" not in rows["options"]] for m in SAMPLERS}
     assert not any(missing.values()), f"config/README.md's options row lacks {missing}"

@@ -116,9 +116,7 @@ def test_replay_sampler_logic(ref_dir: Path, case: str):
     model = ReplayModel(rec)
     network = guided(model, y, NULL_LABEL, rec["cfg_scale"], rec["cfg_interval"])
     noises = ReplayNoise(rec["noises"])
-    res = ucgm_sample(
-        network, z, rec["transport"], **_knobs(rec), noise_source=noises, return_trajectory=True
-    )
+    res = ucgm_sample(network, z, rec["transport"], **_knobs(rec), noise_source=noises, return_trajectory=True)
     assert model.used == len(rec["calls"]) == res.nfe
     assert noises.used == len(rec["noises"])
     worst = torch.stack(model.state_errs).max()

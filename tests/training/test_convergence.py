@@ -100,8 +100,11 @@ def bounds(kind: str) -> dict[str, float]:
 def errors(samples: Tensor) -> dict[str, float]:
     mean, cov, modes = statistics(samples)
     t_mean, t_cov, t_modes = POP["truth"]
-    return {"mean": float((mean - t_mean).norm()), "cov": float((cov - t_cov).norm()),
-            "modes": 0.5 * float((modes - t_modes).abs().sum())}
+    return {
+        "mean": float((mean - t_mean).norm()),
+        "cov": float((cov - t_cov).norm()),
+        "modes": 0.5 * float((modes - t_modes).abs().sum()),
+    }
 
 
 def within(err: dict[str, float], bound: dict[str, float]) -> bool:
@@ -136,8 +139,9 @@ class MLP(nn.Module):
         self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(freqs, dtype=torch.float32) / 2)
         self.inp = nn.Linear(2 + 2 * freqs, width)
         self.label = nn.Embedding(num_classes + 1, width)
-        self.body = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
-                                  nn.Linear(width, 2))
+        self.body = nn.Sequential(
+            nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 2)
+        )
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         b = x.shape[0]
@@ -148,9 +152,18 @@ class MLP(nn.Module):
 
 def objective(consistency_ratio: float) -> UCGMObjective:
     few = consistency_ratio > 0
-    return UCGMObjective(UCGMConfig(
-        transport="Linear", consistency_ratio=consistency_ratio, enhanced_ratio=0.0, label_drop_ratio=0.0,
-        huber_c=20.0, cosine_loss=False, time_dist=(0.8, 1.0, 1.0) if few else (1.0, 1.0, 1.0), num_classes=1))
+    return UCGMObjective(
+        UCGMConfig(
+            transport="Linear",
+            consistency_ratio=consistency_ratio,
+            enhanced_ratio=0.0,
+            label_drop_ratio=0.0,
+            huber_c=20.0,
+            cosine_loss=False,
+            time_dist=(0.8, 1.0, 1.0) if few else (1.0, 1.0, 1.0),
+            num_classes=1,
+        )
+    )
 
 
 def train(tmp: Path, consistency_ratio: float, lr: float, init: dict[str, Tensor] | None = None) -> Trainer:
@@ -158,10 +171,24 @@ def train(tmp: Path, consistency_ratio: float, lr: float, init: dict[str, Tensor
     model = MLP()
     if init is not None:
         model.load_state_dict(init)
-    settings = TrainSettings(steps=STEPS, batch_size=BATCH, lr=lr, betas=(0.9, 0.99), ema_decay=0.99, seed=0,
-                             log_every=STEPS, checkpoint_every=STEPS)
-    trainer = Trainer(model, objective(consistency_ratio), MixtureLoader(BATCH, seed=1), settings,
-                      tmp / f"state-{consistency_ratio:g}.pt", log=lambda s: None)
+    settings = TrainSettings(
+        steps=STEPS,
+        batch_size=BATCH,
+        lr=lr,
+        betas=(0.9, 0.99),
+        ema_decay=0.99,
+        seed=0,
+        log_every=STEPS,
+        checkpoint_every=STEPS,
+    )
+    trainer = Trainer(
+        model,
+        objective(consistency_ratio),
+        MixtureLoader(BATCH, seed=1),
+        settings,
+        tmp / f"state-{consistency_ratio:g}.pt",
+        log=lambda s: None,
+    )
     trainer.run()
     return trainer
 

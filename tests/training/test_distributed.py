@@ -54,14 +54,29 @@ def test_single_process_without_launcher():
 
 
 def test_torchrun_environment():
-    env = ud.detect_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h0",
-                         "MASTER_PORT": "1234", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2"})
+    env = ud.detect_env(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "4",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "h0",
+            "MASTER_PORT": "1234",
+            "SLURM_PROCID": "0",
+            "SLURM_STEP_NUM_TASKS": "2",
+        }
+    )
     assert env == ud.DistEnv(3, 4, 1, "h0", 1234, "torchrun") and env.distributed and not env.is_main
 
 
 def test_srun_environment():
-    base = {"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
-            "SLURM_STEP_NODELIST": "gpu[07-09,12]", "SLURM_JOB_NODELIST": "gpu[01-12]"}
+    base = {
+        "SLURM_PROCID": "5",
+        "SLURM_STEP_NUM_TASKS": "8",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_STEP_NODELIST": "gpu[07-09,12]",
+        "SLURM_JOB_NODELIST": "gpu[01-12]",
+    }
     env = ud.detect_env(base, scontrol=lambda nl: ["gpu07", "gpu08", "gpu09", "gpu12"])
     assert (env.rank, env.world_size, env.local_rank, env.launcher) == (5, 8, 1, "slurm")
     assert env.master_addr == "gpu07" and env.master_port == 15000 + 4242 % 20000
@@ -73,10 +88,17 @@ def test_srun_environment():
     assert ud.detect_env({**base, "MASTER_PORT": "999", "MASTER_ADDR": "x"}, scontrol=no_scontrol).master_port == 999
 
 
-@pytest.mark.parametrize("nodelist,first", [
-    ("node1", "node1"), ("node1,node2", "node1"), ("gpu[07-09,12],cpu3", "gpu07"), ("a[3,5]", "a3"),
-    ("rack1-[2-4]-x", "rack1-2-x"), ("c[10-11]d[5-6]", "c10d5"),
-])
+@pytest.mark.parametrize(
+    "nodelist,first",
+    [
+        ("node1", "node1"),
+        ("node1,node2", "node1"),
+        ("gpu[07-09,12],cpu3", "gpu07"),
+        ("a[3,5]", "a3"),
+        ("rack1-[2-4]-x", "rack1-2-x"),
+        ("c[10-11]d[5-6]", "c10d5"),
+    ],
+)
 def test_first_host_of_a_node_list(nodelist, first):
     assert ud.expand_first_host(nodelist) == first
 
@@ -146,26 +168,42 @@ def test_objective_drop_mask_option():
 
 OBJECTIVES = {
     "multistep": dict(enhanced_ratio=0.5, enhanced_style="ft-vs-fe", label_drop_ratio=0.25),
-    "fewstep": dict(consistency_ratio=1.0, enhanced_ratio=1.5, enhanced_style="fc-vs-xz", teacher_decay=1.0,
-                    time_dist=(0.8, 1.0, 1.0), label_drop_ratio=0.25, cosine_loss=False),
+    "fewstep": dict(
+        consistency_ratio=1.0,
+        enhanced_ratio=1.5,
+        enhanced_style="fc-vs-xz",
+        teacher_decay=1.0,
+        time_dist=(0.8, 1.0, 1.0),
+        label_drop_ratio=0.25,
+        cosine_loss=False,
+    ),
 }
 
 
-def make_trainer(state_path, objective="multistep", steps=5, rank=0, world_size=1, micro_batch=None,
-                 checkpoint_every=100):
+def make_trainer(
+    state_path, objective="multistep", steps=5, rank=0, world_size=1, micro_batch=None, checkpoint_every=100
+):
     torch.manual_seed(0)
     model = build_model("UNet-S", input_size=S, in_channels=C, num_classes=K)
     # RAdam's first 5 steps (beta2 0.999) are momentum SGD: Adam's per-parameter normalisation would
     # turn float noise in gradients that are zero in exact arithmetic (biases before GroupNorm)
     # into +-lr updates, hiding the comparison
-    settings = TrainSettings(steps=steps, batch_size=GLOBAL_BATCH, optimizer="RAdam", lr=0.05, betas=(0.9, 0.999),
-                             ema_decay=0.9, log_every=1,
-                             checkpoint_every=checkpoint_every, seeding="step", micro_batch=micro_batch,
-                             max_grad_norm=1.0)  # at the zero-initialised output the cosine term's gradient is ~1e6
+    settings = TrainSettings(
+        steps=steps,
+        batch_size=GLOBAL_BATCH,
+        optimizer="RAdam",
+        lr=0.05,
+        betas=(0.9, 0.999),
+        ema_decay=0.9,
+        log_every=1,
+        checkpoint_every=checkpoint_every,
+        seeding="step",
+        micro_batch=micro_batch,
+        max_grad_norm=1.0,
+    )  # at the zero-initialised output the cosine term's gradient is ~1e6
     loader = LatentLoader(toy_arrays(), GLOBAL_BATCH // world_size, seed=0, rank=rank, world_size=world_size)
     objective = UCGMObjective(UCGMConfig(**OBJECTIVES[objective], num_classes=K))
-    return Trainer(model, objective, loader, settings, state_path, log=lambda s: None, rank=rank,
-                   world_size=world_size)
+    return Trainer(model, objective, loader, settings, state_path, log=lambda s: None, rank=rank, world_size=world_size)
 
 
 def weights(trainer) -> dict:
@@ -188,8 +226,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-SCENARIOS = {"multistep": ("multistep", None), "fewstep": ("fewstep", None),
-             "signalled": ("multistep", 2)}  # rank 1 gets SIGUSR1 after step 2
+SCENARIOS = {
+    "multistep": ("multistep", None),
+    "fewstep": ("fewstep", None),
+    "signalled": ("multistep", 2),
+}  # rank 1 gets SIGUSR1 after step 2
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -213,8 +254,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                     trainer.run(on_step, should_stop=guard.should_stop)
                 except Preempted as e:
                     stopped = e.step
-            torch.save({"weights": weights(trainer), "stopped": stopped, "losses": trainer.state.losses},
-                       folder / f"rank{rank}.pt")
+            torch.save(
+                {"weights": weights(trainer), "stopped": stopped, "losses": trainer.state.losses},
+                folder / f"rank{rank}.pt",
+            )
     finally:
         ud.cleanup()
 
@@ -224,8 +267,9 @@ def two_processes(tmp_path_factory):
     """Every 2-process scenario in one spawn (process start-up dominates): {name: [rank0, rank1]}."""
     root = tmp_path_factory.mktemp("two")
     torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(root)), nprocs=2, join=True)
-    return root, {name: [torch.load(root / name / f"rank{r}.pt", weights_only=False) for r in range(2)]
-                  for name in SCENARIOS}
+    return root, {
+        name: [torch.load(root / name / f"rank{r}.pt", weights_only=False) for r in range(2)] for name in SCENARIOS
+    }
 
 
 @pytest.mark.parametrize("objective", ["multistep", "fewstep"])
@@ -239,8 +283,10 @@ def test_two_processes_match_one(tmp_path, objective, two_processes):
     d_two = max_difference(ref, two[0]["weights"])
     d_ranks = max_difference(two[0]["weights"], two[1]["weights"])
     d_acc = max_difference(ref, weights(accumulated))
-    print(f"\n[{objective}] max |w(1 proc) - w(2 procs)| = {d_two:.3g}; between ranks {d_ranks:.3g}; "
-          f"1 proc vs micro-batch 2: {d_acc:.3g}")
+    print(
+        f"\n[{objective}] max |w(1 proc) - w(2 procs)| = {d_two:.3g}; between ranks {d_ranks:.3g}; "
+        f"1 proc vs micro-batch 2: {d_acc:.3g}"
+    )
     assert d_ranks == 0.0
     assert d_two < TOLERANCE and d_acc < TOLERANCE
     # the logged loss is the global-batch mean
@@ -271,10 +317,23 @@ def make_latent_dir(root: Path) -> Path:
     return conftest.make_latent_dir(root, size=S, channels=C, classes=K, seed=0)
 
 
-SPEC = {"architecture": "UNet-S", "data": {"dataset": "toy"},
-        "objective": {"transport": "Linear", "enhanced_ratio": 0.47, "enhanced_style": "ft-vs-fe"},
-        "train": {"steps": 4, "batch_size": 8, "optimizer": "RAdam", "lr": 0.05, "betas": [0.9, 0.999],
-                  "max_grad_norm": 1.0, "ema_decay": 0.9, "log_every": 2, "checkpoint_every": 2, "grid_every": 0}}
+SPEC = {
+    "architecture": "UNet-S",
+    "data": {"dataset": "toy"},
+    "objective": {"transport": "Linear", "enhanced_ratio": 0.47, "enhanced_style": "ft-vs-fe"},
+    "train": {
+        "steps": 4,
+        "batch_size": 8,
+        "optimizer": "RAdam",
+        "lr": 0.05,
+        "betas": [0.9, 0.999],
+        "max_grad_norm": 1.0,
+        "ema_decay": 0.9,
+        "log_every": 2,
+        "checkpoint_every": 2,
+        "grid_every": 0,
+    },
+}
 
 
 def test_train_script_under_torchrun_matches_one_process(tmp_path):
@@ -283,17 +342,40 @@ def test_train_script_under_torchrun_matches_one_process(tmp_path):
     args = ["--latents", str(latents), "--spec", json.dumps(SPEC), "--threads", "1"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
     env["OMP_NUM_THREADS"] = "1"
-    single = subprocess.run([sys.executable, script, *args, "--out-dir", str(tmp_path / "a"),
-                             "--state-dir", str(tmp_path / "sa")], capture_output=True, text=True, env=env)
+    single = subprocess.run(
+        [sys.executable, script, *args, "--out-dir", str(tmp_path / "a"), "--state-dir", str(tmp_path / "sa")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert single.returncode == 0, single.stdout + single.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          script, *args, "--out-dir", str(tmp_path / "b"), "--state-dir", str(tmp_path / "sb")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            script,
+            *args,
+            "--out-dir",
+            str(tmp_path / "b"),
+            "--state-dir",
+            str(tmp_path / "sb"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     assert "rank 1/2" in two.stdout and "2 processes x 4" in two.stdout
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
-    d = max_difference({f"{p}.{k}": v for p in ("model", "ema") for k, v in a[p].items()},
-                       {f"{p}.{k}": v for p in ("model", "ema") for k, v in b[p].items()})
+    d = max_difference(
+        {f"{p}.{k}": v for p in ("model", "ema") for k, v in a[p].items()},
+        {f"{p}.{k}": v for p in ("model", "ema") for k, v in b[p].items()},
+    )
     print(f"\ntrain.py: max |w(1 proc) - w(torchrun 2 procs)| = {d:.3g}")
     assert d < TOLERANCE

@@ -17,23 +17,28 @@ class Zero(nn.Module):
 def test_lambda0_without_enhancement_is_plain_flow_matching():
     x, z = torch.randn(6, 2, 4, 4), torch.randn(6, 2, 4, 4)
     out = UCGMObjective(UCGMConfig(enhanced_ratio=0.0, num_classes=3, cosine_loss=False, weighting=None))(
-        Zero(), x, torch.zeros(6, dtype=torch.long), t=torch.rand(6), z=z)
+        Zero(), x, torch.zeros(6, dtype=torch.long), t=torch.rand(6), z=z
+    )
     torch.testing.assert_close(out.target, z - x)  # Linear: F* = z - x
     torch.testing.assert_close(out.per_sample, (z - x).pow(2).flatten(1).mean(1).sqrt())
 
 
 def test_label_drop_never_drops_everything():
     out = UCGMObjective(UCGMConfig(label_drop_ratio=0.1, num_classes=3))(
-        Zero(), torch.randn(4, 1, 2, 2), torch.zeros(4, dtype=torch.long))
+        Zero(), torch.randn(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)
+    )
     assert (out.labels == 0).all()  # round(0.4) = 0: the original would null every label
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(consistency_ratio=1.5), "consistency_ratio"),
-    (dict(enhanced_ratio=0.5, enhanced_style="bogus"), "enhanced_style"),
-    (dict(time_dist=(1.0, 1.0)), "time_dist"),
-    (dict(transport="VP"), "unknown transport"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(consistency_ratio=1.5), "consistency_ratio"),
+        (dict(enhanced_ratio=0.5, enhanced_style="bogus"), "enhanced_style"),
+        (dict(time_dist=(1.0, 1.0)), "time_dist"),
+        (dict(transport="VP"), "unknown transport"),
+    ],
+)
 def test_bad_config_is_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         UCGMObjective(UCGMConfig(num_classes=3, **kw))

@@ -51,6 +51,7 @@ def test_sigma_rel_is_the_profiles_relative_std():
     deviation is sigma_rel * t (quad's error on these smooth integrands is ~1e-14; tolerance 1e-9)."""
     for gamma in (0.0, 2.5, 6.94, 16.97):
         for t in (1.0, 37.0, 1000.0):
+
             def f(tau, t=t, gamma=gamma):
                 return float(profile(np.array(tau), t, gamma))
 
@@ -126,15 +127,22 @@ def test_discrete_profile_does_not_overflow_on_long_runs():
 
 
 # -- inner products ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("ta, ga, tb, gb", [
-    (10.0, 6.94, 10.0, 6.94), (10.0, 6.94, 25.0, 16.97), (300.0, 0.0, 120.0, 3.3), (1e5, 16.97, 7e4, 6.94),
-])
+@pytest.mark.parametrize(
+    "ta, ga, tb, gb",
+    [
+        (10.0, 6.94, 10.0, 6.94),
+        (10.0, 6.94, 25.0, 16.97),
+        (300.0, 0.0, 120.0, 3.3),
+        (1e5, 16.97, 7e4, 6.94),
+    ],
+)
 def test_inner_products_match_numeric_integration(ta, ga, tb, gb):
     """Closed form vs scipy quad of p_a * p_b over [0, min(ta, tb)] (both smooth there; quad reaches ~1e-13
     relative, the bound 1e-9 leaves room for the large exponents)."""
     m = min(ta, tb)
-    num = integrate.quad(lambda s: float(profile(np.array(s), ta, ga) * profile(np.array(s), tb, gb)), 0, m,
-                         limit=200)[0]
+    num = integrate.quad(lambda s: float(profile(np.array(s), ta, ga) * profile(np.array(s), tb, gb)), 0, m, limit=200)[
+        0
+    ]
     assert profile_inner_product(ta, ga, tb, gb) == pytest.approx(num, rel=1e-9)
     assert profile_inner_product(ta, ga, tb, gb) == pytest.approx(profile_inner_product(tb, gb, ta, ga), rel=1e-14)
     gram = profile_gram([(ta, ga), (tb, gb)])
@@ -239,14 +247,28 @@ def _trainer(tmp_path: Path, steps: int, run: str, every: int, lr: float = 1e-3)
     torch.manual_seed(123)
     kwargs = dict(input_size=8, in_channels=1, num_classes=3, depth=1, hidden_size=32)  # 31k parameters: fast
     model = build_model("TiT-Tiny/2", **kwargs)
-    meta = {"architecture": "TiT-Tiny/2", "model_kwargs": kwargs, "transport": "Linear", "num_classes": 3,
-            "latent_shape": [1, 8, 8], "normalizer": {"mean": None, "std": None, "multiplier": 1.0},
-            "autoencoder": "identity", "info": {"spec": {"note": "test"}}}
+    meta = {
+        "architecture": "TiT-Tiny/2",
+        "model_kwargs": kwargs,
+        "transport": "Linear",
+        "num_classes": 3,
+        "latent_shape": [1, 8, 8],
+        "normalizer": {"mean": None, "std": None, "multiplier": 1.0},
+        "autoencoder": "identity",
+        "info": {"spec": {"note": "test"}},
+    }
     posthoc = PosthocEMA(model, [0.05, 0.10], every, tmp_path / run / "posthoc_ema", meta=meta)
     cfg = UCGMConfig(enhanced_ratio=0.5, enhanced_style="ft-vs-fe", num_classes=3)
     settings = TrainSettings(steps=steps, batch_size=8, lr=lr, ema_decay=0.9, log_every=2, checkpoint_every=3)
-    return Trainer(model, UCGMObjective(cfg), TensorLoader(x, y, 8, seed=5), settings, tmp_path / run / "state.pt",
-                   log=lambda s: None, posthoc_ema=posthoc)
+    return Trainer(
+        model,
+        UCGMObjective(cfg),
+        TensorLoader(x, y, 8, seed=5),
+        settings,
+        tmp_path / run / "state.pt",
+        log=lambda s: None,
+        posthoc_ema=posthoc,
+    )
 
 
 def _snapshot_files(folder: Path) -> dict:
@@ -302,9 +324,11 @@ def test_trained_model_reconstruction_and_checkpoint(tmp_path):
     trainer = _trainer(tmp_path, T, "run", every=1, lr=1e-2)
     direct = PowerEMA(trainer.model, sigma_rel=0.075)
     trainer.run(on_step=lambda tr: direct.update(tr.model))
-    snaps = [Snapshot(step, p["gamma"], p["ema"])
-             for path, step, _ in list_snapshots(tmp_path / "run")
-             for p in [torch.load(path, weights_only=True)][0]["profiles"]]
+    snaps = [
+        Snapshot(step, p["gamma"], p["ema"])
+        for path, step, _ in list_snapshots(tmp_path / "run")
+        for p in [torch.load(path, weights_only=True)][0]["profiles"]
+    ]
     x, _ = solve_weights([(s.step, s.gamma) for s in snaps], T, sigma_rel_to_gamma(0.075), "discrete")
     rec = reconstruct(snaps, 0.075, profiles="discrete")
     tracked_010 = trainer.posthoc_ema.trackers[1].module.state_dict()
@@ -344,13 +368,40 @@ def test_train_script_keeps_snapshots_and_the_tool_writes_a_checkpoint(tmp_path)
     from ucgm_core.checkpoint import build_network, load_checkpoint
 
     latents = make_latent_dir(tmp_path)
-    spec = {"architecture": "TiT-Tiny/2", "architecture_overrides": {"depth": 1, "hidden_size": 32},
-            "data": {"dataset": "toy"}, "objective": {"transport": "Linear", "enhanced_ratio": 0.0},
-            "train": {"steps": 5, "batch_size": 8, "lr": 0.01, "ema_decay": 0.9, "log_every": 1,
-                      "checkpoint_every": 2, "posthoc_ema": {"sigma_rels": [0.05, 0.10], "snapshot_every": 2}}}
-    run = subprocess.run([sys.executable, TRAIN, "--latents", str(latents), "--spec", json.dumps(spec),
-                          "--out-dir", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"),
-                          "--threads", "1"], capture_output=True, text=True, env=clean_env())
+    spec = {
+        "architecture": "TiT-Tiny/2",
+        "architecture_overrides": {"depth": 1, "hidden_size": 32},
+        "data": {"dataset": "toy"},
+        "objective": {"transport": "Linear", "enhanced_ratio": 0.0},
+        "train": {
+            "steps": 5,
+            "batch_size": 8,
+            "lr": 0.01,
+            "ema_decay": 0.9,
+            "log_every": 1,
+            "checkpoint_every": 2,
+            "posthoc_ema": {"sigma_rels": [0.05, 0.10], "snapshot_every": 2},
+        },
+    }
+    run = subprocess.run(
+        [
+            sys.executable,
+            TRAIN,
+            "--latents",
+            str(latents),
+            "--spec",
+            json.dumps(spec),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "post-hoc EMA: sigma_rel [0.05, 0.1], snapshots every 2 steps" in run.stdout
     (run_dir,) = (tmp_path / "state").iterdir()
@@ -362,9 +413,20 @@ def test_train_script_keeps_snapshots_and_the_tool_writes_a_checkpoint(tmp_path)
     final = tmp_path / "out" / "checkpoint.pt"
     for sigma_rel in (0.10, 0.07):
         out = tmp_path / f"ema-{sigma_rel}.pt"
-        tool = subprocess.run([sys.executable, str(Path(TRAIN).with_name("posthoc_ema.py")), str(final),
-                               "--sigma-rel", str(sigma_rel), "--out", str(out)],
-                              capture_output=True, text=True, env=clean_env())
+        tool = subprocess.run(
+            [
+                sys.executable,
+                str(Path(TRAIN).with_name("posthoc_ema.py")),
+                str(final),
+                "--sigma-rel",
+                str(sigma_rel),
+                "--out",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+        )
         assert tool.returncode == 0, tool.stdout + tool.stderr
         ckpt = load_checkpoint(out)
         assert ckpt["step"] == 5 and ckpt["architecture"] == "TiT-Tiny/2"

@@ -30,11 +30,25 @@ ROOT = Path(__file__).resolve().parents[2]
 TRAIN = str(ROOT / "workflow" / "scripts" / "train.py")
 SAMPLE = str(ROOT / "workflow" / "scripts" / "sample.py")
 S, C, K, STEPS = 8, 1, 3, 10
-SPEC = {"architecture": "UNet-S", "data": {"dataset": "toy"},
-        "objective": {"transport": "Linear", "enhanced_ratio": 0.47, "enhanced_style": "ft-vs-fe",
-                      "label_drop_ratio": 0.25},
-        "train": {"steps": STEPS, "batch_size": 8, "lr": 0.001, "ema_decay": 0.9, "log_every": 1,
-                  "checkpoint_every": 2, "grid_every": 0}}
+SPEC = {
+    "architecture": "UNet-S",
+    "data": {"dataset": "toy"},
+    "objective": {
+        "transport": "Linear",
+        "enhanced_ratio": 0.47,
+        "enhanced_style": "ft-vs-fe",
+        "label_drop_ratio": 0.25,
+    },
+    "train": {
+        "steps": STEPS,
+        "batch_size": 8,
+        "lr": 0.001,
+        "ema_decay": 0.9,
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "grid_every": 0,
+    },
+}
 SAMPLER = json.dumps({"method": "ucgm", "options": {"extrapolation": 0.5}, "weights": "ema"})
 # The kill step is drawn from this seed: fixed by default so a failure reproduces; set UCGM_TEST_SEED to
 # explore other steps (every message names the seed and the step).
@@ -42,8 +56,11 @@ SEED = int(os.environ.get("UCGM_TEST_SEED", "20261203"))
 
 
 def clean_env() -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))
+    }
     env["OMP_NUM_THREADS"] = "1"
     return env
 
@@ -53,8 +70,20 @@ def make_latent_dir(root: Path) -> Path:
 
 
 def train_cmd(latents: Path, out: Path, state: Path) -> list:
-    return [sys.executable, TRAIN, "--latents", str(latents), "--spec", json.dumps(SPEC), "--out-dir", str(out),
-            "--state-dir", str(state), "--threads", "1"]
+    return [
+        sys.executable,
+        TRAIN,
+        "--latents",
+        str(latents),
+        "--spec",
+        json.dumps(SPEC),
+        "--out-dir",
+        str(out),
+        "--state-dir",
+        str(state),
+        "--threads",
+        "1",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +91,7 @@ def straight(tmp_path_factory):
     """The latents and an uninterrupted training run."""
     root = tmp_path_factory.mktemp("pre")
     latents = make_latent_dir(root)
-    run = subprocess.run(train_cmd(latents, root / "a", root / "sa"), capture_output=True, text=True,
-                         env=clean_env())
+    run = subprocess.run(train_cmd(latents, root / "a", root / "sa"), capture_output=True, text=True, env=clean_env())
     assert run.returncode == 0, run.stdout + run.stderr
     return latents, root / "a" / "checkpoint.pt"
 
@@ -125,9 +153,31 @@ def test_killed_training_resumes_bitwise(straight, tmp_path, sig):
 
 
 def sample_cmd(ckpt: Path, out: Path, num: int = 64, steps: int = 4, seed: int = 0, *extra: str) -> list:
-    return [sys.executable, SAMPLE, "--checkpoint", str(ckpt), "--spec", SAMPLER, "--steps", str(steps),
-            "--shard", "0", "--samples-per-shard", str(num), "--num-samples", str(num), "--seed", str(seed),
-            "--batch-size", "16", "--threads", "1", "--out", str(out), *extra]
+    return [
+        sys.executable,
+        SAMPLE,
+        "--checkpoint",
+        str(ckpt),
+        "--spec",
+        SAMPLER,
+        "--steps",
+        str(steps),
+        "--shard",
+        "0",
+        "--samples-per-shard",
+        str(num),
+        "--num-samples",
+        str(num),
+        "--seed",
+        str(seed),
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def images(path: Path) -> np.ndarray:
@@ -145,8 +195,9 @@ def test_killed_sampling_leaves_nothing_and_reruns_identically(straight, tmp_pat
     # the output name. The event is the job's own progress line after its first batch: the job is then
     # inside generation with three batches to go, and writes nothing before the last one.
     for sig, expected in ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, PREEMPTED_EXIT_CODE)):
-        proc = subprocess.Popen(sample_cmd(ckpt, out, 64, 200), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=clean_env())
+        proc = subprocess.Popen(
+            sample_cmd(ckpt, out, 64, 200), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env()
+        )
         seen = []
         for line in proc.stdout:  # type: ignore[union-attr]
             seen.append(line)
@@ -162,20 +213,24 @@ def test_killed_sampling_leaves_nothing_and_reruns_identically(straight, tmp_pat
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"PK\x03\x04partial")
 
-    rerun = subprocess.run(sample_cmd(ckpt, out, 64, 4, 0, "--skip-existing"), capture_output=True, text=True,
-                           env=clean_env())
+    rerun = subprocess.run(
+        sample_cmd(ckpt, out, 64, 4, 0, "--skip-existing"), capture_output=True, text=True, env=clean_env()
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert np.array_equal(images(ref), images(out)) and not stale.exists()
 
     # complete and matching: kept; another seed: recomputed; a truncated file: recomputed
     mtime = out.stat().st_mtime_ns
-    kept = subprocess.run(sample_cmd(ckpt, out, 64, 4, 0, "--skip-existing"), capture_output=True, text=True,
-                          env=clean_env())
+    kept = subprocess.run(
+        sample_cmd(ckpt, out, 64, 4, 0, "--skip-existing"), capture_output=True, text=True, env=clean_env()
+    )
     assert "skipped (--skip-existing)" in kept.stdout and out.stat().st_mtime_ns == mtime
-    other = subprocess.run(sample_cmd(ckpt, out, 64, 4, 1, "--skip-existing"), capture_output=True, text=True,
-                           env=clean_env())
+    other = subprocess.run(
+        sample_cmd(ckpt, out, 64, 4, 1, "--skip-existing"), capture_output=True, text=True, env=clean_env()
+    )
     assert "recomputing" in other.stdout and not np.array_equal(images(ref), images(out))
     out.write_bytes(ref.read_bytes()[: ref.stat().st_size // 2])
-    fixed = subprocess.run(sample_cmd(ckpt, out, 64, 4, 0, "--skip-existing"), capture_output=True, text=True,
-                           env=clean_env())
+    fixed = subprocess.run(
+        sample_cmd(ckpt, out, 64, 4, 0, "--skip-existing"), capture_output=True, text=True, env=clean_env()
+    )
     assert "recomputing" in fixed.stdout and np.array_equal(images(ref), images(out))

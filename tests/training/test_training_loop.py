@@ -41,8 +41,9 @@ def make(tmp_path, steps, name="state.pt"):
     model = build_model("TiT-Tiny/2", input_size=8, in_channels=1, num_classes=3)
     cfg = UCGMConfig(enhanced_ratio=0.5, enhanced_style="ft-vs-fe", num_classes=3)
     settings = TrainSettings(steps=steps, batch_size=8, lr=1e-3, ema_decay=0.9, log_every=2, checkpoint_every=3)
-    return Trainer(model, UCGMObjective(cfg), TensorLoader(x, y, 8, seed=5), settings, tmp_path / name,
-                   log=lambda s: None)
+    return Trainer(
+        model, UCGMObjective(cfg), TensorLoader(x, y, 8, seed=5), settings, tmp_path / name, log=lambda s: None
+    )
 
 
 def test_resume_is_exact(tmp_path):

@@ -29,6 +29,7 @@ LR, BETAS, EPS = 2e-4, (0.9, 0.95), 1e-8
 
 # -- (b) the original's AdamW ------------------------------------------------------------------------
 
+
 def official_adamw_by_hand(p0, grads, lr, betas, eps, wd):
     """Float64 replay of the original's AdamW over ``grads`` (one per step), in the effective-eps form:
     p_k = p_{k-1} - lr * (m_hat / (sqrt(v_hat) + eps / sqrt(1 - b2^k)) + wd * p_{k-1} * sqrt(1 - b2^k) / (1 - b1^k))."""
@@ -39,7 +40,7 @@ def official_adamw_by_hand(p0, grads, lr, betas, eps, wd):
         g = g.double()
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
-        bc1, bc2 = 1 - b1 ** k, 1 - b2 ** k
+        bc1, bc2 = 1 - b1**k, 1 - b2**k
         m_hat, v_hat = m / bc1, v / bc2
         p = p - lr * (m_hat / (v_hat.sqrt() + eps / math.sqrt(bc2)) + wd * p * math.sqrt(bc2) / bc1)
         out.append(p.clone())
@@ -55,7 +56,7 @@ def torch_adamw_by_hand(p0, grads, lr, betas, eps, wd):
         g = g.double()
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
-        p = p * (1 - lr * wd) - lr * (m / (1 - b1 ** k)) / ((v / (1 - b2 ** k)).sqrt() + eps)
+        p = p * (1 - lr * wd) - lr * (m / (1 - b1**k)) / ((v / (1 - b2**k)).sqrt() + eps)
         out.append(p.clone())
     return out
 
@@ -200,6 +201,7 @@ def test_optimizer_names():
 
 # -- (c) the evaluation EMA ---------------------------------------------------------------------------
 
+
 def params_of(module):
     return [p.detach().clone() for p in module.parameters()]
 
@@ -234,6 +236,7 @@ def test_ema_init_is_checked():
 
 # -- (a) the teacher -----------------------------------------------------------------------------------
 
+
 def tiny_model(seed=123):
     torch.manual_seed(seed)
     return build_model("TiT-Tiny/2", input_size=8, in_channels=1, num_classes=3)
@@ -258,8 +261,7 @@ def test_teacher_kept_when_only_lambda_is_on(lam, delta):
     """zeta = 0, lambda != 0: the original still keeps its teacher (EMA warm-up, frozen copy or online)."""
     model = tiny_model()
     w0 = params_of(model)
-    objective = UCGMObjective(UCGMConfig(consistency_ratio=lam, enhanced_ratio=0.0, teacher_decay=delta,
-                                         num_classes=3))
+    objective = UCGMObjective(UCGMConfig(consistency_ratio=lam, enhanced_ratio=0.0, teacher_decay=delta, num_classes=3))
     x, y = batch()
     objective(model, x, y)
     teacher = objective.teacher
@@ -282,8 +284,7 @@ def test_teacher_kept_when_only_lambda_is_on(lam, delta):
 
 def test_no_teacher_without_lambda_and_zeta():
     model = tiny_model()
-    objective = UCGMObjective(UCGMConfig(consistency_ratio=0.0, enhanced_ratio=0.0, teacher_decay=0.999,
-                                         num_classes=3))
+    objective = UCGMObjective(UCGMConfig(consistency_ratio=0.0, enhanced_ratio=0.0, teacher_decay=0.999, num_classes=3))
     x, y = batch()
     objective(model, x, y)
     objective(model, x, y)
@@ -291,6 +292,7 @@ def test_no_teacher_without_lambda_and_zeta():
 
 
 # -- all three through the trainer: two steps replayed by hand -----------------------------------------
+
 
 class SameBatch:
     def __init__(self, x, y):
@@ -308,8 +310,9 @@ class SameBatch:
 
 CONFIGS = {
     "multistep": dict(consistency_ratio=0.0, enhanced_ratio=0.5, enhanced_style="ft-vs-fe", teacher_decay=0.999),
-    "consistency_only": dict(consistency_ratio=1.0, enhanced_ratio=0.0, teacher_decay=0.999, huber_c=0.1,
-                             cosine_loss=False),
+    "consistency_only": dict(
+        consistency_ratio=1.0, enhanced_ratio=0.0, teacher_decay=0.999, huber_c=0.1, cosine_loss=False
+    ),
 }
 
 
@@ -337,8 +340,11 @@ def replay_two_steps(replay, cfg, x, y, lr, betas, d, seed):
         return net
 
     for k in range(2):
-        teacher = {n: v.clone() for n, v in w.items()} if teacher is None else \
-            {n: cmd * teacher[n] + (1 - cmd) * w[n] for n in names}
+        teacher = (
+            {n: v.clone() for n, v in w.items()}
+            if teacher is None
+            else {n: cmd * teacher[n] + (1 - cmd) * w[n] for n in names}
+        )
         cmd = cmd + 0.5 * (1 - cmd) * (0.999 - cmd)
         net = network(w)
         obj = UCGMObjective(UCGMConfig(**{**cfg, "teacher_decay": 1.0}))
@@ -359,13 +365,28 @@ def replay_two_steps(replay, cfg, x, y, lr, betas, d, seed):
 
 
 def run_trainer(tmp_path, cfg, x, y, **train):
-    settings = TrainSettings(**{**dict(steps=2, batch_size=x.shape[0], optimizer="AdamW", lr=1e-3, betas=(0.9, 0.95),
-                                       ema_decay=0.9, seeding="step", seed=3, log_every=1, checkpoint_every=10),
-                                **train})
+    settings = TrainSettings(
+        **{
+            **dict(
+                steps=2,
+                batch_size=x.shape[0],
+                optimizer="AdamW",
+                lr=1e-3,
+                betas=(0.9, 0.95),
+                ema_decay=0.9,
+                seeding="step",
+                seed=3,
+                log_every=1,
+                checkpoint_every=10,
+            ),
+            **train,
+        }
+    )
     model = tiny_model()
     replay = copy.deepcopy(model)
-    trainer = Trainer(model, UCGMObjective(UCGMConfig(**cfg)), SameBatch(x, y), settings, tmp_path / "s.pt",
-                      log=lambda s: None)
+    trainer = Trainer(
+        model, UCGMObjective(UCGMConfig(**cfg)), SameBatch(x, y), settings, tmp_path / "s.pt", log=lambda s: None
+    )
     trainer.run()
     return trainer, replay, settings
 
@@ -375,10 +396,18 @@ def max_gaps(trainer, expected):
     w, ema, teacher, _ = expected
     mods = {"weights": trainer.model, "ema": trainer.ema.module, "teacher": trainer.objective.teacher.module}
     refs = {"weights": w, "ema": ema, "teacher": teacher}
-    return {key: (None if mods[key] is None else
-                  max((p.detach().double() - refs[key][n]).abs().max().item()
-                      for n, p in mods[key].named_parameters() if n in refs[key]))
-            for key in mods}
+    return {
+        key: (
+            None
+            if mods[key] is None
+            else max(
+                (p.detach().double() - refs[key][n]).abs().max().item()
+                for n, p in mods[key].named_parameters()
+                if n in refs[key]
+            )
+        )
+        for key in mods
+    }
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -47,8 +47,18 @@ def _no_markers(*folders: Path) -> None:
 
 def _snakemake(workdir: Path, config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
-    cmd = [os.path.join(BIN, "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(config), "--cores", "1", *args]
+    cmd = [
+        os.path.join(BIN, "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config),
+        "--cores",
+        "1",
+        *args,
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=workdir)
     if check and run.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
@@ -67,8 +77,7 @@ def _hostile_config(tmp: Path) -> Path:
     cfg["extractor"] = {"kind": "inception", "weights": str(d / "inception.pth")}
     cfg["evaluation"]["reference_batch"] = {"source": str(d / "ref.npz")}
     cfg["models"]["released"] = {"architecture": "UNet-S", "pretrained": {"source": str(d / "weights.pt")}}
-    cfg["samplers"]["ucgm"].update(label=HOSTILE, compile=HOSTILE,
-                                   paper=[{"steps": 2, "fid": 1.0, "source": HOSTILE}])
+    cfg["samplers"]["ucgm"].update(label=HOSTILE, compile=HOSTILE, paper=[{"steps": 2, "fid": 1.0, "source": HOSTILE}])
     cfg["samplers"]["released"] = {"model": "released", "method": "euler", "steps": [2], "label": HOSTILE + " r"}
     cfg["tables"] = {"hostile": ["ucgm", "released"]}
     path = tmp / "hostile.yaml"
@@ -80,8 +89,10 @@ def _stub_bin(tmp: Path, record: Path) -> Path:
     """A folder with ``python`` and ``torchrun`` that only append their arguments (JSON) to ``record``."""
     stub = tmp / "stub-bin"
     stub.mkdir()
-    body = (f"#!{sys.executable}\nimport json, sys\n"
-            f"with open({str(record)!r}, 'a') as f:\n    f.write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    body = (
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"with open({str(record)!r}, 'a') as f:\n    f.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
     for name in ("python", "torchrun"):
         (stub / name).write_text(body)
         (stub / name).chmod(0o755)
@@ -90,8 +101,11 @@ def _stub_bin(tmp: Path, record: Path) -> Path:
 
 def _shell_commands(run: subprocess.CompletedProcess) -> List[str]:
     """Every job's shell command of a dry run with -p (rules with `script:` print None: no shell)."""
-    found = [line.split("Shell command: ", 1)[1] for line in (run.stdout + run.stderr).splitlines()
-             if line.startswith("Shell command: ")]
+    found = [
+        line.split("Shell command: ", 1)[1]
+        for line in (run.stdout + run.stderr).splitlines()
+        if line.startswith("Shell command: ")
+    ]
     return [c for c in found if c != "None"]
 
 
@@ -119,8 +133,16 @@ def test_config_text_never_becomes_shell_syntax(tmp_path):
     by_script: Dict[str, List[List[str]]] = {}
     for argv in calls:
         by_script.setdefault(Path(argv[0]).name if argv[0] != "-m" else argv[1], []).append(argv)
-    assert {"sample.py", "evaluate.py", "report.py", "pretrained.py", "extractor.py", "train.py",
-            "shards.py", "latents.py"} <= set(by_script), sorted(by_script)
+    assert {
+        "sample.py",
+        "evaluate.py",
+        "report.py",
+        "pretrained.py",
+        "extractor.py",
+        "train.py",
+        "shards.py",
+        "latents.py",
+    } <= set(by_script), sorted(by_script)
     # every value reaches its script verbatim
     rows_grid = [a for a in by_script["report.py"] if a[1] == "rows-grid"]
     labels = json.loads(_value_after(rows_grid[0], "--labels-json"))
@@ -140,15 +162,31 @@ def test_config_text_never_becomes_shell_syntax(tmp_path):
 def _fake_shard(path: Path, n: int = 8) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     images = np.random.default_rng(0).integers(0, 256, (n, 1, 28, 28), dtype=np.uint8)
-    np.savez(path, images=images, labels=np.arange(n) % 10, indices=np.arange(n), seeds=np.arange(n),
-             meta=np.asarray(json.dumps({"method": "ucgm", "steps": 2})))
+    np.savez(
+        path,
+        images=images,
+        labels=np.arange(n) % 10,
+        indices=np.arange(n),
+        seeds=np.arange(n),
+        meta=np.asarray(json.dumps({"method": "ucgm", "steps": 2})),
+    )
 
 
 def _fake_evaluation(path: Path, sampler: str, steps: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"fid": 10.0 + steps, "num_samples": 120,
-                                "context": {"sampler": sampler, "model": "multistep",
-                                            "samples": {"steps": steps, "nfe": steps, "method": "ucgm"}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "fid": 10.0 + steps,
+                "num_samples": 120,
+                "context": {
+                    "sampler": sampler,
+                    "model": "multistep",
+                    "samples": {"steps": steps, "nfe": steps, "method": "ucgm"},
+                },
+            }
+        )
+    )
 
 
 def test_report_rules_keep_a_hostile_label_verbatim(tmp_path):
@@ -178,30 +216,64 @@ def test_report_rules_keep_a_hostile_label_verbatim(tmp_path):
 
 
 def _shard(path: Path, first: int, count: int, **meta_changes) -> str:
-    meta = {"checkpoint": "/x/checkpoint.pt", "checkpoint_sha256": "a" * 64, "method": "ucgm", "steps": 4,
-            "options": {"extrapolation": 0.5}, "guidance": {"scale": 0.0, "interval": [0.0, 1.0]}, "weights": "ema",
-            "quantize": "round", "seed": 0, "num_samples": 8, "samples_per_shard": 4, "precision": "fp32",
-            "seed_scheme": "noise per_image_seed(seed, i), label i mod num_classes", "num_classes": 10,
-            "shard": first // 4, "first_index": first, "count": count, "seconds": 1.0}
+    meta = {
+        "checkpoint": "/x/checkpoint.pt",
+        "checkpoint_sha256": "a" * 64,
+        "method": "ucgm",
+        "steps": 4,
+        "options": {"extrapolation": 0.5},
+        "guidance": {"scale": 0.0, "interval": [0.0, 1.0]},
+        "weights": "ema",
+        "quantize": "round",
+        "seed": 0,
+        "num_samples": 8,
+        "samples_per_shard": 4,
+        "precision": "fp32",
+        "seed_scheme": "noise per_image_seed(seed, i), label i mod num_classes",
+        "num_classes": 10,
+        "shard": first // 4,
+        "first_index": first,
+        "count": count,
+        "seconds": 1.0,
+    }
     meta.update(meta_changes)
     idx = np.arange(first, first + count)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, images=np.zeros((count, 1, 4, 4), np.uint8), labels=idx % 10, indices=idx, seeds=idx,
-             meta=np.asarray(json.dumps(meta)))
+    np.savez(
+        path,
+        images=np.zeros((count, 1, 4, 4), np.uint8),
+        labels=idx % 10,
+        indices=idx,
+        seeds=idx,
+        meta=np.asarray(json.dumps(meta)),
+    )
     return str(path)
 
 
-EXPECT = {"method": "ucgm", "steps": 4, "options": {"extrapolation": 0.5}, "seed": 0, "num_samples": 8,
-          "samples_per_shard": 4, "quantize": "round", "weights": "ema", "precision": "fp32",
-          "guidance": {"scale": 0.0, "interval": [0.0, 1.0]}}
+EXPECT = {
+    "method": "ucgm",
+    "steps": 4,
+    "options": {"extrapolation": 0.5},
+    "seed": 0,
+    "num_samples": 8,
+    "samples_per_shard": 4,
+    "quantize": "round",
+    "weights": "ema",
+    "precision": "fp32",
+    "guidance": {"scale": 0.0, "interval": [0.0, 1.0]},
+}
 
 
 def test_shards_of_another_checkpoint_or_sampler_are_refused_naming_both(tmp_path):
     from ucgm_core.metrics.sample_shards import open_sample_shards
 
     a = _shard(tmp_path / "shard-0000.npz", 0, 4)
-    for key, value in (("checkpoint_sha256", "b" * 64), ("method", "euler"), ("options", {"extrapolation": 0.3}),
-                       ("seed_scheme", "another scheme")):
+    for key, value in (
+        ("checkpoint_sha256", "b" * 64),
+        ("method", "euler"),
+        ("options", {"extrapolation": 0.3}),
+        ("seed_scheme", "another scheme"),
+    ):
         b = _shard(tmp_path / key / "shard-0001.npz", 4, 4, **{key: value})
         with pytest.raises(ValueError) as e:
             open_sample_shards([a, b], EXPECT)
@@ -233,10 +305,27 @@ def test_evaluate_script_refuses_a_mixed_set_before_any_work(tmp_path):
         sys.path.remove(str(SCRIPTS))
     a = _shard(tmp_path / "shard-0000.npz", 0, 4, weights="online")  # consistent, but not what the config says
     b = _shard(tmp_path / "shard-0001.npz", 4, 4, weights="online")
-    args = ["samples", "--shards", a, b, "--images", str(tmp_path / "nowhere"), "--weights", str(tmp_path / "none.pt"),
-            "--cache-dir", str(tmp_path / "cache"), "--expect", json.dumps(EXPECT), "--out", str(tmp_path / "e.json")]
-    with pytest.raises(ValueError, match=r"shard-0000\.npz was not made with the sampler's settings in the config "
-                                         r"\(--expect\): weights is 'online', expected 'ema'"):
+    args = [
+        "samples",
+        "--shards",
+        a,
+        b,
+        "--images",
+        str(tmp_path / "nowhere"),
+        "--weights",
+        str(tmp_path / "none.pt"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--expect",
+        json.dumps(EXPECT),
+        "--out",
+        str(tmp_path / "e.json"),
+    ]
+    with pytest.raises(
+        ValueError,
+        match=r"shard-0000\.npz was not made with the sampler's settings in the config "
+        r"\(--expect\): weights is 'online', expected 'ema'",
+    ):
         evaluate_script.main(args)
     assert not (tmp_path / "e.json").exists() and not (tmp_path / "cache").exists()
 
@@ -261,18 +350,38 @@ def test_generate_images_refuses_non_finite_samples():
     from ucgm_core.sampling.generate import NonFiniteSamplesError, generate_images
 
     with pytest.raises(NonFiniteSamplesError) as e:
-        generate_images(_NaNNet(), range(6), seed=0, method="euler", steps=3, transport="Linear",
-                        latent_shape=[1, 4, 4], num_classes=10, normalizer=LatentNormalizer(None, None, 1.0),
-                        decode=lambda z: (z + 1) / 2, batch_size=6)
+        generate_images(
+            _NaNNet(),
+            range(6),
+            seed=0,
+            method="euler",
+            steps=3,
+            transport="Linear",
+            latent_shape=[1, 4, 4],
+            num_classes=10,
+            normalizer=LatentNormalizer(None, None, 1.0),
+            decode=lambda z: (z + 1) / 2,
+            batch_size=6,
+        )
     msg = str(e.value)
     assert "sampler 'euler' at 3 steps gave 3 of 6 images with NaN or infinite values" in msg, msg
     assert "before decoding" in msg and "images 1, 3, 5" in msg, msg
     assert (e.value.bad, e.value.total, e.value.indices) == (3, 6, [1, 3, 5])
     # a decoder that makes infinities out of finite latents is caught after decoding
     with pytest.raises(NonFiniteSamplesError, match=r"gave 4 of 4 images with NaN or infinite values after decoding"):
-        generate_images(_FiniteNet(), range(4), seed=0, method="euler", steps=2,
-                        transport="Linear", latent_shape=[1, 4, 4], num_classes=10,
-                        normalizer=LatentNormalizer(None, None, 1.0), decode=lambda z: z / 0.0, batch_size=4)
+        generate_images(
+            _FiniteNet(),
+            range(4),
+            seed=0,
+            method="euler",
+            steps=2,
+            transport="Linear",
+            latent_shape=[1, 4, 4],
+            num_classes=10,
+            normalizer=LatentNormalizer(None, None, 1.0),
+            decode=lambda z: z / 0.0,
+            batch_size=4,
+        )
 
 
 class _FiniteNet(torch.nn.Module):
@@ -304,9 +413,28 @@ def test_sample_script_writes_no_shard_of_nan_images(tmp_path, monkeypatch):
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         with pytest.raises(SystemExit) as e:
-            sample_script.main(["--checkpoint", str(checkpoint), "--spec", '{"method": "euler"}', "--steps", "3",
-                                "--shard", "1", "--samples-per-shard", "4", "--num-samples", "8",
-                                "--batch-size", "4", "--device", "cpu", "--out", str(out)])
+            sample_script.main(
+                [
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--spec",
+                    '{"method": "euler"}',
+                    "--steps",
+                    "3",
+                    "--shard",
+                    "1",
+                    "--samples-per-shard",
+                    "4",
+                    "--num-samples",
+                    "8",
+                    "--batch-size",
+                    "4",
+                    "--device",
+                    "cpu",
+                    "--out",
+                    str(out),
+                ]
+            )
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)

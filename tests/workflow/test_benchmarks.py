@@ -25,8 +25,12 @@ def _module():
 
 def test_gpu_benchmark_smoke(tmp_path):
     out = tmp_path / "out.json"
-    run = subprocess.run([sys.executable, str(GPU), "--smoke", "--device", "cpu", "--json", str(out)],
-                         capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [sys.executable, str(GPU), "--smoke", "--device", "cpu", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result) == {"meta", "train", "sample", "vae", "estimate"}

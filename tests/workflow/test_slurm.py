@@ -36,8 +36,18 @@ PLAN = ROOT / "tests" / "slurm" / "sbatch_plan.py"
 BIN = os.path.dirname(sys.executable)
 
 # Rules that must run on the submitting machine (workflow/rules/cluster.smk), plus `all` (no shell).
-LOCAL_RULES = {"download", "fetch", "extractor_inception", "snapshot", "table", "table_figure", "table_samples",
-               "sampler_figure", "sample_grid", "all"}
+LOCAL_RULES = {
+    "download",
+    "fetch",
+    "extractor_inception",
+    "snapshot",
+    "table",
+    "table_figure",
+    "table_samples",
+    "sampler_figure",
+    "sample_grid",
+    "all",
+}
 GPU_RULES = {"latents", "extractor_classifier", "reference", "train", "tune", "sample", "evaluate"}
 CPU_RULES = {"shards", "pretrained"}
 # train / tune take their GPU count and time limit from the config (train.gpus, train.hours; the rules'
@@ -71,12 +81,27 @@ def sbatch_plan(tmp: Path, config: Path, *profiles: Path) -> list[dict]:
     out = tmp / "plan.jsonl"
     work = tmp / "work"
     work.mkdir(exist_ok=True)
-    args = ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(work), "--configfile", str(config),
-            "--cores", "64", "--dry-run"]
+    args = [
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(config),
+        "--cores",
+        "64",
+        "--dry-run",
+    ]
     for p in profiles:
         args += ["--profile", str(p)]
-    run = subprocess.run([sys.executable, str(PLAN), str(out), "--", *args], capture_output=True, text=True,
-                         env=env(), cwd=tmp, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(PLAN), str(out), "--", *args],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=tmp,
+        timeout=300,
+    )
     assert run.returncode == 0, f"dry run failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert records, "the dry run scheduled no jobs"
@@ -140,8 +165,21 @@ def test_profile_settings_and_rule_names():
     local = load_profiles(SLURM, SLURM_LOCAL)
     assert local["slurm-init-seconds-before-status-checks"] == 2
     # Every rule named in the profiles exists (Snakemake ignores unknown names silently).
-    run = subprocess.run([os.path.join(BIN, "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--list-rules",
-                          "--configfile", str(SMOKE)], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=120)
+    run = subprocess.run(
+        [
+            os.path.join(BIN, "snakemake"),
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--list-rules",
+            "--configfile",
+            str(SMOKE),
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=ROOT,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     rules = set(run.stdout.split())
     for p in (prof, local):
@@ -176,15 +214,27 @@ def _slurm_cluster() -> tuple[bool, str]:
     if conf.returncode != 0:
         return False, f"no SLURM cluster answers (scontrol: {conf.stderr.strip()[:200]}); {how}"
     if not re.search(r"^ClusterName\s*=\s*ucgm-test\s*$", conf.stdout, re.M):
-        return False, ("a SLURM cluster answers, but not the test cluster of tests/slurm/start_cluster.sh; "
-                       "set UCGM_SLURM_TEST=1 to submit the smoke jobs (GPU type 'fake') to it anyway")
+        return False, (
+            "a SLURM cluster answers, but not the test cluster of tests/slurm/start_cluster.sh; "
+            "set UCGM_SLURM_TEST=1 to submit the smoke jobs (GPU type 'fake') to it anyway"
+        )
     return True, ""
 
 
 def _run_snakemake(workdir: Path, args: list[str], timeout: float) -> tuple[str, float]:
     """Run Snakemake; on timeout stop it with SIGINT (it ignores SIGTERM while jobs run), then fail."""
-    cmd = [os.path.join(BIN, "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(SMOKE), "--cores", "2", *args]
+    cmd = [
+        os.path.join(BIN, "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(SMOKE),
+        "--cores",
+        "2",
+        *args,
+    ]
     log = workdir.parent / f"{workdir.name}.log"
     start = time.monotonic()
     with open(log, "w") as f:
@@ -228,11 +278,17 @@ def local_and_slurm(tmp_path_factory, request):
     local = request.getfixturevalue("smoke_local")
     slurm = tmp_path_factory.mktemp("slurm-smoke") / "work"
     slurm.mkdir()
-    log, t_slurm = _run_snakemake(slurm, ["--profile", str(SLURM), "--profile", str(SLURM_LOCAL),
-                                          "--slurm-keep-successful-logs"], timeout=1500)
+    log, t_slurm = _run_snakemake(
+        slurm, ["--profile", str(SLURM), "--profile", str(SLURM_LOCAL), "--slurm-keep-successful-logs"], timeout=1500
+    )
     print(f"\nsmoke DAG: local {local.seconds:.0f} s, SLURM {t_slurm:.0f} s")
-    return {"local": local.workdir, "local_log": local.log, "slurm": slurm, "log": log,
-            "times": (local.seconds, t_slurm)}
+    return {
+        "local": local.workdir,
+        "local_log": local.log,
+        "slurm": slurm,
+        "log": log,
+        "times": (local.seconds, t_slurm),
+    }
 
 
 def test_slurm_run_submits_the_cluster_rules(local_and_slurm):

@@ -23,14 +23,26 @@ SMOKE = ROOT / "config" / "smoke.yaml"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 BIN = os.path.dirname(sys.executable)
 
-pytestmark = pytest.mark.skipif(not (FMNIST / "t10k-labels-idx1-ubyte.gz").exists(),
-                                reason="Debian dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+pytestmark = pytest.mark.skipif(
+    not (FMNIST / "t10k-labels-idx1-ubyte.gz").exists(),
+    reason="Debian dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)",
+)
 
 
 def snakemake(workdir: Path, *args: str, config: Path = SMOKE, timeout: int = 1200) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
-    cmd = [os.path.join(BIN, "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(config), "--cores", "2", *args]
+    cmd = [
+        os.path.join(BIN, "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config),
+        "--cores",
+        "2",
+        *args,
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if run.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
@@ -117,8 +129,16 @@ def test_sampler_knob_reruns_only_that_sampler(smoke, tmp_path):
     cfg = edited_config(tmp_path, lambda c: c["samplers"]["ucgm"]["options"].update(extrapolation=0.3))
     run = snakemake(smoke, "-n", config=cfg)
     jobs = planned_jobs(run)
-    assert jobs == {"sample": 4, "evaluate": 2, "sample_grid": 2, "sampler_figure": 1, "table": 1,
-                    "table_figure": 1, "table_samples": 1, "all": 1}, jobs
+    assert jobs == {
+        "sample": 4,
+        "evaluate": 2,
+        "sample_grid": 2,
+        "sampler_figure": 1,
+        "table": 1,
+        "table_figure": 1,
+        "table_samples": 1,
+        "all": 1,
+    }, jobs
     outs = " ".join(planned_outputs(run))
     assert "samples/euler" not in outs and "samples/fewstep" not in outs and "samples/ucgm" in outs
 
@@ -126,15 +146,34 @@ def test_sampler_knob_reruns_only_that_sampler(smoke, tmp_path):
 def test_training_value_reruns_training_and_downstream_only(smoke, tmp_path):
     cfg = edited_config(tmp_path, lambda c: c["models"]["multistep"]["train"].update(lr=0.002))
     jobs = planned_jobs(snakemake(smoke, "-n", config=cfg))
-    assert jobs == {"train": 1, "tune": 1, "sample": 8, "evaluate": 4, "sample_grid": 4, "sampler_figure": 3,
-                    "table": 1, "table_figure": 1, "table_samples": 1, "all": 1}, jobs
+    assert jobs == {
+        "train": 1,
+        "tune": 1,
+        "sample": 8,
+        "evaluate": 4,
+        "sample_grid": 4,
+        "sampler_figure": 3,
+        "table": 1,
+        "table_figure": 1,
+        "table_samples": 1,
+        "all": 1,
+    }, jobs
 
 
 def test_tuning_value_leaves_multistep_alone(smoke, tmp_path):
     cfg = edited_config(tmp_path, lambda c: c["models"]["fewstep"]["objective"].update(enhanced_ratio=1.0))
     jobs = planned_jobs(snakemake(smoke, "-n", config=cfg))
-    assert jobs == {"tune": 1, "sample": 2, "evaluate": 1, "sample_grid": 1, "sampler_figure": 1, "table": 1,
-                    "table_figure": 1, "table_samples": 1, "all": 1}, jobs
+    assert jobs == {
+        "tune": 1,
+        "sample": 2,
+        "evaluate": 1,
+        "sample_grid": 1,
+        "sampler_figure": 1,
+        "table": 1,
+        "table_figure": 1,
+        "table_samples": 1,
+        "all": 1,
+    }, jobs
 
 
 def test_html_report(smoke):
@@ -150,11 +189,34 @@ def test_samples_do_not_depend_on_the_split(smoke, tmp_path):
     n = cfg["evaluation"]["num_samples"]
     spec = json.dumps({"method": s["method"], "options": s["options"], "guidance": {"scale": 0.0}, "weights": "ema"})
     out = tmp_path / "one.npz"
-    subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / "sample.py"),
-                    "--checkpoint", str(smoke / "results" / "models" / "multistep" / "checkpoint.pt"),
-                    "--spec", spec, "--steps", "4", "--shard", "0", "--samples-per-shard", str(n),
-                    "--num-samples", str(n), "--seed", "0", "--batch-size", "17", "--threads", "1", "--out", str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "workflow" / "scripts" / "sample.py"),
+            "--checkpoint",
+            str(smoke / "results" / "models" / "multistep" / "checkpoint.pt"),
+            "--spec",
+            spec,
+            "--steps",
+            "4",
+            "--shard",
+            "0",
+            "--samples-per-shard",
+            str(n),
+            "--num-samples",
+            str(n),
+            "--seed",
+            "0",
+            "--batch-size",
+            "17",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
     with np.load(out) as z:
         one = z["images"]
     parts = []
@@ -173,9 +235,26 @@ def test_train_script_resumes_exactly(smoke, tmp_path):
     script = str(ROOT / "workflow" / "scripts" / "train.py")
 
     def train(out, state, *extra, check=True):
-        return subprocess.run([sys.executable, script, "--latents", str(latents), "--spec", json.dumps(spec),
-                               "--out-dir", str(out), "--state-dir", str(state), "--threads", "2", *extra],
-                              capture_output=True, text=True, check=check)
+        return subprocess.run(
+            [
+                sys.executable,
+                script,
+                "--latents",
+                str(latents),
+                "--spec",
+                json.dumps(spec),
+                "--out-dir",
+                str(out),
+                "--state-dir",
+                str(state),
+                "--threads",
+                "2",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            check=check,
+        )
 
     train(tmp_path / "a", tmp_path / "sa")
     stopped = train(tmp_path / "b", tmp_path / "sb", "--stop-after", "3", check=False)

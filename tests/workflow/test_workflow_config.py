@@ -135,8 +135,10 @@ def test_grid_must_fit_first_shard():
     assert msg.startswith("evaluation.grid_size:")
 
 
-@pytest.mark.skipif(shutil.which("snakemake", path=os.path.dirname(sys.executable)) is None,
-                    reason="snakemake not installed beside this python")
+@pytest.mark.skipif(
+    shutil.which("snakemake", path=os.path.dirname(sys.executable)) is None,
+    reason="snakemake not installed beside this python",
+)
 def test_snakemake_refuses_bad_config_before_any_job(tmp_path):
     cfg = raw(SMOKE)
     cfg["samplers"]["euler"]["model"] = "nope"
@@ -144,8 +146,23 @@ def test_snakemake_refuses_bad_config_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    run = subprocess.run(["snakemake", "--cores", "1", "--snakefile", str(ROOT / "Snakefile"), "--directory",
-                          str(tmp_path), "--configfile", str(bad)], capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [
+            "snakemake",
+            "--cores",
+            "1",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     out = run.stdout + run.stderr
     assert run.returncode != 0
     assert "models.multistep.train.steps" in out and "minimum of 1" in out, out[-2000:]
@@ -164,7 +181,9 @@ def _experiment(tmp_path: Path, name: str, edit=None) -> str:
         for role in ("init", "teacher"):
             if spec.get(role):
                 spec[role] = f"{name}_{spec[role]}"
-    cfg["samplers"] = {f"{name}_{s}": {**spec, "model": f"{name}_{spec['model']}"} for s, spec in cfg["samplers"].items()}
+    cfg["samplers"] = {
+        f"{name}_{s}": {**spec, "model": f"{name}_{spec['model']}"} for s, spec in cfg["samplers"].items()
+    }
     cfg["tables"] = {name: list(cfg["samplers"])}
     if edit:
         edit(cfg)
@@ -198,7 +217,9 @@ def test_experiments_merge_into_one_namespace(tmp_path):
 def test_experiment_problems_name_the_file_and_key(tmp_path):
     cfg = raw(SMOKE)
     # the same model name in two files
-    cfg["experiments"] = [_experiment(tmp_path, "exp_a", lambda c: c["models"].update(multistep=c["models"]["exp_a_multistep"]))]
+    cfg["experiments"] = [
+        _experiment(tmp_path, "exp_a", lambda c: c["models"].update(multistep=c["models"]["exp_a_multistep"]))
+    ]
     assert any("models.multistep: already defined by experiment 'smoke'" in p for p in _workflow_problems(cfg))
     # an override for an experiment that does not exist
     cfg = raw(SMOKE)
@@ -216,25 +237,36 @@ def test_overrides_reach_the_experiment(tmp_path):
 
     cfg = raw(SMOKE)
     cfg["experiments"] = [_experiment(tmp_path, "exp_a")]
-    cfg["experiment_overrides"] = {"exp_a": {"evaluation": {"num_samples": 20}, "models": {"exp_a_multistep": {"train": {"steps": 3}}}}}
+    cfg["experiment_overrides"] = {
+        "exp_a": {"evaluation": {"num_samples": 20}, "models": {"exp_a_multistep": {"train": {"steps": 3}}}}
+    }
     wf = load_workflow(cfg, "main.yaml", base_dir=ROOT)
     assert wf.experiments["exp_a"]["evaluation"]["num_samples"] == 20
     assert wf.models["exp_a_multistep"]["train"]["steps"] == 3
-    assert wf.models["exp_a_multistep"]["train"]["batch_size"] == raw(SMOKE)["models"]["multistep"]["train"]["batch_size"]
+    assert (
+        wf.models["exp_a_multistep"]["train"]["batch_size"] == raw(SMOKE)["models"]["multistep"]["train"]["batch_size"]
+    )
 
 
 def test_pretrained_and_snapshot_references_are_checked():
     cfg = raw(SMOKE)
     cfg["models"]["fewstep"]["init"] = "multistep@5"  # not a kept snapshot
-    assert any("'multistep@5' names step 5 of 'multistep', which is not in models.multistep.train.snapshots" in p
-               for p in problems(cfg))
+    assert any(
+        "'multistep@5' names step 5 of 'multistep', which is not in models.multistep.train.snapshots" in p
+        for p in problems(cfg)
+    )
     cfg["models"]["multistep"]["train"]["snapshots"] = [5]
     validate_config(cfg, "test.yaml")
     cfg = raw(SMOKE)
-    cfg["models"]["released"] = {"architecture": "UNet-S", "pretrained": {"source": "weights.pt"},
-                                 "objective": cfg["models"]["multistep"]["objective"]}
-    assert any("models.released.pretrained: a pretrained model is imported, not trained; remove objective" in p
-               for p in problems(cfg))
+    cfg["models"]["released"] = {
+        "architecture": "UNet-S",
+        "pretrained": {"source": "weights.pt"},
+        "objective": cfg["models"]["multistep"]["objective"],
+    }
+    assert any(
+        "models.released.pretrained: a pretrained model is imported, not trained; remove objective" in p
+        for p in problems(cfg)
+    )
     cfg = raw(SMOKE)
     cfg["evaluation"]["reference_batch"] = {"source": "VIRTUAL_imagenet256_labeled.npz"}
     assert any("reference_batch" in p and "inception" in p for p in problems(cfg))
@@ -269,9 +301,13 @@ def test_one_imagenet_source_reaches_every_imagenet_experiment(tmp_path):
     for e in IMAGENET:  # the experiment files themselves carry no path
         assert "source" not in raw(ROOT / "config" / "experiments" / f"{e}.yaml")["data"]
     # reference batches and autoencoders are names, each declared once in the main config
-    assert {wf.reference(wf.experiments[e])[0] for e in IMAGENET} == {"VIRTUAL_imagenet256_labeled", "VIRTUAL_imagenet512"}
-    assert {wf.declared_in[("autoencoders", wf.experiments[e]["data"]["autoencoder"])] for e in IMAGENET} == \
-        {"config/config.yaml"}
+    assert {wf.reference(wf.experiments[e])[0] for e in IMAGENET} == {
+        "VIRTUAL_imagenet256_labeled",
+        "VIRTUAL_imagenet512",
+    }
+    assert {wf.declared_in[("autoencoders", wf.experiments[e]["data"]["autoencoder"])] for e in IMAGENET} == {
+        "config/config.yaml"
+    }
 
 
 def test_disagreeing_declarations_are_refused_naming_both_files(tmp_path):
@@ -281,14 +317,24 @@ def test_disagreeing_declarations_are_refused_naming_both_files(tmp_path):
     cfg["datasets"] = {"fashion_mnist": {"source": "/data/fmnist-a"}}
     cfg["autoencoders"] = {"identity": {"kwargs": {"channels": 3}}}
     cfg["references"] = {"ref": {"source": "/refs/a.npz"}}
-    exp = _experiment(tmp_path, "exp_a", lambda c: c.update(
-        datasets={"fashion_mnist": {"source": "/data/fmnist-b"}}, autoencoders={"identity": {"kwargs": {"channels": 1}}},
-        references={"ref": {"source": "/refs/a.npz", "sha256": None}}))
+    exp = _experiment(
+        tmp_path,
+        "exp_a",
+        lambda c: c.update(
+            datasets={"fashion_mnist": {"source": "/data/fmnist-b"}},
+            autoencoders={"identity": {"kwargs": {"channels": 1}}},
+            references={"ref": {"source": "/refs/a.npz", "sha256": None}},
+        ),
+    )
     cfg["experiments"] = [exp]
     found = _workflow_problems(cfg)
-    for key, mine, theirs in (("datasets.fashion_mnist", "fmnist-b", "fmnist-a"), ("autoencoders.identity", "'channels': 1",
-                                                                                    "'channels': 3")):
-        hits = [p for p in found if p.startswith(f"{exp}: {key}: ") and "differs from its declaration in main.yaml" in p]
+    for key, mine, theirs in (
+        ("datasets.fashion_mnist", "fmnist-b", "fmnist-a"),
+        ("autoencoders.identity", "'channels': 1", "'channels': 3"),
+    ):
+        hits = [
+            p for p in found if p.startswith(f"{exp}: {key}: ") and "differs from its declaration in main.yaml" in p
+        ]
         assert len(hits) == 1 and mine in hits[0] and theirs in hits[0], found
     assert not any("references.ref" in p for p in found), found  # equal once the defaults are filled in
     assert len(found) == 2, found
@@ -300,9 +346,14 @@ def test_old_style_data_source_in_an_experiment_file_is_refused(tmp_path):
     exp = _experiment(tmp_path, "exp_a", lambda c: c["data"].update(source="/data/fmnist"))
     cfg["experiments"] = [exp]
     found = _workflow_problems(cfg)
-    assert any(p.startswith(f"{exp}: data.source: '/data/fmnist' is declared once now, as datasets.fashion_mnist.source "
-                            "in the main config (main.yaml)") and "experiment_overrides.exp_a.data.source" in p
-               for p in found), found
+    assert any(
+        p.startswith(
+            f"{exp}: data.source: '/data/fmnist' is declared once now, as datasets.fashion_mnist.source "
+            "in the main config (main.yaml)"
+        )
+        and "experiment_overrides.exp_a.data.source" in p
+        for p in found
+    ), found
 
 
 def test_experiment_overrides_of_data_source_must_agree_per_shards(tmp_path):
@@ -310,8 +361,9 @@ def test_experiment_overrides_of_data_source_must_agree_per_shards(tmp_path):
     resolution (one set of shards) must agree, or the load is refused naming both files."""
     a, b = str(tmp_path / "a.tar"), str(tmp_path / "b")
     # 256 and 512 read different copies: accepted (the paper miniature does this)
-    wf = _shipped_workflow(lambda c: c.update(experiment_overrides={
-        e: {"data": {"source": a if "256" in e else b}} for e in IMAGENET}))
+    wf = _shipped_workflow(
+        lambda c: c.update(experiment_overrides={e: {"data": {"source": a if "256" in e else b}} for e in IMAGENET})
+    )
     assert wf.data[("imagenet", 256)]["source"] == a and wf.data[("imagenet", 512)]["source"] == b
     assert wf.data[("imagenet", 256)]["source_key"].endswith("in1k256_e2evavae.yaml: data.source")
     # one 256 experiment elsewhere while the others use the declaration: refused, both files named
@@ -324,33 +376,60 @@ def test_experiment_overrides_of_data_source_must_agree_per_shards(tmp_path):
 def test_reference_batches_by_name_and_inline(tmp_path):
     """A reference batch name must be declared; two inline batches of one file stem must be the same file."""
     with pytest.raises(ConfigError) as e:
-        _shipped_workflow(lambda c: c.update(experiment_overrides={
-            "in1k512_dcae": {"evaluation": {"reference_batch": "VIRTUAL_imagenet1024"}}}))
-    assert any("in1k512_dcae.yaml: evaluation.reference_batch: 'VIRTUAL_imagenet1024' is not declared; expected one "
-               "of ['VIRTUAL_imagenet256_labeled', 'VIRTUAL_imagenet512']" in p for p in e.value.problems), e.value.problems
+        _shipped_workflow(
+            lambda c: c.update(
+                experiment_overrides={"in1k512_dcae": {"evaluation": {"reference_batch": "VIRTUAL_imagenet1024"}}}
+            )
+        )
+    assert any(
+        "in1k512_dcae.yaml: evaluation.reference_batch: 'VIRTUAL_imagenet1024' is not declared; expected one "
+        "of ['VIRTUAL_imagenet256_labeled', 'VIRTUAL_imagenet512']" in p
+        for p in e.value.problems
+    ), e.value.problems
     with pytest.raises(ConfigError) as e:
-        _shipped_workflow(lambda c: c.update(experiment_overrides={
-            "in1k512_dcae": {"evaluation": {"reference_batch": {"source": str(tmp_path / "x" / "VIRTUAL_imagenet512.npz")}}}}))
+        _shipped_workflow(
+            lambda c: c.update(
+                experiment_overrides={
+                    "in1k512_dcae": {
+                        "evaluation": {"reference_batch": {"source": str(tmp_path / "x" / "VIRTUAL_imagenet512.npz")}}
+                    }
+                }
+            )
+        )
     hits = [p for p in e.value.problems if "evaluation.reference_batch" in p and "'VIRTUAL_imagenet512'" in p]
     assert len(hits) == 1 and str(tmp_path) in hits[0], e.value.problems
-    assert hits[0].startswith("config/experiments/in1k512_dcae.yaml: ") and "config/experiments/in1k512_sdvae.yaml" \
-        in hits[0], hits[0]  # both files: the override's and the first experiment with that batch
+    assert (
+        hits[0].startswith("config/experiments/in1k512_dcae.yaml: ")
+        and "config/experiments/in1k512_sdvae.yaml" in hits[0]
+    ), hits[0]  # both files: the override's and the first experiment with that batch
 
 
 def test_experiment_overrides_merge_into_a_declaration():
     """An override of a declaration merges into it for the run (mappings merge, as every override); two
     overrides of one name that differ are refused, naming both."""
     shipped = _shipped_workflow().autoencoders["vavae_f16d32"]
-    wf = _shipped_workflow(lambda c: c.update(experiment_overrides={
-        "in1k256_vavae": {"autoencoders": {"vavae_f16d32": {"kwargs": {"seed": 1}}}}}))
+    wf = _shipped_workflow(
+        lambda c: c.update(
+            experiment_overrides={"in1k256_vavae": {"autoencoders": {"vavae_f16d32": {"kwargs": {"seed": 1}}}}}
+        )
+    )
     entry = wf.autoencoders["vavae_f16d32"]
     assert shipped["kwargs"] == {"seed": 0} and entry["kwargs"] == {"seed": 1}
     assert entry["source"] == shipped["source"] and entry["source"].startswith("https://")
     assert wf.declared_in[("autoencoders", "vavae_f16d32")] == "config/config.yaml: experiment_overrides.in1k256_vavae"
     with pytest.raises(ConfigError) as e:
-        _shipped_workflow(lambda c: c.update(experiment_overrides={
-            "in1k256_sdvae": {"autoencoders": {"sdvae_ema_f8c4": {"source": "/w/a.safetensors"}}},
-            "in1k512_sdvae": {"autoencoders": {"sdvae_ema_f8c4": {"source": "/w/b.safetensors"}}}}))
+        _shipped_workflow(
+            lambda c: c.update(
+                experiment_overrides={
+                    "in1k256_sdvae": {"autoencoders": {"sdvae_ema_f8c4": {"source": "/w/a.safetensors"}}},
+                    "in1k512_sdvae": {"autoencoders": {"sdvae_ema_f8c4": {"source": "/w/b.safetensors"}}},
+                }
+            )
+        )
     hits = [p for p in e.value.problems if "autoencoders.sdvae_ema_f8c4" in p]
-    assert len(hits) == 1 and hits[0].startswith("config/config.yaml: experiment_overrides.in1k512_sdvae: ") and \
-        "experiment_overrides.in1k256_sdvae" in hits[0] and "/w/a.safetensors" in hits[0], e.value.problems
+    assert (
+        len(hits) == 1
+        and hits[0].startswith("config/config.yaml: experiment_overrides.in1k512_sdvae: ")
+        and "experiment_overrides.in1k256_sdvae" in hits[0]
+        and "/w/a.safetensors" in hits[0]
+    ), e.value.problems

@@ -53,15 +53,26 @@ class DCAE(Autoencoder):
     latent_channels = 32
     stride = 32
 
-    def __init__(self, source: Optional[Union[str, os.PathLike]] = None, *, config=None,
-                 subfolder: Optional[str] = None, allow_download: bool = False,
-                 dtype: Union[str, torch.dtype] = "float32"):
+    def __init__(
+        self,
+        source: Optional[Union[str, os.PathLike]] = None,
+        *,
+        config=None,
+        subfolder: Optional[str] = None,
+        allow_download: bool = False,
+        dtype: Union[str, torch.dtype] = "float32",
+    ):
         super().__init__()
         from diffusers import AutoencoderDC
 
         vae = load_diffusers_autoencoder(
-            AutoencoderDC, source if source is not None else self.default_source, config=config,
-            subfolder=subfolder, allow_download=allow_download, convert_original=_convert_efficientvit)
+            AutoencoderDC,
+            source if source is not None else self.default_source,
+            config=config,
+            subfolder=subfolder,
+            allow_download=allow_download,
+            convert_original=_convert_efficientvit,
+        )
         self.vae = cast_module(vae, dtype)
         self.latent_channels = int(vae.config.latent_channels)
         self.stride = int(vae.spatial_compression_ratio)
@@ -71,8 +82,9 @@ class DCAE(Autoencoder):
 
     def _check(self, x: Tensor, channels: int, factor: int, what: str) -> None:
         if x.ndim != 4 or x.shape[1] != channels or x.shape[2] % factor or x.shape[3] % factor:
-            raise ValueError(f"DCAE: expected {what} [B, {channels}, H, W] with H and W divisible by {factor}, "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"DCAE: expected {what} [B, {channels}, H, W] with H and W divisible by {factor}, got {tuple(x.shape)}"
+            )
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:

@@ -74,7 +74,9 @@ def _attn_tail(tail: str, to_diffusers: bool) -> Optional[str]:
 
 def ldm_to_diffusers_key(key: str, num_levels: int) -> Optional[str]:
     """The diffusers name of LDM key ``key`` (``None`` when it is not an autoencoder key)."""
-    if re.fullmatch(r"(post_)?quant_conv\." + _PARAM, key) or re.fullmatch(r"(encoder|decoder)\.conv_(in|out)\." + _PARAM, key):
+    if re.fullmatch(r"(post_)?quant_conv\." + _PARAM, key) or re.fullmatch(
+        r"(encoder|decoder)\.conv_(in|out)\." + _PARAM, key
+    ):
         return key
     if m := re.fullmatch(r"(encoder|decoder)\.norm_out\." + _PARAM, key):
         return f"{m.group(1)}.conv_norm_out.{m.group(2)}"
@@ -85,8 +87,9 @@ def ldm_to_diffusers_key(key: str, num_levels: int) -> Optional[str]:
             return None
         sub = "attentions.0" if kind == "attn" else f"resnets.{int(part[-1]) - 1}"
         return f"{m.group(1)}.mid_block.{sub}.{tail}"
-    if m := re.fullmatch(r"(encoder)\.down\.(\d+)\.(block|attn)\.(\d+)\.(.+)", key) or \
-            re.fullmatch(r"(decoder)\.up\.(\d+)\.(block|attn)\.(\d+)\.(.+)", key):
+    if m := re.fullmatch(r"(encoder)\.down\.(\d+)\.(block|attn)\.(\d+)\.(.+)", key) or re.fullmatch(
+        r"(decoder)\.up\.(\d+)\.(block|attn)\.(\d+)\.(.+)", key
+    ):
         enc = m.group(1) == "encoder"
         level = int(m.group(2)) if enc else num_levels - 1 - int(m.group(2))
         tail = _resnet_tail(m.group(5), True) if m.group(3) == "block" else _attn_tail(m.group(5), True)
@@ -104,7 +107,9 @@ def ldm_to_diffusers_key(key: str, num_levels: int) -> Optional[str]:
 
 def diffusers_to_ldm_key(key: str, num_levels: int) -> Optional[str]:
     """The LDM name of diffusers ``AutoencoderKL`` key ``key`` (inverse of :func:`ldm_to_diffusers_key`)."""
-    if re.fullmatch(r"(post_)?quant_conv\." + _PARAM, key) or re.fullmatch(r"(encoder|decoder)\.conv_(in|out)\." + _PARAM, key):
+    if re.fullmatch(r"(post_)?quant_conv\." + _PARAM, key) or re.fullmatch(
+        r"(encoder|decoder)\.conv_(in|out)\." + _PARAM, key
+    ):
         return key
     if m := re.fullmatch(r"(encoder|decoder)\.conv_norm_out\." + _PARAM, key):
         return f"{m.group(1)}.norm_out.{m.group(2)}"
@@ -114,8 +119,9 @@ def diffusers_to_ldm_key(key: str, num_levels: int) -> Optional[str]:
         else:
             tail, sub = _attn_tail(m.group(4), False), "attn_1"
         return f"{m.group(1)}.mid.{sub}.{tail}" if tail else None
-    if m := re.fullmatch(r"(encoder)\.down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key) or \
-            re.fullmatch(r"(decoder)\.up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
+    if m := re.fullmatch(r"(encoder)\.down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key) or re.fullmatch(
+        r"(decoder)\.up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key
+    ):
         enc = m.group(1) == "encoder"
         level = int(m.group(2)) if enc else num_levels - 1 - int(m.group(2))
         tail = _resnet_tail(m.group(5), False) if m.group(3) == "resnets" else _attn_tail(m.group(5), False)
@@ -157,8 +163,9 @@ def expected_ldm_layout(diffusers_layout: Mapping[str, Sequence[int]]) -> Dict[s
     return out
 
 
-def ldm_to_diffusers_state_dict(state: Mapping[str, Tensor], diffusers_layout: Mapping[str, Sequence[int]],
-                                source: str = "<checkpoint>") -> Dict[str, Tensor]:
+def ldm_to_diffusers_state_dict(
+    state: Mapping[str, Tensor], diffusers_layout: Mapping[str, Sequence[int]], source: str = "<checkpoint>"
+) -> Dict[str, Tensor]:
     """Convert an LDM-format autoencoder state dict onto a diffusers ``AutoencoderKL`` of ``diffusers_layout``.
 
     Wrapper prefixes and :data:`TRAINING_ONLY_PREFIXES` are removed; then every key and shape is checked in

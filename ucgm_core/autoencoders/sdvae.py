@@ -99,6 +99,7 @@ StateDict = Dict[str, Tensor]
 # Shared loading helpers
 # ----------------------------------------------------------------------------------------------------------
 
+
 def resolve_source(source: PathLike, *, subfolder: Optional[str] = None, allow_download: bool = False) -> Path:
     """A local folder or file for ``source``.
 
@@ -118,14 +119,20 @@ def resolve_source(source: PathLike, *, subfolder: Optional[str] = None, allow_d
         raise CheckpointError(f"{text}: huggingface_hub is needed to read a hub id ({e})") from None
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
     try:
-        folder = snapshot_download(text, allow_patterns=[f"{prefix}config.json", f"{prefix}*.safetensors"],
-                                   local_files_only=not allow_download)
+        folder = snapshot_download(
+            text, allow_patterns=[f"{prefix}config.json", f"{prefix}*.safetensors"], local_files_only=not allow_download
+        )
     except Exception as e:  # noqa: BLE001 - offline miss, unknown repo, network error
-        hint = ("" if allow_download else
-                "; it is not in the local Hugging Face cache and downloading was not asked for "
-                "(pass allow_download=True, or give a local folder/file)")
-        raise CheckpointError(f"{text}: cannot load from the Hugging Face hub ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:300] if str(e) else ''}){hint}") from None
+        hint = (
+            ""
+            if allow_download
+            else "; it is not in the local Hugging Face cache and downloading was not asked for "
+            "(pass allow_download=True, or give a local folder/file)"
+        )
+        raise CheckpointError(
+            f"{text}: cannot load from the Hugging Face hub ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300] if str(e) else ''}){hint}"
+        ) from None
     return Path(folder) / subfolder if subfolder else Path(folder)
 
 
@@ -137,8 +144,10 @@ def _find_weights(folder: Path) -> Path:
     if len(found) == 1:
         return found[0]
     listing = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    raise CheckpointError(f"{folder}: no weights file found (looked for {list(_WEIGHT_NAMES)} or a single "
-                          f"*.safetensors); folder holds {listing[:20]}")
+    raise CheckpointError(
+        f"{folder}: no weights file found (looked for {list(_WEIGHT_NAMES)} or a single "
+        f"*.safetensors); folder holds {listing[:20]}"
+    )
 
 
 def _read_config(config: Union[None, PathLike, Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -209,8 +218,10 @@ def load_diffusers_autoencoder(
         cfg = _read_config(beside) if beside.is_file() else None
     if cfg is None:
         if default_config is None:
-            raise CheckpointError(f"{weights}: no config.json beside the weights; pass config=<dict, config.json or "
-                                  f"folder> describing the {cls.__name__}")
+            raise CheckpointError(
+                f"{weights}: no config.json beside the weights; pass config=<dict, config.json or "
+                f"folder> describing the {cls.__name__}"
+            )
         cfg = dict(default_config)
     name = cfg.get("_class_name")
     if name is not None and name != cls.__name__:
@@ -227,6 +238,7 @@ def load_diffusers_autoencoder(
 # ----------------------------------------------------------------------------------------------------------
 # Shared KL-autoencoder wrapper (SD-VAE, EDM2's SD-VAE, VA-VAE)
 # ----------------------------------------------------------------------------------------------------------
+
 
 class KLAutoencoder(Autoencoder):
     """A wrapped :class:`diffusers.AutoencoderKL` (attribute ``vae``).
@@ -260,8 +272,10 @@ class KLAutoencoder(Autoencoder):
 
     def _check(self, x: Tensor, channels: int, factor: int, what: str) -> None:
         if x.ndim != 4 or x.shape[1] != channels or x.shape[2] % factor or x.shape[3] % factor:
-            raise ValueError(f"{type(self).__name__}: expected {what} [B, {channels}, H, W] with H and W divisible "
-                             f"by {factor}, got {tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__}: expected {what} [B, {channels}, H, W] with H and W divisible "
+                f"by {factor}, got {tuple(x.shape)}"
+            )
 
     @torch.no_grad()
     def posterior(self, images: Tensor) -> Tuple[Tensor, Tensor]:
@@ -301,6 +315,7 @@ class KLAutoencoder(Autoencoder):
 # SD-VAE variants
 # ----------------------------------------------------------------------------------------------------------
 
+
 def _convert_ldm(state: StateDict, layout, source: str) -> StateDict:
     if not looks_like_ldm(state):
         return state
@@ -325,16 +340,30 @@ class SDVAE(KLAutoencoder):
     default_normalize = False
     default_multiplier = 0.18215
 
-    def __init__(self, source: Optional[PathLike] = None, *, config=None, subfolder: Optional[str] = None,
-                 allow_download: bool = False, sample_posterior: bool = False, seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, dtype: Union[str, torch.dtype] = "float32"):
+    def __init__(
+        self,
+        source: Optional[PathLike] = None,
+        *,
+        config=None,
+        subfolder: Optional[str] = None,
+        allow_download: bool = False,
+        sample_posterior: bool = False,
+        seed: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        dtype: Union[str, torch.dtype] = "float32",
+    ):
         super().__init__()
         from diffusers import AutoencoderKL
 
         vae = load_diffusers_autoencoder(
-            AutoencoderKL, source if source is not None else self.default_source, config=config,
-            default_config=SD_VAE_CONFIG, subfolder=subfolder, allow_download=allow_download,
-            convert_original=_convert_ldm)
+            AutoencoderKL,
+            source if source is not None else self.default_source,
+            config=config,
+            default_config=SD_VAE_CONFIG,
+            subfolder=subfolder,
+            allow_download=allow_download,
+            convert_original=_convert_ldm,
+        )
         self._setup(vae, sample_posterior=sample_posterior, seed=seed, generator=generator, dtype=dtype)
 
 

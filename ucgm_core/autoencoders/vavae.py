@@ -62,6 +62,7 @@ VAVAE_F16D32_DDCONFIG: Dict[str, Any] = {
     "dropout": 0.0,
 }
 
+
 def ldm_vae_config_to_diffusers(ddconfig: Mapping[str, Any], embed_dim: int) -> Dict[str, Any]:
     """The :class:`diffusers.AutoencoderKL` config of an LDM ``AutoencoderKL(ddconfig, embed_dim)``."""
     dd = dict(VAVAE_F16D32_DDCONFIG, **dict(ddconfig))
@@ -74,7 +75,7 @@ def ldm_vae_config_to_diffusers(ddconfig: Mapping[str, Any], embed_dim: int) -> 
         raise ValueError(f"ch_mult must start with 1 for diffusers (conv_in width), got {ch_mult}")
     attn_res = {int(r) for r in dd["attn_resolutions"]}
     res = int(dd["resolution"])
-    attn = [res // 2 ** i in attn_res for i in range(len(ch_mult))]
+    attn = [res // 2**i in attn_res for i in range(len(ch_mult))]
     return {
         "in_channels": int(dd["in_channels"]),
         "out_channels": int(dd["out_ch"]),
@@ -107,11 +108,18 @@ class VAVAE(KLAutoencoder):
     default_multiplier = 1.0
     default_sample_posterior = True
 
-    def __init__(self, checkpoint: Union[None, str, os.PathLike, Mapping[str, Tensor]] = None, *,
-                 ddconfig: Optional[Mapping[str, Any]] = None, embed_dim: int = 32,
-                 sample_posterior: Optional[bool] = None, seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, dtype: Union[str, torch.dtype] = "float32",
-                 source: Union[None, str, os.PathLike] = None):
+    def __init__(
+        self,
+        checkpoint: Union[None, str, os.PathLike, Mapping[str, Tensor]] = None,
+        *,
+        ddconfig: Optional[Mapping[str, Any]] = None,
+        embed_dim: int = 32,
+        sample_posterior: Optional[bool] = None,
+        seed: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        dtype: Union[str, torch.dtype] = "float32",
+        source: Union[None, str, os.PathLike] = None,
+    ):
         super().__init__()
         from diffusers import AutoencoderKL
 
@@ -120,8 +128,10 @@ class VAVAE(KLAutoencoder):
                 raise ValueError(f"{type(self).__name__}: give checkpoint= or source=, not both")
             checkpoint = source
         if checkpoint is None:
-            raise CheckpointError(f"{type(self).__name__}: pass checkpoint=<path to the LDM-format VA-VAE state dict> "
-                                  "(the original reads buffers/vaes/{vavae,e2evavae}_f16d32.ckpt)")
+            raise CheckpointError(
+                f"{type(self).__name__}: pass checkpoint=<path to the LDM-format VA-VAE state dict> "
+                "(the original reads buffers/vaes/{vavae,e2evavae}_f16d32.ckpt)"
+            )
         if isinstance(checkpoint, Mapping):
             state, source = strip_prefixes(checkpoint), "<state_dict>"
         else:

@@ -89,8 +89,10 @@ def checksum_hint(spec: RemoteFile, dest: Path, sha256_key: Optional[str]) -> st
     """How to get past a missing checksum: the config key ``sha256_key`` to set, or one unverified download
     that records the first-seen sha256 in ``<dest>.sha256`` (for error messages)."""
     where = sha256_key or "the file's sha256 (--sha256 by hand)"
-    return (f"set {where}, or allow one unverified download (config download.allow_unverified: true, by hand "
-            f"--allow-unverified) to record its first-seen sha256 in {dest}.sha256")
+    return (
+        f"set {where}, or allow one unverified download (config download.allow_unverified: true, by hand "
+        f"--allow-unverified) to record its first-seen sha256 in {dest}.sha256"
+    )
 
 
 def record_first_seen(dest: Path, spec: RemoteFile, sha256_key: Optional[str], say: Callable[[str], None]) -> str:
@@ -98,7 +100,9 @@ def record_first_seen(dest: Path, spec: RemoteFile, sha256_key: Optional[str], s
     it belongs in the config."""
     digest = file_digest(dest, "sha256", decompress=spec.name.endswith(".gz") and _is_gzip(dest))
     atomic_write_bytes(f"{dest}.sha256", f"{digest}  {spec.name}\n".encode())
-    say(f"[download] warning: {spec.name} is NOT verified (download.allow_unverified); its first-seen sha256 is "
+    say(
+        f"[download] warning: {spec.name} is NOT verified (download.allow_unverified); its first-seen sha256 is "
         f"{digest} (written to {dest}.sha256): put it in {sha256_key or 'the config entry of this file'} "
-        "and set download.allow_unverified back to false")
+        "and set download.allow_unverified back to false"
+    )
     return digest

@@ -143,7 +143,8 @@ class _Limits:
         if self.remaining() <= 0:
             raise _DeadlineExceeded(
                 f"{src}: overall deadline of {self.deadline:g} s (download.deadline_s, --deadline) passed "
-                f"after {seen} bytes")
+                f"after {seen} bytes"
+            )
 
     def socket_timeout(self) -> float:
         return max(0.001, min(self.timeout, self.remaining()))
@@ -151,8 +152,12 @@ class _Limits:
     def cap(self, src: str, seen: int, how: str = "sent more than the cap, {} bytes seen") -> None:
         """Raise (permanently for this mirror) when ``seen`` bytes exceed the size cap; ``how`` words it."""
         if self.max_bytes is not None and seen > self.max_bytes:
-            raise _Permanent(_TooBig(f"{src}: {how.format(seen)}; the size cap is {self.max_bytes} bytes "
-                                     "(download.max_bytes, --max-bytes)"))
+            raise _Permanent(
+                _TooBig(
+                    f"{src}: {how.format(seen)}; the size cap is {self.max_bytes} bytes "
+                    "(download.max_bytes, --max-bytes)"
+                )
+            )
 
 
 def _pump(read: Callable[[int], bytes], out, src: str, offset: int, limits: _Limits) -> int:
@@ -196,8 +201,12 @@ class _NoDowngradeRedirects(urllib.request.HTTPRedirectHandler):
         if why:
             if fp is not None:
                 fp.close()
-            raise _Permanent(_Refused(f"{req.full_url}: redirect ({code}) to {newurl} refused: {why}; "
-                                        "expected https -> https (or http -> http(s))"))
+            raise _Permanent(
+                _Refused(
+                    f"{req.full_url}: redirect ({code}) to {newurl} refused: {why}; "
+                    "expected https -> https (or http -> http(s))"
+                )
+            )
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -250,8 +259,16 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _try_mirror(src: str, part: Path, spec: RemoteFile, limits: _Limits, retries: int, backoff: float,
-                sleep: Callable[[float], None], failures: List[str]) -> Optional[int]:
+def _try_mirror(
+    src: str,
+    part: Path,
+    spec: RemoteFile,
+    limits: _Limits,
+    retries: int,
+    backoff: float,
+    sleep: Callable[[float], None],
+    failures: List[str],
+) -> Optional[int]:
     """Fetch ``src`` into ``part`` and verify it; returns the resume offset on success, ``None`` to move on."""
     is_http = src.startswith(("http://", "https://"))
     attempt, restarted = 0, False
@@ -325,9 +342,10 @@ def fetch(
     dest, part = dest_dir / spec.name, dest_dir / (spec.name + ".part")
     verified = bool(spec.sha256 or spec.md5)
     if not verified and not allow_unverified:
-        raise ChecksumRequiredError(f"{', '.join(sources) or spec.name}: no sha256 or md5 is configured for "
-                                    f"{spec.name!r}, and an unverified download is refused; "
-                                    + checksum_hint(spec, dest, sha256_key))
+        raise ChecksumRequiredError(
+            f"{', '.join(sources) or spec.name}: no sha256 or md5 is configured for "
+            f"{spec.name!r}, and an unverified download is refused; " + checksum_hint(spec, dest, sha256_key)
+        )
     dest_dir.mkdir(parents=True, exist_ok=True)
     if dest.exists():
         problem = verify_file(dest, spec)

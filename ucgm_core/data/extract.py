@@ -112,8 +112,9 @@ class _TreeModel:
             if e.kind == "hardlink":
                 node = self.nodes.get(target)
                 if node is None or node.kind != "file":
-                    raise UnsafeArchiveError(self.archive, e.name,
-                                             f"is a hard link to {e.link!r}, not an earlier file of the archive")
+                    raise UnsafeArchiveError(
+                        self.archive, e.name, f"is a hard link to {e.link!r}, not an earlier file of the archive"
+                    )
         self.nodes[where] = e
 
     def recheck_links(self) -> None:
@@ -126,8 +127,17 @@ class _TreeModel:
 def _tar_entries(tf: tarfile.TarFile) -> List[_Entry]:
     out = []
     for m in tf.getmembers():
-        kind = ("file" if m.isfile() else "dir" if m.isdir() else "symlink" if m.issym()
-                else "hardlink" if m.islnk() else "other")
+        kind = (
+            "file"
+            if m.isfile()
+            else "dir"
+            if m.isdir()
+            else "symlink"
+            if m.issym()
+            else "hardlink"
+            if m.islnk()
+            else "other"
+        )
         out.append(_Entry(m.name.replace("\\", "/"), kind, m.linkname.replace("\\", "/")))
     return out
 
@@ -186,20 +196,23 @@ def safe_extract(archive: os.PathLike | str, dest: os.PathLike | str) -> List[Pa
     archive = str(archive)
     dest_p = Path(dest)
     if dest_p.exists() and (not dest_p.is_dir() or any(dest_p.iterdir())):
-        raise FileExistsError(f"{dest_p}: the extraction folder of {archive} already exists and is not empty; "
-                              "expected a new or empty folder")
+        raise FileExistsError(
+            f"{dest_p}: the extraction folder of {archive} already exists and is not empty; "
+            "expected a new or empty folder"
+        )
     try:
         return _extract_checked(archive, dest_p)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as e:
-        raise BadArchiveError(f"{archive}: not a readable tar or zip archive ({type(e).__name__}: {e}); "
-                              "nothing was extracted") from None
+        raise BadArchiveError(
+            f"{archive}: not a readable tar or zip archive ({type(e).__name__}: {e}); nothing was extracted"
+        ) from None
 
 
 def _extract_checked(archive: str, dest_p: Path) -> List[Path]:
     """:func:`safe_extract` once ``dest_p`` is known to be new or empty."""
     model = _TreeModel(archive)
     is_zip = zipfile.is_zipfile(archive)
-    with (zipfile.ZipFile(archive) if is_zip else tarfile.open(archive, "r:*")) as arc:
+    with zipfile.ZipFile(archive) if is_zip else tarfile.open(archive, "r:*") as arc:
         entries = _zip_entries(arc) if is_zip else _tar_entries(arc)
         for e in entries:
             model.add(e)

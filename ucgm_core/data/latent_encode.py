@@ -60,8 +60,9 @@ def _encode_batch(ae: Autoencoder, images: List[np.ndarray], device: torch.devic
     return z.float().cpu().numpy(), zf.float().cpu().numpy()
 
 
-def _count_shard(path: Path, num_classes: int, pick: Optional[set] = None, first_index: int = 0,
-                 expected: Optional[int] = None) -> Tuple[int, np.ndarray, Tuple[int, ...], List[Tuple[int, np.ndarray]]]:
+def _count_shard(
+    path: Path, num_classes: int, pick: Optional[set] = None, first_index: int = 0, expected: Optional[int] = None
+) -> Tuple[int, np.ndarray, Tuple[int, ...], List[Tuple[int, np.ndarray]]]:
     """Samples, class counts and latent shape of a latent shard, plus the plain latents of the samples
     whose index (``first_index`` + position) is in ``pick``. Labels outside ``[0, num_classes)``, latents of
     differing shapes and a count other than ``expected`` are errors naming the shard."""
@@ -76,14 +77,17 @@ def _count_shard(path: Path, num_classes: int, pick: Optional[set] = None, first
         counts[label] += 1
         z_shape = npy_array(s["latent.npy"], copy=False).shape
         if shape and z_shape != shape:
-            raise ShardIntegrityError(f"{path}: sample {s['__key__']} has a latent {z_shape}, the shard's first {shape}")
+            raise ShardIntegrityError(
+                f"{path}: sample {s['__key__']} has a latent {z_shape}, the shard's first {shape}"
+            )
         shape = z_shape
         if pick is not None and first_index + n in pick:
             picked.append((first_index + n, decode_field("npy", s["latent.npy"])))
         n += 1
     if expected is not None and n != expected:
-        raise ShardIntegrityError(f"{path}: {n} samples, its record {record_path(path)} says {expected} "
-                                  "(a short or cut shard)")
+        raise ShardIntegrityError(
+            f"{path}: {n} samples, its record {record_path(path)} says {expected} (a short or cut shard)"
+        )
     return n, counts, shape, picked
 
 
@@ -195,11 +199,14 @@ def _encode_shards(
                         a = a.astype(np_dtype)
                         if pick is not None and first + w.count in pick:
                             picked.append((first + w.count, a))
-                        w.write(k, {
-                            "latent.npy": encode_field("npy", a),
-                            "latent_flip.npy": encode_field("npy", b.astype(np_dtype)),
-                            "cls": encode_field("cls", lab),
-                        })
+                        w.write(
+                            k,
+                            {
+                                "latent.npy": encode_field("npy", a),
+                                "latent_flip.npy": encode_field("npy", b.astype(np_dtype)),
+                                "cls": encode_field("cls", lab),
+                            },
+                        )
                     keys.clear(), imgs.clear(), labels.clear()
 
                 for s in iter_samples([path]):
@@ -209,12 +216,16 @@ def _encode_shards(
                     img = decode_field(field, s[field])
                     img = img[..., None] if img.ndim == 2 else img
                     if None not in image_shape and img.shape != image_shape:
-                        raise ShardIntegrityError(f"{path}: sample {s['__key__']} is an image {img.shape}, the manifest "
-                                                  f"{src_manifest} says {image_shape}; {hint}")
+                        raise ShardIntegrityError(
+                            f"{path}: sample {s['__key__']} is an image {img.shape}, the manifest "
+                            f"{src_manifest} says {image_shape}; {hint}"
+                        )
                     lab = decode_field("cls", s["cls"])
                     if not 0 <= lab < num_classes:
-                        raise ShardIntegrityError(f"{path}: sample {s['__key__']} has label {lab}, outside "
-                                                  f"[0, {num_classes}) (num_classes of {src_manifest}); {hint}")
+                        raise ShardIntegrityError(
+                            f"{path}: sample {s['__key__']} has label {lab}, outside "
+                            f"[0, {num_classes}) (num_classes of {src_manifest}); {hint}"
+                        )
                     keys.append(s["__key__"])
                     imgs.append(img)
                     labels.append(lab)
@@ -226,8 +237,10 @@ def _encode_shards(
                     flush()
                 n = total - n_before
                 if source["num_samples"] is not None and n != source["num_samples"]:
-                    raise ShardIntegrityError(f"{path}: {n} samples, the manifest {src_manifest} records "
-                                              f"{source['num_samples']} (a short or cut shard); {hint}")
+                    raise ShardIntegrityError(
+                        f"{path}: {n} samples, the manifest {src_manifest} records "
+                        f"{source['num_samples']} (a short or cut shard); {hint}"
+                    )
             shards.extend(w.shards)
             records.extend(w.records)
             for r in w.records:
@@ -238,8 +251,14 @@ def _encode_shards(
     finally:
         if noise is not None:
             noise.restore()
-    return {"shards": shards, "records": records, "counts": counts, "latent_shape": latent_shape, "total": total,
-            "picked": picked}
+    return {
+        "shards": shards,
+        "records": records,
+        "counts": counts,
+        "latent_shape": latent_shape,
+        "total": total,
+        "picked": picked,
+    }
 
 
 def _check_full(path: Path, n: int, position: int, num_shards: int, sps: int, pick: Optional[set]) -> None:
@@ -248,9 +267,18 @@ def _check_full(path: Path, n: int, position: int, num_shards: int, sps: int, pi
         raise ValueError(f"{path}: {n} samples, but every shard before the last must hold {sps}")
 
 
-def _latents_manifest(src: Dict[str, Any], image_dir: Path, total: int, records: List[Dict[str, Any]], latent_shape,
-                      np_dtype, counts, autoencoder_name: str, autoencoder_kwargs: Optional[Dict[str, Any]],
-                      fingerprint: Dict[str, Any]) -> Dict[str, Any]:
+def _latents_manifest(
+    src: Dict[str, Any],
+    image_dir: Path,
+    total: int,
+    records: List[Dict[str, Any]],
+    latent_shape,
+    np_dtype,
+    counts,
+    autoencoder_name: str,
+    autoencoder_kwargs: Optional[Dict[str, Any]],
+    fingerprint: Dict[str, Any],
+) -> Dict[str, Any]:
     return {
         "kind": "latents",
         "num_samples": total,
@@ -303,17 +331,39 @@ def encode_split(
     image_dir, out_dir = Path(image_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     src = read_manifest(image_dir, split)
-    fingerprint = latents_fingerprint(image_dir, split, fingerprint_name(autoencoder, autoencoder_name),
-                                      autoencoder_kwargs, np_dtype.name)
+    fingerprint = latents_fingerprint(
+        image_dir, split, fingerprint_name(autoencoder, autoencoder_name), autoencoder_kwargs, np_dtype.name
+    )
     (out_dir / f"{split}.json").unlink(missing_ok=True)
     wanted = set(src["shards"])
     remove_latent_shards(out_dir, split, keep=lambda name: resume and name in wanted)
-    done = _encode_shards(image_dir, out_dir, split, range(len(src["shards"])), autoencoder, fingerprint=fingerprint,
-                          batch_size=batch_size, device=device, np_dtype=np_dtype, resume=resume, log=log)
+    done = _encode_shards(
+        image_dir,
+        out_dir,
+        split,
+        range(len(src["shards"])),
+        autoencoder,
+        fingerprint=fingerprint,
+        batch_size=batch_size,
+        device=device,
+        np_dtype=np_dtype,
+        resume=resume,
+        log=log,
+    )
     if done["total"] != int(src["num_samples"]):
         raise RuntimeError(f"encoded {done['total']} samples but {image_dir}/{split}.json lists {src['num_samples']}")
-    info = _latents_manifest(src, image_dir, done["total"], done["records"], done["latent_shape"], np_dtype,
-                             done["counts"], autoencoder_name, autoencoder_kwargs, fingerprint)
+    info = _latents_manifest(
+        src,
+        image_dir,
+        done["total"],
+        done["records"],
+        done["latent_shape"],
+        np_dtype,
+        done["counts"],
+        autoencoder_name,
+        autoencoder_kwargs,
+        fingerprint,
+    )
     write_manifest(out_dir, split, info)
     return info
 
@@ -352,8 +402,9 @@ def encode_part(
     image_dir, out_dir = Path(image_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     src = read_manifest(image_dir, split)
-    fingerprint = latents_fingerprint(image_dir, split, fingerprint_name(autoencoder, autoencoder_name),
-                                      autoencoder_kwargs, np_dtype.name)
+    fingerprint = latents_fingerprint(
+        image_dir, split, fingerprint_name(autoencoder, autoencoder_name), autoencoder_kwargs, np_dtype.name
+    )
     own = part_shards(len(src["shards"]), part, parts)
     (out_dir / f"{split}.json").unlink(missing_ok=True)
     for name in (src["shards"][i] for i in own):  # the other parts' shards may be being written right now
@@ -362,21 +413,41 @@ def encode_part(
             (out_dir / name).unlink(missing_ok=True)
             record_path(out_dir / name).unlink(missing_ok=True)
     pick = set(stats_indices(int(src["num_samples"]), stats_samples, seed)) if len(own) else set()
-    done = _encode_shards(image_dir, out_dir, split, own, autoencoder, fingerprint=fingerprint, batch_size=batch_size,
-                          device=device, np_dtype=np_dtype, resume=resume, log=log, pick=pick)
+    done = _encode_shards(
+        image_dir,
+        out_dir,
+        split,
+        own,
+        autoencoder,
+        fingerprint=fingerprint,
+        batch_size=batch_size,
+        device=device,
+        np_dtype=np_dtype,
+        resume=resume,
+        log=log,
+        pick=pick,
+    )
     sps = int(src["samples_per_shard"])
     expected = min(own.stop * sps, int(src["num_samples"])) - own.start * sps if len(own) else 0
     if done["total"] != expected:
-        raise RuntimeError(f"encoded {done['total']} samples of shards {own.start}..{own.stop - 1}, expected {expected} "
-                           f"({image_dir}/{split}.json: {src['num_samples']} in shards of {sps})")
+        raise RuntimeError(
+            f"encoded {done['total']} samples of shards {own.start}..{own.stop - 1}, expected {expected} "
+            f"({image_dir}/{split}.json: {src['num_samples']} in shards of {sps})"
+        )
     picked = sorted(done["picked"], key=lambda item: item[0])
     buf = io.BytesIO()
     if picked:  # an empty file when none (so that a part without shards never imports torch)
         import torch
 
-        torch.save({"indices": torch.tensor([i for i, _ in picked], dtype=torch.int64),
-                    "latents": torch.from_numpy(np.stack([z for _, z in picked])),
-                    "total_samples": int(src["num_samples"]), "split": split}, buf)
+        torch.save(
+            {
+                "indices": torch.tensor([i for i, _ in picked], dtype=torch.int64),
+                "latents": torch.from_numpy(np.stack([z for _, z in picked])),
+                "total_samples": int(src["num_samples"]),
+                "split": split,
+            },
+            buf,
+        )
     atomic_write_bytes(part_stats, buf.getvalue())
     info = {
         "kind": "latents-part",
@@ -384,8 +455,18 @@ def encode_part(
         "part": part,
         "parts": parts,
         "first_shard": own.start,
-        "manifest": _latents_manifest(src, image_dir, done["total"], done["records"], done["latent_shape"], np_dtype,
-                                      done["counts"], autoencoder_name, autoencoder_kwargs, fingerprint),
+        "manifest": _latents_manifest(
+            src,
+            image_dir,
+            done["total"],
+            done["records"],
+            done["latent_shape"],
+            np_dtype,
+            done["counts"],
+            autoencoder_name,
+            autoencoder_kwargs,
+            fingerprint,
+        ),
         "fingerprint": fingerprint["fingerprint"],
         "source_manifest": {k: src[k] for k in ("num_samples", "shards", "samples_per_shard")},
         "source_dir": str(image_dir),

@@ -51,8 +51,13 @@ def _path_digest(value: Any) -> Optional[str]:
     return None
 
 
-def latents_fingerprint(image_dir: os.PathLike | str, split: str, autoencoder_name: str,
-                        autoencoder_kwargs: Optional[Dict[str, Any]], dtype: str) -> Dict[str, Any]:
+def latents_fingerprint(
+    image_dir: os.PathLike | str,
+    split: str,
+    autoencoder_name: str,
+    autoencoder_kwargs: Optional[Dict[str, Any]],
+    dtype: str,
+) -> Dict[str, Any]:
     """What the latents of ``split`` are made from: ``{"fingerprint": sha256 hex, "made_from": {...}}``, with
     the autoencoder's registry name and keyword arguments, the sha256 of every keyword argument that names a
     file or folder (the weights), the sha256 of the image manifest (which records every image shard's sha256),
@@ -64,8 +69,10 @@ def latents_fingerprint(image_dir: os.PathLike | str, split: str, autoencoder_na
     image_dir = Path(image_dir)
     src = read_manifest(image_dir, split)
     if "shard_info" not in src:
-        raise ShardIntegrityError(f"{manifest_path(image_dir, split)}: an image manifest without per-shard counts and "
-                                  f"sha256 (written before they were recorded); {rebuild_hint(src)}")
+        raise ShardIntegrityError(
+            f"{manifest_path(image_dir, split)}: an image manifest without per-shard counts and "
+            f"sha256 (written before they were recorded); {rebuild_hint(src)}"
+        )
     kwargs = json.loads(json.dumps(autoencoder_kwargs or {}, sort_keys=True, default=str))
     made_from = {
         "format": LATENT_FORMAT,
@@ -120,28 +127,38 @@ def write_record(shard_record: Dict[str, Any], out_dir: Path, fingerprint: Dict[
     """Write the record of a freshly written latent shard (after the shard itself: a crash in between leaves a
     shard without a record, which a resume re-encodes)."""
     rec = {**shard_record, **fingerprint}
-    atomic_write_bytes(record_path(out_dir / shard_record["name"]),
-                       (json.dumps(rec, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(
+        record_path(out_dir / shard_record["name"]), (json.dumps(rec, indent=1, sort_keys=True) + "\n").encode()
+    )
 
 
-def check_merged_record(shard: Path, record: Dict[str, Any], fingerprint: str, part_manifest: os.PathLike | str) -> None:
+def check_merged_record(
+    shard: Path, record: Dict[str, Any], fingerprint: str, part_manifest: os.PathLike | str
+) -> None:
     """A shard listed by a part must still be the one that part wrote: its record beside it carries the parts'
     fingerprint and the sha256 the part manifest lists (a later job with other inputs may have replaced it)."""
     rec_path = record_path(shard)
     try:
         rec = json.loads(rec_path.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"{rec_path}: the record of a shard listed by {part_manifest} is unreadable "
-                         f"({type(e).__name__}: {e}); rerun that part") from None
+        raise ValueError(
+            f"{rec_path}: the record of a shard listed by {part_manifest} is unreadable "
+            f"({type(e).__name__}: {e}); rerun that part"
+        ) from None
     if rec.get("fingerprint") != fingerprint or rec.get("sha256") != record["sha256"]:
-        raise ValueError(f"{shard}: made from fingerprint {str(rec.get('fingerprint'))[:16]} with sha256 "
-                         f"{rec.get('sha256')}, but {part_manifest} lists fingerprint {fingerprint[:16]} and sha256 "
-                         f"{record['sha256']} (replaced since); rerun that part")
+        raise ValueError(
+            f"{shard}: made from fingerprint {str(rec.get('fingerprint'))[:16]} with sha256 "
+            f"{rec.get('sha256')}, but {part_manifest} lists fingerprint {fingerprint[:16]} and sha256 "
+            f"{record['sha256']} (replaced since); rerun that part"
+        )
 
 
 def fingerprint_name(autoencoder: Any, autoencoder_name: str) -> str:
     """The autoencoder's name in the fingerprint: the registry name, else the class of an instance (a library
     caller that passes neither a name nor an instance gets "")."""
-    from_class = "" if callable(autoencoder) and not hasattr(autoencoder, "encode") else \
-        f"{type(autoencoder).__module__}.{type(autoencoder).__qualname__}"
+    from_class = (
+        ""
+        if callable(autoencoder) and not hasattr(autoencoder, "encode")
+        else f"{type(autoencoder).__module__}.{type(autoencoder).__qualname__}"
+    )
     return autoencoder_name or from_class

@@ -22,8 +22,10 @@ def read_latent_manifest(latent_dir: os.PathLike | str, split: str) -> Dict[str,
     if info.get("kind") != "latents":
         raise ValueError(f"{path} is not a latent manifest (kind={info.get('kind')!r}, expected 'latents')")
     if "fingerprint" not in info or "shard_info" not in info:
-        raise ShardIntegrityError(f"{path}: latents without a fingerprint of what made them (written by an older "
-                                  f"version; they may come from another autoencoder); {REBUILD_HINT['latents']}")
+        raise ShardIntegrityError(
+            f"{path}: latents without a fingerprint of what made them (written by an older "
+            f"version; they may come from another autoencoder); {REBUILD_HINT['latents']}"
+        )
     shape = info.get("latent_shape")
     if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape)):
         raise ShardIntegrityError(f"{path}: latent_shape {shape!r}, expected [C, h, w] (positive integers)")
@@ -32,8 +34,13 @@ def read_latent_manifest(latent_dir: os.PathLike | str, split: str) -> Dict[str,
     return info
 
 
-def iter_latent_samples(latent_dir: os.PathLike | str, split: str, flipped: bool = True, copy: bool = True,
-                        info: Optional[Dict[str, Any]] = None) -> Iterator[Tuple[str, np.ndarray, Optional[np.ndarray], int]]:
+def iter_latent_samples(
+    latent_dir: os.PathLike | str,
+    split: str,
+    flipped: bool = True,
+    copy: bool = True,
+    info: Optional[Dict[str, Any]] = None,
+) -> Iterator[Tuple[str, np.ndarray, Optional[np.ndarray], int]]:
     """Yield ``(key, latent, latent_flip or None, label)`` of a latent split, every shard checked against the
     manifest (sha256, count: :func:`~ucgm_core.data.shards.iter_split_samples`), every latent's shape exactly
     the manifest's ``latent_shape`` (no broadcasting) and every label in ``[0, num_classes)``.
@@ -43,22 +50,29 @@ def iter_latent_samples(latent_dir: os.PathLike | str, split: str, flipped: bool
     for s in iter_split_samples(latent_dir, split, info=info):
         missing = [f for f in ("latent.npy", "latent_flip.npy", "cls") if f not in s]
         if missing:
-            raise ShardIntegrityError(f"{s['__shard__']}: sample {s['__key__']} lacks {missing}; "
-                                      f"{REBUILD_HINT['latents']}")
+            raise ShardIntegrityError(
+                f"{s['__shard__']}: sample {s['__key__']} lacks {missing}; {REBUILD_HINT['latents']}"
+            )
         fields = ("latent.npy", "latent_flip.npy") if flipped else ("latent.npy",)
         arrays = [npy_array(s[f], copy=copy) for f in fields]
         for f, arr in zip(fields, arrays):
             if arr.shape != shape:
-                raise ShardIntegrityError(f"{s['__shard__']}: sample {s['__key__']}: {f} has shape {arr.shape}, the "
-                                          f"manifest {mpath} says latent_shape {list(shape)}")
+                raise ShardIntegrityError(
+                    f"{s['__shard__']}: sample {s['__key__']}: {f} has shape {arr.shape}, the "
+                    f"manifest {mpath} says latent_shape {list(shape)}"
+                )
         label = int(s["cls"])
         if not 0 <= label < ncls:
-            raise ShardIntegrityError(f"{s['__shard__']}: sample {s['__key__']} has label {label}, outside "
-                                      f"[0, {ncls}) (num_classes of {mpath})")
+            raise ShardIntegrityError(
+                f"{s['__shard__']}: sample {s['__key__']} has label {label}, outside "
+                f"[0, {ncls}) (num_classes of {mpath})"
+            )
         yield s["__key__"], arrays[0], (arrays[1] if flipped else None), label
 
 
-def iter_latents(latent_dir: os.PathLike | str, split: str, flipped: bool = True) -> Iterator[Tuple[str, np.ndarray, Optional[np.ndarray], int]]:
+def iter_latents(
+    latent_dir: os.PathLike | str, split: str, flipped: bool = True
+) -> Iterator[Tuple[str, np.ndarray, Optional[np.ndarray], int]]:
     """Yield ``(key, latent [C,h,w], latent_flip [C,h,w] or None, label)`` in shard order (checked as
     :func:`iter_latent_samples`)."""
     return iter_latent_samples(latent_dir, split, flipped)

@@ -118,6 +118,12 @@ def check_latent_stats(mean: torch.Tensor, std: torch.Tensor, source: str) -> No
         bad = (~ok).flatten().nonzero().flatten().tolist()
         if bad:
             values = t.flatten()[bad[:4]].tolist()
-            raise ValueError(f"{source}: {name} of channel(s) {bad[:4]} is {values}; expected "
-                             + ("finite values" if name == "mean" else "finite values > 0 (a zero or NaN std cannot "
-                                "normalise; recompute the statistics, or set data.normalize_latents: false)"))
+            raise ValueError(
+                f"{source}: {name} of channel(s) {bad[:4]} is {values}; expected "
+                + (
+                    "finite values"
+                    if name == "mean"
+                    else "finite values > 0 (a zero or NaN std cannot "
+                    "normalise; recompute the statistics, or set data.normalize_latents: false)"
+                )
+            )

@@ -90,21 +90,31 @@ def merge_latent_parts(
     part_manifests: Sequence[os.PathLike | str],
     part_stats: Sequence[os.PathLike | str],
     stats_out: Optional[os.PathLike | str] = None,
+    expect_stats: Optional[Tuple[int, int]] = None,
+    log: Optional[Callable[[str], None]] = None,
 ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
     """Write ``{split}.json`` from the parts of :func:`encode_part` (all K, in order) and, when ``stats_out``
     is given, the statistics of their sampled latents there: the manifest and statistics of
     :func:`encode_split` and :func:`compute_latent_stats` (same samples, same order, same arithmetic).
     Latent shards of the split that are not among the image shards are deleted. The parts must share one
     fingerprint (:func:`latents_fingerprint`; a differing one is refused naming both parts and values), and every
-    shard's record must carry it and the shard's sha256. Returns both."""
+    shard's record must carry it and the shard's sha256. ``expect_stats`` ``(samples, seed)``: the statistics
+    sample the caller asked for; parts that drew another are refused before anything is written. ``log``: one
+    line for the manifest and one for the statistics. Returns both."""
+    t0 = time.time()
     out_dir = Path(out_dir)
     for path in part_manifests:
         if "fingerprint" not in json.loads(Path(path).read_text()):
-            raise ValueError(f"{path}: a part manifest without a fingerprint (written before latents recorded what "
-                             "made them); rerun that part")
-    parts = read_part_manifests(part_manifests, "latents-part", split,
-                                ("fingerprint", "source_manifest", "source_dir", "latent_dtype", "autoencoder",
-                                 "autoencoder_kwargs", "stats"))
+            raise ValueError(
+                f"{path}: a part manifest without a fingerprint (written before latents recorded what "
+                "made them); rerun that part"
+            )
+    parts = read_part_manifests(
+        part_manifests,
+        "latents-part",
+        split,
+        ("fingerprint", "source_manifest", "source_dir", "latent_dtype", "autoencoder", "autoencoder_kwargs", "stats"),
+    )
     if len(part_stats) != len(parts):
         raise ValueError(f"{len(parts)} part manifests but {len(part_stats)} part statistics files")
     src = parts[0]["source_manifest"]
@@ -131,10 +141,24 @@ def merge_latent_parts(
         c = np.asarray(m["class_counts"], dtype=np.int64)
         counts = c if counts is None else counts + c
     if shards != src["shards"] or total != src["num_samples"] or latent_shape is None:
-        raise ValueError(f"split {split!r}: the parts hold {total} latents in {len(shards)} shards, the image "
-                         f"manifest {src['num_samples']} in {len(src['shards'])}")
-    info = dict(parts[0]["manifest"], num_samples=total, shards=shards, shard_info=records, latent_shape=latent_shape,
-                class_counts=[int(c) for c in counts])  # type: ignore[union-attr]
+        raise ValueError(
+            f"split {split!r}: the parts hold {total} latents in {len(shards)} shards, the image "
+            f"manifest {src['num_samples']} in {len(src['shards'])}"
+        )
+    drawn = (min(parts[0]["stats"]["max_samples"], total), parts[0]["stats"]["seed"])
+    if stats_out is not None and expect_stats is not None and drawn != (min(expect_stats[0], total), expect_stats[1]):
+        raise ValueError(
+            f"the parts drew {drawn[0]} statistics samples with seed {drawn[1]}, "
+            f"not --stats-samples {expect_stats[0]} --seed {expect_stats[1]}"
+        )
+    info = dict(
+        parts[0]["manifest"],
+        num_samples=total,
+        shards=shards,
+        shard_info=records,
+        latent_shape=latent_shape,
+        class_counts=[int(c) for c in counts],
+    )  # type: ignore[union-attr]
     wanted = set(shards)
     remove_latent_shards(out_dir, split, keep=lambda name: name in wanted)
     write_manifest(out_dir, split, info)
@@ -157,6 +181,14 @@ def merge_latent_parts(
             raise ValueError(f"the parts' statistics samples ({len(indices)}) are not the {len(want)} drawn ones")
         stats = stats_of(torch.cat(latents), parts[0]["stats"]["seed"], split)
         save_latent_stats(stats_out, stats)
+    if log is not None:
+        log(
+            f"{split}: {info['num_samples']} latents {info['latent_shape']} in {len(info['shards'])} shards "
+            f"from {len(part_manifests)} parts -> {out_dir} ({time.time() - t0:.1f}s)"
+        )
+        if stats is not None:
+            mean, std = stats["mean"].flatten().tolist(), stats["std"].flatten().tolist()
+            log(f"stats ({stats['num_samples']} {split} latents): mean {mean} std {std} -> {stats_out}")
     return info, stats
 
 
@@ -204,15 +236,29 @@ def encode_latents(
                 raise ValueError(f"part {part} of split {splits[0]!r} needs parts, part_manifest and part_stats")
             t0 = time.time()
             info = encode_part(
-                image_dir, out_dir, splits[0], lambda: _make_autoencoder(autoencoder, kwargs),
-                part=part, parts=parts, part_manifest=part_manifest, part_stats=part_stats,
-                batch_size=batch_size, device=device, dtype=dtype, resume=resume,
-                autoencoder_name=autoencoder, autoencoder_kwargs=kwargs, stats_samples=stats_samples, seed=seed,
+                image_dir,
+                out_dir,
+                splits[0],
+                lambda: _make_autoencoder(autoencoder, kwargs),
+                part=part,
+                parts=parts,
+                part_manifest=part_manifest,
+                part_stats=part_stats,
+                batch_size=batch_size,
+                device=device,
+                dtype=dtype,
+                resume=resume,
+                autoencoder_name=autoencoder,
+                autoencoder_kwargs=kwargs,
+                stats_samples=stats_samples,
+                seed=seed,
                 log=log,
             )
             m = info["manifest"]
-            log(f"{splits[0]} part {part}/{parts}: {m['num_samples']} latents in {len(m['shards'])} "
-                f"shards from shard {info['first_shard']} -> {out_dir} ({time.time() - t0:.1f}s)")
+            log(
+                f"{splits[0]} part {part}/{parts}: {m['num_samples']} latents in {len(m['shards'])} "
+                f"shards from shard {info['first_shard']} -> {out_dir} ({time.time() - t0:.1f}s)"
+            )
             return
         ae = _make_autoencoder(autoencoder, kwargs)
         if device is None:
@@ -221,11 +267,24 @@ def encode_latents(
             device = "cuda" if torch.cuda.is_available() else "cpu"
         for split in splits:
             t0 = time.time()
-            info = encode_split(image_dir, out_dir, split, ae, batch_size=batch_size, device=device, dtype=dtype,
-                                resume=resume, autoencoder_name=autoencoder, autoencoder_kwargs=kwargs, log=log)
+            info = encode_split(
+                image_dir,
+                out_dir,
+                split,
+                ae,
+                batch_size=batch_size,
+                device=device,
+                dtype=dtype,
+                resume=resume,
+                autoencoder_name=autoencoder,
+                autoencoder_kwargs=kwargs,
+                log=log,
+            )
             log(f"{split}: {info['num_samples']} latents {info['latent_shape']} -> {out_dir} ({time.time() - t0:.1f}s)")
     if stats_out:
         stats = compute_latent_stats(out_dir, stats_split, stats_samples, seed)
         save_latent_stats(stats_out, stats)
-        log(f"stats ({stats['num_samples']} {stats_split} latents): mean {stats['mean'].flatten().tolist()} "
-            f"std {stats['std'].flatten().tolist()} -> {stats_out}")
+        log(
+            f"stats ({stats['num_samples']} {stats_split} latents): mean {stats['mean'].flatten().tolist()} "
+            f"std {stats['std'].flatten().tolist()} -> {stats_out}"
+        )

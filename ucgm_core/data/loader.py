@@ -59,7 +59,9 @@ class LatentArrays:
         return len(self.labels)
 
 
-def load_latent_arrays(latent_dir: os.PathLike | str, split: str = "train", dtype: torch.dtype = torch.float32) -> LatentArrays:
+def load_latent_arrays(
+    latent_dir: os.PathLike | str, split: str = "train", dtype: torch.dtype = torch.float32
+) -> LatentArrays:
     """Read every sample of a latent split into preallocated tensors (shard order).
 
     The manifest must carry the latents' fingerprint, every shard its recorded sha256 and count, every
@@ -99,8 +101,9 @@ class LatentNormalizer:
 
     def __post_init__(self) -> None:
         if (self.mean is None) != (self.std is None):
-            raise ValueError(f"{self.source}: give both mean and std or neither (got only "
-                             f"{'mean' if self.std is None else 'std'})")
+            raise ValueError(
+                f"{self.source}: give both mean and std or neither (got only {'mean' if self.std is None else 'std'})"
+            )
         try:
             multiplier = float(self.multiplier)
         except (TypeError, ValueError):
@@ -124,7 +127,9 @@ class LatentNormalizer:
         return None if self.mean is None else int(self.mean.shape[1])
 
     @classmethod
-    def from_stats(cls, path: Optional[os.PathLike | str], multiplier: float = 1.0, normalize: bool = True) -> "LatentNormalizer":
+    def from_stats(
+        cls, path: Optional[os.PathLike | str], multiplier: float = 1.0, normalize: bool = True
+    ) -> "LatentNormalizer":
         """Build from a statistics file; ``normalize=False`` (or no path) uses the multiplier only."""
         if normalize and path is not None:
             mean, std = load_latent_stats(path)
@@ -197,9 +202,11 @@ class LatentLoader:
             raise ValueError(f"{self.n} samples cannot fill a global batch of {self.batch_size} x {world_size} ranks")
         channels = self.normalizer.channels
         if channels is not None and channels != data.latents.shape[1]:  # would broadcast or fail deep in torch
-            raise ValueError(f"{self.normalizer.source}: statistics for {channels} channels, the latents have "
-                             f"{data.latents.shape[1]} ({list(data.latents.shape[1:])}); expected one mean and std "
-                             "per latent channel")
+            raise ValueError(
+                f"{self.normalizer.source}: statistics for {channels} channels, the latents have "
+                f"{data.latents.shape[1]} ({list(data.latents.shape[1:])}); expected one mean and std "
+                "per latent channel"
+            )
         # one buffer [2N, C, h, w]: rows 0..N-1 plain, N..2N-1 flipped, normalised once
         both = torch.empty((2 * self.n, *data.latents.shape[1:]), dtype=torch.float32, device=self.device)
         self.normalizer.normalize_(both[: self.n].copy_(data.latents))
@@ -287,4 +294,3 @@ class LatentLoader:
                 raise ValueError(f"loader state mismatch for {key!r}: saved {state.get(key)!r}, loader has {mine!r}")
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
-

@@ -77,19 +77,31 @@ def rebuild_hint(info: Dict[str, Any]) -> str:
 def _check_shard_info(path: Path, info: Dict[str, Any]) -> None:
     """``shard_info`` of a version-2 manifest: one record per shard, in order, with a count, sha256 and size."""
     records = info["shard_info"]
-    if not isinstance(records, list) or [r.get("name") if isinstance(r, dict) else None for r in records] != info["shards"]:
-        raise ShardIntegrityError(f"{path}: shard_info does not list the shards {info['shards']} in order; "
-                                  f"{rebuild_hint(info)}")
+    if (
+        not isinstance(records, list)
+        or [r.get("name") if isinstance(r, dict) else None for r in records] != info["shards"]
+    ):
+        raise ShardIntegrityError(
+            f"{path}: shard_info does not list the shards {info['shards']} in order; {rebuild_hint(info)}"
+        )
     for r in records:
-        ok = (isinstance(r.get("num_samples"), int) and r["num_samples"] >= 0 and isinstance(r.get("size"), int)
-              and isinstance(r.get("sha256"), str) and len(r["sha256"]) == 64)
+        ok = (
+            isinstance(r.get("num_samples"), int)
+            and r["num_samples"] >= 0
+            and isinstance(r.get("size"), int)
+            and isinstance(r.get("sha256"), str)
+            and len(r["sha256"]) == 64
+        )
         if not ok:
-            raise ShardIntegrityError(f"{path}: shard_info record {r!r}: expected name, num_samples >= 0, size and a "
-                                      f"64-digit sha256; {rebuild_hint(info)}")
+            raise ShardIntegrityError(
+                f"{path}: shard_info record {r!r}: expected name, num_samples >= 0, size and a "
+                f"64-digit sha256; {rebuild_hint(info)}"
+            )
     total = sum(r["num_samples"] for r in records)
     if "num_samples" in info and total != info["num_samples"]:
-        raise ShardIntegrityError(f"{path}: shard_info counts add up to {total}, num_samples is {info['num_samples']}; "
-                                  f"{rebuild_hint(info)}")
+        raise ShardIntegrityError(
+            f"{path}: shard_info counts add up to {total}, num_samples is {info['num_samples']}; {rebuild_hint(info)}"
+        )
 
 
 def read_manifest(shard_dir: os.PathLike | str, split: str) -> Dict[str, Any]:
@@ -106,8 +118,9 @@ def read_manifest(shard_dir: os.PathLike | str, split: str) -> Dict[str, Any]:
         raise ShardIntegrityError(f"{path}: expected a JSON object with a list 'shards'; rebuild the split")
     version = info.get("version", 1)
     if not isinstance(version, int) or not 1 <= version <= MANIFEST_VERSION:
-        raise ShardIntegrityError(f"{path}: manifest version {version!r}, this code reads 1 to {MANIFEST_VERSION}; "
-                                  f"{rebuild_hint(info)}")
+        raise ShardIntegrityError(
+            f"{path}: manifest version {version!r}, this code reads 1 to {MANIFEST_VERSION}; {rebuild_hint(info)}"
+        )
     missing = [s for s in info["shards"] if not (Path(shard_dir) / s).is_file()]
     if missing:
         raise FileNotFoundError(f"{path}: shards missing on disk: {missing}")
@@ -118,8 +131,10 @@ def read_manifest(shard_dir: os.PathLike | str, split: str) -> Dict[str, Any]:
         for r in info["shard_info"]:
             found = (Path(shard_dir) / r["name"]).stat().st_size
             if found != r["size"]:
-                raise ShardIntegrityError(f"{Path(shard_dir) / r['name']}: {found} bytes, the manifest {path} records "
-                                          f"{r['size']} (a cut, short or rewritten shard); {rebuild_hint(info)}")
+                raise ShardIntegrityError(
+                    f"{Path(shard_dir) / r['name']}: {found} bytes, the manifest {path} records "
+                    f"{r['size']} (a cut, short or rewritten shard); {rebuild_hint(info)}"
+                )
     return info
 
 
@@ -128,7 +143,9 @@ def shard_paths(shard_dir: os.PathLike | str, split: str) -> List[Path]:
     return [Path(shard_dir) / s for s in read_manifest(shard_dir, split)["shards"]]
 
 
-def shard_records(shard_dir: os.PathLike | str, split: str, info: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+def shard_records(
+    shard_dir: os.PathLike | str, split: str, info: Optional[Dict[str, Any]] = None
+) -> List[Dict[str, Any]]:
     """Per shard of a split: ``name``, ``path``, expected ``num_samples`` and the recorded ``sha256`` and ``size``.
 
     Version 1 manifests record no hashes (``sha256``/``size`` None); their counts are derived from
@@ -143,28 +160,37 @@ def shard_records(shard_dir: os.PathLike | str, split: str, info: Optional[Dict[
     if isinstance(sps, int) and isinstance(total, int) and names:
         last = total - sps * (len(names) - 1)
         if not 1 <= last <= sps:
-            raise ShardIntegrityError(f"{manifest_path(shard_dir, split)}: {total} samples cannot fill {len(names)} "
-                                      f"shards of {sps}; {rebuild_hint(info)}")
+            raise ShardIntegrityError(
+                f"{manifest_path(shard_dir, split)}: {total} samples cannot fill {len(names)} "
+                f"shards of {sps}; {rebuild_hint(info)}"
+            )
         counts = [sps] * (len(names) - 1) + [last]
-    return [{"name": n, "path": Path(shard_dir) / n, "num_samples": c, "sha256": None, "size": None}
-            for n, c in zip(names, counts)]
+    return [
+        {"name": n, "path": Path(shard_dir) / n, "num_samples": c, "sha256": None, "size": None}
+        for n, c in zip(names, counts)
+    ]
 
 
 def verify_shard(record: Dict[str, Any], manifest: os.PathLike | str, hint: str) -> None:
     """Check a shard's size and sha256 against its record (a no-op for what the record lacks)."""
     path = record["path"]
     if record.get("size") is not None and path.stat().st_size != record["size"]:
-        raise ShardIntegrityError(f"{path}: {path.stat().st_size} bytes, the manifest {manifest} records "
-                                  f"{record['size']} (a cut, short or rewritten shard); {hint}")
+        raise ShardIntegrityError(
+            f"{path}: {path.stat().st_size} bytes, the manifest {manifest} records "
+            f"{record['size']} (a cut, short or rewritten shard); {hint}"
+        )
     if record.get("sha256"):
         found = sha256_file(path)
         if found != record["sha256"]:
-            raise ShardIntegrityError(f"{path}: sha256 {found}, the manifest {manifest} records {record['sha256']} "
-                                      f"(a corrupt or rewritten shard); {hint}")
+            raise ShardIntegrityError(
+                f"{path}: sha256 {found}, the manifest {manifest} records {record['sha256']} "
+                f"(a corrupt or rewritten shard); {hint}"
+            )
 
 
-def iter_split_samples(shard_dir: os.PathLike | str, split: str, *, verify_hash: bool = True,
-                       info: Optional[Dict[str, Any]] = None) -> Iterator[Dict[str, Any]]:
+def iter_split_samples(
+    shard_dir: os.PathLike | str, split: str, *, verify_hash: bool = True, info: Optional[Dict[str, Any]] = None
+) -> Iterator[Dict[str, Any]]:
     """:func:`iter_samples` over a split's shards, checked against the manifest: each shard's sample count
     (a shard cut at a member boundary is otherwise a valid, shorter tar), and with ``verify_hash`` its
     sha256 before it is read (where the manifest records one). Samples carry ``__shard__`` (the shard's
@@ -183,12 +209,15 @@ def iter_split_samples(shard_dir: os.PathLike | str, split: str, *, verify_hash:
             n += 1
             yield sample
         if rec["num_samples"] is not None and n != rec["num_samples"]:
-            raise ShardIntegrityError(f"{path}: {n} samples, the manifest {mpath} records {rec['num_samples']} "
-                                      f"(a short or cut shard); {hint}")
+            raise ShardIntegrityError(
+                f"{path}: {n} samples, the manifest {mpath} records {rec['num_samples']} (a short or cut shard); {hint}"
+            )
         total += n
     if isinstance(info.get("num_samples"), int) and total != info["num_samples"]:
-        raise ShardIntegrityError(f"{shard_dir}: {total} samples in the shards of {split!r}, the manifest {mpath} "
-                                  f"records {info['num_samples']}; {hint}")
+        raise ShardIntegrityError(
+            f"{shard_dir}: {total} samples in the shards of {split!r}, the manifest {mpath} "
+            f"records {info['num_samples']}; {hint}"
+        )
 
 
 def split_fingerprint(shard_dir: os.PathLike | str, split: str) -> Dict[str, Any]:

@@ -24,7 +24,9 @@ def part_shards(num_shards: int, part: int, parts: int) -> range:
     return range(part * num_shards // parts, (part + 1) * num_shards // parts)
 
 
-def read_part_manifests(paths: Sequence[os.PathLike | str], kind: str, split: str, same: Sequence[str]) -> List[Dict[str, Any]]:
+def read_part_manifests(
+    paths: Sequence[os.PathLike | str], kind: str, split: str, same: Sequence[str]
+) -> List[Dict[str, Any]]:
     """Read the part manifests ``paths`` (parts 0 .. K-1 in order) and check that they belong together."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     if not parts:
@@ -36,6 +38,8 @@ def read_part_manifests(paths: Sequence[os.PathLike | str], kind: str, split: st
             raise ValueError(f"{path}: part manifest {got}, expected {want} (give the parts in order)")
         for key in same:
             if info.get(key) != parts[0].get(key):
-                raise ValueError(f"{path}: {key} = {info.get(key)!r} differs from part 0's ({paths[0]}) "
-                                 f"{parts[0].get(key)!r}; the parts must be made alike (rerun the odd one)")
+                raise ValueError(
+                    f"{path}: {key} = {info.get(key)!r} differs from part 0's ({paths[0]}) "
+                    f"{parts[0].get(key)!r}; the parts must be made alike (rerun the odd one)"
+                )
     return parts

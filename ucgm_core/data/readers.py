@@ -71,9 +71,7 @@ def read_idx(path: os.PathLike | str) -> np.ndarray:
     dtype = _IDX_DTYPES[code]
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(data) - header != expected:
-        raise ValueError(
-            f"{path}: IDX dims {dims} need {expected} data bytes, file has {len(data) - header}"
-        )
+        raise ValueError(f"{path}: IDX dims {dims} need {expected} data bytes, file has {len(data) - header}")
     arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
@@ -95,6 +93,7 @@ def load_idx_pair(images: os.PathLike | str, labels: os.PathLike | str, num_clas
 def idx_reader(prefix_train: str = "train", prefix_test: str = "t10k") -> Callable[[Path, str, int], ArraySource]:
     """A catalogue reader of the gzip IDX pair ``<prefix>-images-idx3-ubyte.gz`` / ``<prefix>-labels-idx1-ubyte.gz``
     of a split (MNIST and Fashion-MNIST name them ``train`` and ``t10k``)."""
+
     def read(root: Path, split: str, num_classes: int) -> ArraySource:
         prefix = {"train": prefix_train, "test": prefix_test}[split]
         return load_idx_pair(

@@ -107,17 +107,23 @@ def iter_images(shard_dir: os.PathLike | str, split: str) -> Iterator[Tuple[str,
     for s in iter_split_samples(shard_dir, split, info=info):
         field = "png" if "png" in s else "npy"
         if field not in s or "cls" not in s:
-            raise ShardIntegrityError(f"{s['__shard__']}: sample {s['__key__']} lacks an image or cls field "
-                                      f"(has {sorted(k for k in s if not k.startswith('__'))}); {hint}")
+            raise ShardIntegrityError(
+                f"{s['__shard__']}: sample {s['__key__']} lacks an image or cls field "
+                f"(has {sorted(k for k in s if not k.startswith('__'))}); {hint}"
+            )
         img = decode_field(field, s[field])
         img = img[..., None] if img.ndim == 2 else img
         if res is not None and ch is not None and img.shape != (res, res, ch):
-            raise ShardIntegrityError(f"{s['__shard__']}: sample {s['__key__']} is an image {img.shape}, the manifest "
-                                      f"{mpath} says {res}x{res}x{ch}; {hint}")
+            raise ShardIntegrityError(
+                f"{s['__shard__']}: sample {s['__key__']} is an image {img.shape}, the manifest "
+                f"{mpath} says {res}x{res}x{ch}; {hint}"
+            )
         label = decode_field("cls", s["cls"])
         if ncls is not None and not 0 <= label < ncls:
-            raise ShardIntegrityError(f"{s['__shard__']}: sample {s['__key__']} has label {label}, outside "
-                                      f"[0, {ncls}) (num_classes of {mpath}); {hint}")
+            raise ShardIntegrityError(
+                f"{s['__shard__']}: sample {s['__key__']} has label {label}, outside "
+                f"[0, {ncls}) (num_classes of {mpath}); {hint}"
+            )
         yield s["__key__"], img, label
 
 
@@ -136,7 +142,9 @@ def _encode_sample(args: Tuple[np.ndarray, int, Optional[int], str]) -> Tuple[by
     return encode_field(fmt, img), encode_field("cls", label)
 
 
-def iter_source_range(source: Iterable[Tuple[np.ndarray, int]], start: int, stop: int) -> Iterator[Tuple[np.ndarray, int]]:
+def iter_source_range(
+    source: Iterable[Tuple[np.ndarray, int]], start: int, stop: int
+) -> Iterator[Tuple[np.ndarray, int]]:
     """Items ``start .. stop - 1`` of an image source, decoding only those where the source can
     (``iter_range`` of :mod:`ucgm_core.data.datasets`' sources), else by skipping the first ones."""
     iter_range = getattr(source, "iter_range", None)
@@ -150,7 +158,7 @@ def iter_source_range(source: Iterable[Tuple[np.ndarray, int]], start: int, stop
 def _remove_shards(out_dir: Path, split: str, keep=lambda index: False) -> None:
     """Delete ``{split}-NNNNNN.tar`` shards (and their temporary files) whose index ``keep`` rejects."""
     for path in [*out_dir.glob(f"{split}-*.tar"), *out_dir.glob(f".{split}-*.tar.tmp")]:
-        digits = path.name.lstrip(".")[len(split) + 1:].split(".", 1)[0]
+        digits = path.name.lstrip(".")[len(split) + 1 :].split(".", 1)[0]
         if not (digits.isdigit() and keep(int(digits))):
             path.unlink(missing_ok=True)
 
@@ -199,8 +207,15 @@ def _write_images(
             pool.join()
 
 
-def _images_manifest(counts: Sequence[int], samples_per_shard: int, records: List[Dict[str, Any]], image_format: str,
-                     shape: Tuple[int, ...], num_classes: int, extra_info: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def _images_manifest(
+    counts: Sequence[int],
+    samples_per_shard: int,
+    records: List[Dict[str, Any]],
+    image_format: str,
+    shape: Tuple[int, ...],
+    num_classes: int,
+    extra_info: Optional[Dict[str, Any]],
+) -> Dict[str, Any]:
     return {
         "kind": "images",
         "num_samples": int(sum(counts)),
@@ -240,9 +255,17 @@ def write_image_shards(
     _remove_shards(out_dir, split)
     manifest_path(out_dir, split).unlink(missing_ok=True)
     items = iter(source) if limit is None else iter_source_range(source, 0, limit)
-    records, counts, shape = _write_images(items, out_dir, split, first_index=0, resolution=resolution,
-                                          samples_per_shard=samples_per_shard, image_format=image_format,
-                                          num_classes=num_classes, workers=workers)
+    records, counts, shape = _write_images(
+        items,
+        out_dir,
+        split,
+        first_index=0,
+        resolution=resolution,
+        samples_per_shard=samples_per_shard,
+        image_format=image_format,
+        num_classes=num_classes,
+        workers=workers,
+    )
     if shape is None:
         raise ValueError(f"split {split!r}: the source yielded no images")
     info = _images_manifest(counts, samples_per_shard, records, image_format, shape, num_classes, extra_info)
@@ -283,13 +306,22 @@ def write_image_shards_part(
     manifest_path(out_dir, split).unlink(missing_ok=True)  # its shards are being rewritten
     _remove_shards(out_dir, split, keep=lambda index: index not in own)
     items = iter_source_range(source, start, stop) if start < stop else iter(())
-    records, counts, shape = _write_images(items, out_dir, split,
-                                          first_index=start, resolution=resolution,
-                                          samples_per_shard=samples_per_shard, image_format=image_format,
-                                          num_classes=num_classes, workers=workers)
+    records, counts, shape = _write_images(
+        items,
+        out_dir,
+        split,
+        first_index=start,
+        resolution=resolution,
+        samples_per_shard=samples_per_shard,
+        image_format=image_format,
+        num_classes=num_classes,
+        workers=workers,
+    )
     if int(counts.sum()) != stop - start:
-        raise ValueError(f"split {split!r}: the source yielded {int(counts.sum())} images for indices "
-                         f"{start}..{stop - 1} ({total} in all by its length)")
+        raise ValueError(
+            f"split {split!r}: the source yielded {int(counts.sum())} images for indices "
+            f"{start}..{stop - 1} ({total} in all by its length)"
+        )
     info = {
         "kind": "images-part",
         "split": split,
@@ -297,8 +329,9 @@ def write_image_shards_part(
         "parts": parts,
         "total_samples": total,
         "first_shard": own.start,
-        "manifest": None if shape is None else
-        _images_manifest(counts, samples_per_shard, records, image_format, shape, num_classes, extra_info),
+        "manifest": None
+        if shape is None
+        else _images_manifest(counts, samples_per_shard, records, image_format, shape, num_classes, extra_info),
         "samples_per_shard": samples_per_shard,
         "image_format": image_format,
         "num_classes": int(num_classes),
@@ -308,16 +341,24 @@ def write_image_shards_part(
     return info
 
 
-def merge_image_parts(out_dir: os.PathLike | str, split: str, part_manifests: Sequence[os.PathLike | str],
-                      log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+def merge_image_parts(
+    out_dir: os.PathLike | str,
+    split: str,
+    part_manifests: Sequence[os.PathLike | str],
+    log: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Any]:
     """Write ``{split}.json`` from the part manifests of :func:`write_image_shards_part` (all K of them, in
     order), after checking that their shards cover the split in order; shards of the split that no part
     wrote (left by an earlier, larger run) are deleted. The manifest is the one :func:`write_image_shards`
     writes. ``log``, when given, gets one line saying what was merged. Returns it."""
     t0 = time.time()
     out_dir = Path(out_dir)
-    parts = read_part_manifests(part_manifests, "images-part", split,
-                         ("total_samples", "samples_per_shard", "image_format", "num_classes", "extra_info"))
+    parts = read_part_manifests(
+        part_manifests,
+        "images-part",
+        split,
+        ("total_samples", "samples_per_shard", "image_format", "num_classes", "extra_info"),
+    )
     first = parts[0]
     sps, total = int(first["samples_per_shard"]), int(first["total_samples"])
     if total == 0:
@@ -337,22 +378,29 @@ def merge_image_parts(out_dir: os.PathLike | str, split: str, part_manifests: Se
             raise ValueError(f"{path}: images {part_shape}, part 0's are {shape}")
         shape = part_shape
         if "shard_info" not in m:
-            raise ValueError(f"{path}: a part manifest without shard_info (written before shards recorded counts and "
-                             "hashes); rerun that part")
+            raise ValueError(
+                f"{path}: a part manifest without shard_info (written before shards recorded counts and "
+                "hashes); rerun that part"
+            )
         shards += m["shards"]
         records += m["shard_info"]
         counts += np.asarray(m["class_counts"], dtype=np.int64)
     if len(shards) != -(-total // sps) or int(counts.sum()) != total or shape is None:
-        raise ValueError(f"split {split!r}: the parts hold {int(counts.sum())} images in {len(shards)} shards, "
-                         f"expected {total} in {-(-total // sps)}")
-    info = _images_manifest(counts, sps, records, first["image_format"], shape, first["num_classes"],
-                            first["extra_info"])
+        raise ValueError(
+            f"split {split!r}: the parts hold {int(counts.sum())} images in {len(shards)} shards, "
+            f"expected {total} in {-(-total // sps)}"
+        )
+    info = _images_manifest(
+        counts, sps, records, first["image_format"], shape, first["num_classes"], first["extra_info"]
+    )
     _remove_shards(out_dir, split, keep=lambda index: index < len(shards))
     write_manifest(out_dir, split, info)
     read_manifest(out_dir, split)  # every shard is on disk
     if log is not None:
-        log(f"{split}: {info['num_samples']} images in {len(info['shards'])} shards from "
-            f"{len(part_manifests)} parts -> {out_dir} ({time.time() - t0:.1f}s)")
+        log(
+            f"{split}: {info['num_samples']} images in {len(info['shards'])} shards from "
+            f"{len(part_manifests)} parts -> {out_dir} ({time.time() - t0:.1f}s)"
+        )
     return info
 
 
@@ -409,16 +457,21 @@ def build_image_shards(
         if part is not None:
             if parts is None or part_manifest is None:
                 raise ValueError(f"split {split!r}: part {part} needs parts and part_manifest")
-            info = write_image_shards_part(source, out_dir, split, part=part, parts=parts,
-                                           part_manifest=part_manifest, **common)
+            info = write_image_shards_part(
+                source, out_dir, split, part=part, parts=parts, part_manifest=part_manifest, **common
+            )
             m = info["manifest"] or {"num_samples": 0, "shards": []}
             rate = m["num_samples"] / max(time.time() - t0, 1e-9)
-            log(f"{split} part {part}/{parts}: {m['num_samples']} of {info['total_samples']} images in "
+            log(
+                f"{split} part {part}/{parts}: {m['num_samples']} of {info['total_samples']} images in "
                 f"{len(m['shards'])} shards from shard {info['first_shard']} -> {out_dir} "
-                f"({time.time() - t0:.1f}s, {rate:.0f} images/s)")
+                f"({time.time() - t0:.1f}s, {rate:.0f} images/s)"
+            )
         else:
             info = write_image_shards(source, out_dir, split, **common)
-            log(f"{split}: {info['num_samples']} images {info['resolution']}x{info['resolution']}x{info['channels']} "
-                f"in {len(info['shards'])} shards -> {out_dir} ({time.time() - t0:.1f}s)")
+            log(
+                f"{split}: {info['num_samples']} images {info['resolution']}x{info['resolution']}x{info['channels']} "
+                f"in {len(info['shards'])} shards -> {out_dir} ({time.time() - t0:.1f}s)"
+            )
         infos.append(info)
     return infos

@@ -134,8 +134,9 @@ class IlsvrcTarSource:
             raise ValueError(f"{self.path}: no per-class tars or class folders with images found")
         return groups
 
-    def _iter_items(self, decode: bool, start: int = 0,
-                    stop: Optional[int] = None) -> Iterator[Tuple[Optional[np.ndarray], int]]:
+    def _iter_items(
+        self, decode: bool, start: int = 0, stop: Optional[int] = None
+    ) -> Iterator[Tuple[Optional[np.ndarray], int]]:
         """Items ``start .. stop - 1`` of the iteration order; the others are neither read nor decoded."""
         groups = self._index()
         cls_index = {c: i for i, c in enumerate(self.class_names)}

@@ -209,8 +209,9 @@ class TarShardWriter:
         name = self.shard_name(self.shard_index)
         os.replace(self._tmp, self.out_dir / name)  # type: ignore[arg-type]
         self.shards.append(name)
-        self.records.append({"name": name, "num_samples": self._in_shard, "sha256": self._hash.hexdigest(),
-                             "size": self._size})
+        self.records.append(
+            {"name": name, "num_samples": self._in_shard, "sha256": self._hash.hexdigest(), "size": self._size}
+        )
         self.shard_index += 1
         self._f = None
         self._tmp = None
@@ -284,8 +285,9 @@ def iter_tar_files(path: os.PathLike | str) -> Iterator[Tuple[str, bytes]]:
                 if hdr.strip(b"\0"):
                     raise ValueError(f"{path}: truncated tar header")
                 # a cut at a member boundary would otherwise read as a complete, shorter tar
-                raise ValueError(f"{path}: ends at byte {f.tell()} without the end-of-archive marker "
-                                 "(a cut or half-copied tar)")
+                raise ValueError(
+                    f"{path}: ends at byte {f.tell()} without the end-of-archive marker (a cut or half-copied tar)"
+                )
             if not hdr.strip(b"\0"):
                 return  # end-of-archive marker
             chk = _octal(hdr[148:156])

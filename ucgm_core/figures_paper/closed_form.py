@@ -62,8 +62,10 @@ class GaussianMixture1D:
     def __post_init__(self) -> None:
         n = len(self.weights)
         if n == 0 or len(self.means) != n or len(self.stds) != n:
-            raise ValueError(f"GaussianMixture1D: weights, means and stds must have the same non-zero length, got "
-                             f"{len(self.weights)}, {len(self.means)}, {len(self.stds)}")
+            raise ValueError(
+                f"GaussianMixture1D: weights, means and stds must have the same non-zero length, got "
+                f"{len(self.weights)}, {len(self.means)}, {len(self.stds)}"
+            )
         values = np.asarray([*self.weights, *self.means, *self.stds], dtype=np.float64)
         if not np.isfinite(values).all():
             raise ValueError(f"GaussianMixture1D: every weight, mean and std must be finite, got {self}")
@@ -74,8 +76,11 @@ class GaussianMixture1D:
 
     def arrays(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(w, m, s) as float64 arrays."""
-        return (np.asarray(self.weights, np.float64), np.asarray(self.means, np.float64),
-                np.asarray(self.stds, np.float64))
+        return (
+            np.asarray(self.weights, np.float64),
+            np.asarray(self.means, np.float64),
+            np.asarray(self.stds, np.float64),
+        )
 
     def mean(self) -> float:
         w, m, _ = self.arrays()
@@ -163,8 +168,7 @@ def marginal_density(mix: GaussianMixture1D, y: np.ndarray, alpha: float, gamma:
     return np.exp(_log_components(mix, y, alpha, gamma)).sum(-1)
 
 
-def posterior_means(mix: GaussianMixture1D, y: np.ndarray, alpha: float,
-                    gamma: float) -> Tuple[np.ndarray, np.ndarray]:
+def posterior_means(mix: GaussianMixture1D, y: np.ndarray, alpha: float, gamma: float) -> Tuple[np.ndarray, np.ndarray]:
     """(E[x | x_t = y], E[z | x_t = y]): the x_hat and z_hat an ideal network would give (module docstring)."""
     _, m, s = mix.arrays()
     y = np.asarray(y, dtype=np.float64)
@@ -202,18 +206,28 @@ def mixture_quantiles(weights: np.ndarray, means: np.ndarray, variances: np.ndar
     return 0.5 * (lo + hi)
 
 
-def integrate_pf_ode(mix: GaussianMixture1D, transport: str, y1: np.ndarray, t_eval: np.ndarray,
-                     rtol: float = 1e-10, atol: float = 1e-10) -> np.ndarray:
+def integrate_pf_ode(
+    mix: GaussianMixture1D, transport: str, y1: np.ndarray, t_eval: np.ndarray, rtol: float = 1e-10, atol: float = 1e-10
+) -> np.ndarray:
     """Trajectories of the PF-ODE from y1 at t = 1 down to t = 0, at the decreasing times ``t_eval``
     (t_eval[0] must be 1), with an adaptive 8th-order Runge-Kutta (scipy's DOP853). Returns [len(t_eval), N]."""
     from scipy.integrate import solve_ivp
 
     t_eval = np.asarray(t_eval, dtype=np.float64)
     if t_eval.ndim != 1 or t_eval[0] != 1.0 or np.any(np.diff(t_eval) >= 0) or t_eval[-1] < 0:
-        raise ValueError("integrate_pf_ode: t_eval must start at 1 and decrease strictly to a value >= 0, got "
-                         f"{t_eval[:3]} ... {t_eval[-3:]}")
-    sol = solve_ivp(lambda t, y: pf_ode_velocity(mix, transport, y, t), (1.0, float(t_eval[-1])),
-                    np.asarray(y1, dtype=np.float64), method="DOP853", t_eval=t_eval, rtol=rtol, atol=atol)
+        raise ValueError(
+            "integrate_pf_ode: t_eval must start at 1 and decrease strictly to a value >= 0, got "
+            f"{t_eval[:3]} ... {t_eval[-3:]}"
+        )
+    sol = solve_ivp(
+        lambda t, y: pf_ode_velocity(mix, transport, y, t),
+        (1.0, float(t_eval[-1])),
+        np.asarray(y1, dtype=np.float64),
+        method="DOP853",
+        t_eval=t_eval,
+        rtol=rtol,
+        atol=atol,
+    )
     if not sol.success:
         raise RuntimeError(f"integrate_pf_ode: the solver failed for transport {transport!r}: {sol.message}")
     return sol.y.T
@@ -222,8 +236,13 @@ def integrate_pf_ode(mix: GaussianMixture1D, transport: str, y1: np.ndarray, t_e
 # --- Fig. 7 -----------------------------------------------------------------------------------------------
 
 
-def fig7_data(mix: GaussianMixture1D = FIG7_MIXTURE, n_traj: int = 25, n_t: int = 101, n_x: int = 161,
-              x_range: Tuple[float, float] = (-4.0, 4.0)) -> List[dict]:
+def fig7_data(
+    mix: GaussianMixture1D = FIG7_MIXTURE,
+    n_traj: int = 25,
+    n_t: int = 101,
+    n_x: int = 161,
+    x_range: Tuple[float, float] = (-4.0, 4.0),
+) -> List[dict]:
     """Rows of Fig. 7's CSV, per panel: the density p_t on an (n_t x n_x) grid (``kind`` = density) and
     n_traj PF-ODE trajectories started at evenly spaced quantiles (i + 0.5) / n_traj of p_1 (``kind`` =
     trajectory, with the density at the trajectory's point). Deterministic: no random draw."""
@@ -272,8 +291,7 @@ def plot_fig7(rows: Sequence[dict], path: os.PathLike | str, mix: GaussianMixtur
     for ax, (panel, transport, title) in zip(np.atleast_1d(axes), FIG7_PANELS):
         dens = frame[(frame.panel == panel) & (frame.kind == "density")]
         grid = dens.pivot(index="x", columns="t", values="density").sort_index(axis=1, ascending=False)
-        ax.pcolormesh(grid.columns.to_numpy(), grid.index.to_numpy(), grid.to_numpy(), shading="gouraud",
-                      cmap="magma")
+        ax.pcolormesh(grid.columns.to_numpy(), grid.index.to_numpy(), grid.to_numpy(), shading="gouraud", cmap="magma")
         traj = frame[(frame.panel == panel) & (frame.kind == "trajectory")]
         ends = []
         for _, path_rows in traj.groupby("index"):
@@ -285,8 +303,7 @@ def plot_fig7(rows: Sequence[dict], path: os.PathLike | str, mix: GaussianMixtur
         ax.set_xlabel("t (1 = noise, 0 = data)")
         ax.set_title(f"{title}\nendpoints below {split:g}: {share:.2f} (weight {mix.weights[0]:g})", fontsize=8)
     np.atleast_1d(axes)[0].set_ylabel("x")
-    fig.suptitle("Probability-flow ODE trajectories to a bimodal Gaussian (closed-form velocity)", fontsize=9,
-                 y=1.06)
+    fig.suptitle("Probability-flow ODE trajectories to a bimodal Gaussian (closed-form velocity)", fontsize=9, y=1.06)
     _save(fig, path)
     plt.close(fig)
 

@@ -83,9 +83,16 @@ def plot_fig2a(csv: str | os.PathLike, png: str | os.PathLike) -> Path:
             text = f"{values[i, j]:.3g}"
             if np.isfinite(paper.to_numpy(dtype=float)[i, j]):
                 text += f"\n(paper {paper.to_numpy(dtype=float)[i, j]:.2f})"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                    color="white" if shown[i, j] > np.nanmean(shown) else "black",
-                    fontweight="bold" if best[j] == i else "normal")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if shown[i, j] > np.nanmean(shown) else "black",
+                fontweight="bold" if best[j] == i else "normal",
+            )
     ax.set_xticks(range(len(steps)), [str(s) for s in steps])
     ax.set_yticks(range(len(lams)), [f"{v:g}" for v in lams])
     ax.set_xlabel("sampling steps")
@@ -144,8 +151,9 @@ def _density(ax, dataset: str, extent: float) -> None:
     if dataset not in DATASETS:
         return
     pts, _ = sample_dataset(dataset, 20000, 123)
-    hist, xe, ye = np.histogram2d(pts[:, 0].numpy(), pts[:, 1].numpy(), bins=90,
-                                  range=[[-extent, extent], [-extent, extent]])
+    hist, xe, ye = np.histogram2d(
+        pts[:, 0].numpy(), pts[:, 1].numpy(), bins=90, range=[[-extent, extent], [-extent, extent]]
+    )
     ax.imshow(np.log1p(hist.T), origin="lower", extent=(xe[0], xe[-1], ye[0], ye[-1]), cmap="Greys", alpha=0.8)
 
 
@@ -164,8 +172,14 @@ def plot_fig3(csv: str | os.PathLike, png: str | os.PathLike) -> Path:
             sub = df[(df["dataset"] == ds) & (df["lambda"] == lam)]
             for k, (_, tr) in enumerate(sub.groupby("trajectory")):
                 tr = tr.sort_values("step")
-                ax.plot(tr["x"], tr["y"], color=colours[lam], lw=0.6, alpha=0.7,
-                        label=f"lambda = {lam:g} ({tr['step'].max()} steps)" if k == 0 else None)
+                ax.plot(
+                    tr["x"],
+                    tr["y"],
+                    color=colours[lam],
+                    lw=0.6,
+                    alpha=0.7,
+                    label=f"lambda = {lam:g} ({tr['step'].max()} steps)" if k == 0 else None,
+                )
                 ax.plot(tr["x"].iloc[-1], tr["y"].iloc[-1], "o", color=colours[lam], ms=2.5)
             start = sub[sub["step"] == 0]
             ax.plot(start["x"], start["y"], ".", color="0.4", ms=2)
@@ -189,8 +203,9 @@ def plot_fig4(csv: str | os.PathLike, png: str | os.PathLike, columns: int = 6) 
     picks = sorted({int(round(v)) for v in np.linspace(0, last, columns)})
     extent = 2.0
     plt = pyplot()
-    fig, axes = plt.subplots(len(lams), len(picks), figsize=(1.6 * len(picks) + 0.6, 1.6 * len(lams) + 0.5),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(lams), len(picks), figsize=(1.6 * len(picks) + 0.6, 1.6 * len(lams) + 0.5), squeeze=False
+    )
     for r, lam in enumerate(lams):
         for c, step in enumerate(picks):
             ax = axes[r][c]
@@ -201,8 +216,12 @@ def plot_fig4(csv: str | os.PathLike, png: str | os.PathLike, columns: int = 6) 
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(f"step {step + 1}/{last + 1}\nt = {float(sub['t'].iloc[0]):.2f}" if len(sub) else
-                             f"step {step + 1}", fontsize=7)
+                ax.set_title(
+                    f"step {step + 1}/{last + 1}\nt = {float(sub['t'].iloc[0]):.2f}"
+                    if len(sub)
+                    else f"step {step + 1}",
+                    fontsize=7,
+                )
             if c == 0:
                 ax.set_ylabel(f"lambda = {lam:g}", fontsize=8)
     fig.suptitle("Fig. 4: x_hat along one UCGM-S run per lambda (same noise)", fontsize=9)
@@ -213,5 +232,14 @@ def plot_fig4(csv: str | os.PathLike, png: str | os.PathLike, columns: int = 6) 
 
 PLOTS = {"fig2a": plot_fig2a, "fig2b": plot_fig2b, "fig2c": plot_fig2c, "fig3": plot_fig3, "fig4": plot_fig4}
 
-__all__ = ["COLUMNS", "PAPER_FIG2A_LOG_FID", "PLOTS", "read_figure_csv", "plot_fig2a", "plot_fig2b",
-           "plot_fig2c", "plot_fig3", "plot_fig4"]
+__all__ = [
+    "COLUMNS",
+    "PAPER_FIG2A_LOG_FID",
+    "PLOTS",
+    "read_figure_csv",
+    "plot_fig2a",
+    "plot_fig2b",
+    "plot_fig2c",
+    "plot_fig3",
+    "plot_fig4",
+]

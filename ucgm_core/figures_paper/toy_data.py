@@ -115,8 +115,9 @@ def sliced_w2(a: Tensor, b: Tensor, directions: int = 180) -> float:
     |d| / sqrt(2) (the mean of cos^2 over the circle is 1/2).
     """
     if a.dim() != 2 or a.shape[1] != 2 or b.shape != a.shape:
-        raise ValueError(f"sliced_w2: expected two point sets of the same shape [n, 2], got "
-                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"sliced_w2: expected two point sets of the same shape [n, 2], got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise ValueError("sliced_w2: the point sets hold NaN or inf values; expected finite points")
     angles = torch.arange(directions, dtype=torch.float64) * (math.pi / directions)
@@ -127,8 +128,20 @@ def sliced_w2(a: Tensor, b: Tensor, directions: int = 180) -> float:
 
 
 METRIC_NAME = "sliced_w2"
-METRIC_CAPTION = ("sliced Wasserstein-2 distance (180 evenly spaced directions) between model samples and as "
-                  "many fresh data points, mean over seeds; lower is better")
+METRIC_CAPTION = (
+    "sliced Wasserstein-2 distance (180 evenly spaced directions) between model samples and as "
+    "many fresh data points, mean over seeds; lower is better"
+)
 
-__all__ = ["DATASETS", "NUM_CLASSES", "sample_dataset", "gaussian_mixture", "two_moons", "s_curve",
-           "swiss_roll", "sliced_w2", "METRIC_NAME", "METRIC_CAPTION"]
+__all__ = [
+    "DATASETS",
+    "NUM_CLASSES",
+    "sample_dataset",
+    "gaussian_mixture",
+    "two_moons",
+    "s_curve",
+    "swiss_roll",
+    "sliced_w2",
+    "METRIC_NAME",
+    "METRIC_CAPTION",
+]

@@ -27,8 +27,9 @@ class ToyMLP(nn.Module):
     def __init__(self, num_classes: int, width: int = 128, depth: int = 3):
         super().__init__()
         if num_classes < 1 or width < 1 or depth < 1:
-            raise ValueError(f"ToyMLP: num_classes={num_classes}, width={width}, depth={depth}; expected "
-                             f"positive integers")
+            raise ValueError(
+                f"ToyMLP: num_classes={num_classes}, width={width}, depth={depth}; expected positive integers"
+            )
         self.num_classes = int(num_classes)
         freqs = math.pi * 2.0 ** (torch.arange(TIME_FREQUENCIES, dtype=torch.float32) / 4.0)
         self.register_buffer("freqs", freqs, persistent=False)

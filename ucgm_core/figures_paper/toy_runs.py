@@ -64,8 +64,13 @@ FIG2_DATASET = "gmix"
 END_GAPS = (0.001, 0.0)
 HUBER_C = 5.0
 FIGURES = ("fig2a", "fig2b", "fig2c", "fig3", "fig4")
-FIGURE_FILES = {"fig2a": "fig2a_lambda_steps", "fig2b": "fig2b_zeta_transport", "fig2c": "fig2c_kappa_steps",
-                "fig3": "fig3_toy2d", "fig4": "fig4_xhat_per_lambda"}
+FIGURE_FILES = {
+    "fig2a": "fig2a_lambda_steps",
+    "fig2b": "fig2b_zeta_transport",
+    "fig2c": "fig2c_kappa_steps",
+    "fig3": "fig3_toy2d",
+    "fig4": "fig4_xhat_per_lambda",
+}
 MODEL_KEY = re.compile(r"^(?P<dataset>[a-z]+)-(?P<transport>[A-Za-z]+)-l(?P<lam>[0-9.]+)-z(?P<zeta>[0-9.]+)$")
 MODEL_KEY_PATTERN = r"[a-z]+-[A-Za-z]+-l[0-9.]+-z[0-9.]+"  # for the Snakemake wildcard
 
@@ -86,10 +91,18 @@ class ModelSpec:
     def objective(self) -> UCGMConfig:
         """The UCGM-T settings of this model (module docstring)."""
         return UCGMConfig(
-            transport=self.transport, consistency_ratio=self.lam, enhanced_ratio=self.zeta,
-            enhanced_style="ft-vs-fe" if self.zeta else None, enhanced_range=(0.0, 0.75), label_drop_ratio=0.1,
-            huber_c=HUBER_C, teacher_decay=0.999, time_dist=(1.0, 1.0, 1.0), weighting="Cosine",
-            cosine_loss=False, num_classes=NUM_CLASSES[self.dataset],
+            transport=self.transport,
+            consistency_ratio=self.lam,
+            enhanced_ratio=self.zeta,
+            enhanced_style="ft-vs-fe" if self.zeta else None,
+            enhanced_range=(0.0, 0.75),
+            label_drop_ratio=0.1,
+            huber_c=HUBER_C,
+            teacher_decay=0.999,
+            time_dist=(1.0, 1.0, 1.0),
+            weighting="Cosine",
+            cosine_loss=False,
+            num_classes=NUM_CLASSES[self.dataset],
         )
 
 
@@ -97,15 +110,19 @@ def parse_model_key(key: str) -> ModelSpec:
     """The :class:`ModelSpec` of a key such as ``gmix-Linear-l0.5-z0``; raises naming what is wrong."""
     m = MODEL_KEY.match(key)
     if not m:
-        raise ValueError(f"toy model key {key!r} is malformed; expected <dataset>-<transport>-l<lambda>-z<zeta>, "
-                         f"e.g. 'gmix-Linear-l0.5-z0'")
+        raise ValueError(
+            f"toy model key {key!r} is malformed; expected <dataset>-<transport>-l<lambda>-z<zeta>, "
+            f"e.g. 'gmix-Linear-l0.5-z0'"
+        )
     spec = ModelSpec(m["dataset"], m["transport"], float(m["lam"]), float(m["zeta"]))
     if spec.dataset not in DATASETS:
-        raise ValueError(f"toy model key {key!r}: dataset {spec.dataset!r} is unknown; expected one of "
-                         f"{sorted(DATASETS)}")
+        raise ValueError(
+            f"toy model key {key!r}: dataset {spec.dataset!r} is unknown; expected one of {sorted(DATASETS)}"
+        )
     if spec.transport not in TRANSPORTS:
-        raise ValueError(f"toy model key {key!r}: transport {spec.transport!r} is unknown; expected one of "
-                         f"{sorted(TRANSPORTS)}")
+        raise ValueError(
+            f"toy model key {key!r}: transport {spec.transport!r} is unknown; expected one of {sorted(TRANSPORTS)}"
+        )
     if not 0.0 <= spec.lam <= 1.0:
         raise ValueError(f"toy model key {key!r}: lambda {spec.lam} is out of range; expected a value in [0, 1]")
     if spec.key != key:
@@ -144,10 +161,13 @@ def split_settings(config: dict) -> Tuple[TrainSettings, EvalSettings]:
     eval_keys = set(EvalSettings.__dataclass_fields__)
     unknown = sorted(set(config) - train_keys - eval_keys)
     if unknown:
-        raise ValueError(f"paper_toy settings: unknown keys {unknown}; expected some of "
-                         f"{sorted(train_keys | eval_keys)}")
-    return (TrainSettings(**{k: v for k, v in config.items() if k in train_keys}),
-            EvalSettings(**{k: v for k, v in config.items() if k in eval_keys}))
+        raise ValueError(
+            f"paper_toy settings: unknown keys {unknown}; expected some of {sorted(train_keys | eval_keys)}"
+        )
+    return (
+        TrainSettings(**{k: v for k, v in config.items() if k in train_keys}),
+        EvalSettings(**{k: v for k, v in config.items() if k in eval_keys}),
+    )
 
 
 def figure_models(figure: str) -> List[str]:
@@ -210,8 +230,15 @@ def train_model(spec: ModelSpec, settings: TrainSettings, log: Callable[[str], N
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     if not all(math.isfinite(v) for _, v in losses):
         raise RuntimeError(f"toy model {spec.key}: the training loss became non-finite ({losses[-3:]})")
-    return {"key": spec.key, "spec": asdict(spec), "settings": asdict(settings), "losses": losses,
-            "seconds": seconds, "cpu_seconds": cpu_seconds, "state_dict": ema.module.state_dict()}
+    return {
+        "key": spec.key,
+        "spec": asdict(spec),
+        "settings": asdict(settings),
+        "losses": losses,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "state_dict": ema.module.state_dict(),
+    }
 
 
 def save_model(checkpoint: dict, path: str | Path) -> None:
@@ -251,8 +278,17 @@ def _seeded_noise(seed: int) -> Callable[[int, Tensor], Tensor]:
     return lambda step, like: torch.randn(like.shape, generator=generator, dtype=like.dtype)
 
 
-def sample(model: nn.Module, spec: ModelSpec, n: int, seed: int, steps: int, stochasticity: float = 0.0,
-           extrapolation: float = 0.0, trajectory: bool = False, record: bool = False):
+def sample(
+    model: nn.Module,
+    spec: ModelSpec,
+    n: int,
+    seed: int,
+    steps: int,
+    stochasticity: float = 0.0,
+    extrapolation: float = 0.0,
+    trajectory: bool = False,
+    record: bool = False,
+):
     """UCGM-S samples of ``model`` from seeded noise, labels ``arange(n) mod K`` (the data's proportions).
 
     Returns ``(samples [n, 2], x_hat trajectory [M + 1, n, 2] or None, states or None, t grid)``; the
@@ -263,17 +299,32 @@ def sample(model: nn.Module, spec: ModelSpec, n: int, seed: int, steps: int, sto
     labels = torch.arange(n, dtype=torch.int64) % NUM_CLASSES[spec.dataset]
     network = lambda x, t: model(x, t, y=labels)  # noqa: E731
     recorder = _Recorder(network) if record else None
-    result = ucgm_sample(recorder if recorder is not None else network, noise, spec.transport, steps=steps,
-                         order=1, stochasticity=stochasticity, extrapolation=extrapolation,
-                         time_warp=(1.0, 1.0, 1.0), end_gaps=END_GAPS, noise_source=_seeded_noise(seed + 7919),
-                         return_trajectory=trajectory)
+    result = ucgm_sample(
+        recorder if recorder is not None else network,
+        noise,
+        spec.transport,
+        steps=steps,
+        order=1,
+        stochasticity=stochasticity,
+        extrapolation=extrapolation,
+        time_warp=(1.0, 1.0, 1.0),
+        end_gaps=END_GAPS,
+        noise_source=_seeded_noise(seed + 7919),
+        return_trajectory=trajectory,
+    )
     traj = result.trajectory.reshape(result.trajectory.shape[0], n, 2) if trajectory else None
     states = [(x.reshape(n, 2), t) for x, t in recorder.states] if recorder is not None else None
     return result.sample.reshape(n, 2), traj, states, result.t_grid
 
 
-def distance(model: nn.Module, spec: ModelSpec, ev: EvalSettings, steps: int, stochasticity: float = 0.0,
-             extrapolation: float = 0.0) -> float:
+def distance(
+    model: nn.Module,
+    spec: ModelSpec,
+    ev: EvalSettings,
+    steps: int,
+    stochasticity: float = 0.0,
+    extrapolation: float = 0.0,
+) -> float:
     """Mean sliced W2 between samples and fresh data over ``ev.eval_seeds`` seeds."""
     values = []
     for k in range(ev.eval_seeds):
@@ -295,9 +346,15 @@ def fig2a_rows(models: Models, ev: EvalSettings) -> pd.DataFrame:
     for lam in LAMBDAS:
         spec, model = models[ModelSpec(FIG2_DATASET, "Linear", lam, 0.0).key]
         for steps in FIG2A_STEPS:
-            rows.append({"lambda": lam, "steps": steps, "metric": METRIC_NAME,
-                         "value": distance(model, spec, ev, steps, stochasticity=lam),
-                         "paper_log_fid": PAPER_FIG2A_LOG_FID.get((lam, steps))})
+            rows.append(
+                {
+                    "lambda": lam,
+                    "steps": steps,
+                    "metric": METRIC_NAME,
+                    "value": distance(model, spec, ev, steps, stochasticity=lam),
+                    "paper_log_fid": PAPER_FIG2A_LOG_FID.get((lam, steps)),
+                }
+            )
     return pd.DataFrame(rows, columns=COLUMNS["fig2a"])
 
 
@@ -307,17 +364,30 @@ def fig2b_rows(models: Models, ev: EvalSettings) -> pd.DataFrame:
     for transport in FIG2B_TRANSPORTS:
         for zeta in FIG2B_ZETAS:
             spec, model = models[ModelSpec(FIG2_DATASET, transport, 0.0, zeta).key]
-            rows.append({"transport": transport, "zeta": zeta, "metric": METRIC_NAME,
-                         "value": distance(model, spec, ev, FIG2B_STEPS)})
+            rows.append(
+                {
+                    "transport": transport,
+                    "zeta": zeta,
+                    "metric": METRIC_NAME,
+                    "value": distance(model, spec, ev, FIG2B_STEPS),
+                }
+            )
     return pd.DataFrame(rows, columns=COLUMNS["fig2b"])
 
 
 def fig2c_rows(models: Models, ev: EvalSettings) -> pd.DataFrame:
     """kappa (extrapolation) x steps on the lambda = 0 model, rho = 0."""
     spec, model = models[ModelSpec(FIG2_DATASET, "Linear", 0.0, 0.0).key]
-    rows = [{"kappa": kappa, "steps": steps, "metric": METRIC_NAME,
-             "value": distance(model, spec, ev, steps, extrapolation=kappa)}
-            for kappa in KAPPAS for steps in FIG2C_STEPS]
+    rows = [
+        {
+            "kappa": kappa,
+            "steps": steps,
+            "metric": METRIC_NAME,
+            "value": distance(model, spec, ev, steps, extrapolation=kappa),
+        }
+        for kappa in KAPPAS
+        for steps in FIG2C_STEPS
+    ]
     return pd.DataFrame(rows, columns=COLUMNS["fig2c"])
 
 
@@ -338,10 +408,21 @@ def fig3_rows(models: Models, ev: EvalSettings) -> Tuple[pd.DataFrame, List[str]
             path = [(x, t) for x, t in states] + [(final, 0.0)]
             for step, (x, t) in enumerate(path):
                 for j in range(ev.fig3_trajectories):
-                    rows.append({"dataset": ds, "lambda": lam, "trajectory": j, "step": step, "t": t,
-                                 "x": float(x[j, 0]), "y": float(x[j, 1])})
-            notes.append(f"fig3 {ds} lambda={lam:g} ({steps} steps, rho={rho:g}): {METRIC_NAME} "
-                         f"{distance(model, spec, ev, steps, stochasticity=rho):.4f}")
+                    rows.append(
+                        {
+                            "dataset": ds,
+                            "lambda": lam,
+                            "trajectory": j,
+                            "step": step,
+                            "t": t,
+                            "x": float(x[j, 0]),
+                            "y": float(x[j, 1]),
+                        }
+                    )
+            notes.append(
+                f"fig3 {ds} lambda={lam:g} ({steps} steps, rho={rho:g}): {METRIC_NAME} "
+                f"{distance(model, spec, ev, steps, stochasticity=rho):.4f}"
+            )
         gap = float((ends[0.0] - ends[1.0]).norm(dim=1).mean())
         notes.append(f"fig3 {ds}: mean end-point distance lambda=0 vs lambda=1 from the same noise {gap:.4f}")
     return pd.DataFrame(rows, columns=COLUMNS["fig3"]), notes
@@ -362,11 +443,21 @@ def fig4_rows(models: Models, ev: EvalSettings) -> Tuple[pd.DataFrame, List[str]
         for step in range(x_hats.shape[0]):
             t = float(grid[step])
             for j in range(keep):
-                rows.append({"lambda": lam, "step": step, "t": t, "sample": j,
-                             "x": float(x_hats[step, j, 0]), "y": float(x_hats[step, j, 1])})
+                rows.append(
+                    {
+                        "lambda": lam,
+                        "step": step,
+                        "t": t,
+                        "sample": j,
+                        "x": float(x_hats[step, j, 0]),
+                        "y": float(x_hats[step, j, 1]),
+                    }
+                )
         marks = sorted({0, len(x_hats) // 6, len(x_hats) // 3, len(x_hats) // 2, len(x_hats) - 1})
-        notes.append(f"fig4 lambda={lam:g}: {METRIC_NAME} of x_hat at step " + ", ".join(
-            f"{s} (t={float(grid[s]):.3f}): {sliced_w2(x_hats[s], data):.4f}" for s in marks))
+        notes.append(
+            f"fig4 lambda={lam:g}: {METRIC_NAME} of x_hat at step "
+            + ", ".join(f"{s} (t={float(grid[s]):.3f}): {sliced_w2(x_hats[s], data):.4f}" for s in marks)
+        )
     return pd.DataFrame(rows, columns=COLUMNS["fig4"]), notes
 
 
@@ -405,6 +496,22 @@ def data_floor(dataset: str, ev: EvalSettings) -> float:
     return sliced_w2(a, b)
 
 
-__all__ = ["ModelSpec", "TrainSettings", "EvalSettings", "parse_model_key", "split_settings", "figure_models",
-           "train_model", "save_model", "load_model", "load_models", "sample", "distance", "figure_rows",
-           "data_floor", "FIGURES", "FIGURE_FILES", "MODEL_KEY_PATTERN"]
+__all__ = [
+    "ModelSpec",
+    "TrainSettings",
+    "EvalSettings",
+    "parse_model_key",
+    "split_settings",
+    "figure_models",
+    "train_model",
+    "save_model",
+    "load_model",
+    "load_models",
+    "sample",
+    "distance",
+    "figure_rows",
+    "data_floor",
+    "FIGURES",
+    "FIGURE_FILES",
+    "MODEL_KEY_PATTERN",
+]

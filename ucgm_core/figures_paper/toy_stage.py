@@ -12,8 +12,16 @@ from typing import Callable, Mapping, Sequence
 
 from ..io import atomic_write
 from .plots import PLOTS
-from .toy_runs import FIG2_DATASET, data_floor, figure_rows, load_models, parse_model_key, save_model, \
-    split_settings, train_model
+from .toy_runs import (
+    FIG2_DATASET,
+    data_floor,
+    figure_rows,
+    load_models,
+    parse_model_key,
+    save_model,
+    split_settings,
+    train_model,
+)
 
 __all__ = ["train_toy", "toy_figure", "plot_toy_figure"]
 
@@ -24,12 +32,15 @@ def train_toy(key: str, out: str, settings: Mapping, log: Callable[[str], None])
     train_settings, _ = split_settings(dict(settings))
     ckpt = train_model(spec, train_settings, log=log)
     save_model(ckpt, out)
-    log(f"{key}: trained {train_settings.train_steps} steps in {ckpt['seconds']:.1f} s "
-        f"({ckpt['cpu_seconds']:.1f} s CPU) -> {out}")
+    log(
+        f"{key}: trained {train_settings.train_steps} steps in {ckpt['seconds']:.1f} s "
+        f"({ckpt['cpu_seconds']:.1f} s CPU) -> {out}"
+    )
 
 
-def toy_figure(name: str, csv: str, png: str, models: Sequence[str], settings: Mapping,
-               log: Callable[[str], None]) -> None:
+def toy_figure(
+    name: str, csv: str, png: str, models: Sequence[str], settings: Mapping, log: Callable[[str], None]
+) -> None:
     """Sample and measure the cached ``models`` for figure ``name``, write its CSV (atomically), plot it."""
     _, ev = split_settings(dict(settings))
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -38,11 +49,15 @@ def toy_figure(name: str, csv: str, png: str, models: Sequence[str], settings: M
     for line in notes:
         log(line)
     if name.startswith("fig2"):
-        log(f"{name}: metric floor (two independent {FIG2_DATASET} draws of {ev.eval_samples} points): "
-            f"{data_floor(FIG2_DATASET, ev):.4f}")
+        log(
+            f"{name}: metric floor (two independent {FIG2_DATASET} draws of {ev.eval_samples} points): "
+            f"{data_floor(FIG2_DATASET, ev):.4f}"
+        )
     PLOTS[name](csv, png)
-    log(f"{name}: {len(df)} rows in {time.perf_counter() - start:.1f} s ({time.process_time() - cpu_start:.1f} s CPU) "
-        f"-> {csv}, {png}")
+    log(
+        f"{name}: {len(df)} rows in {time.perf_counter() - start:.1f} s ({time.process_time() - cpu_start:.1f} s CPU) "
+        f"-> {csv}, {png}"
+    )
 
 
 def plot_toy_figure(name: str, csv: str, png: str) -> None:

@@ -70,9 +70,18 @@ def shown_steps(total: int, columns: int) -> List[int]:
 
 
 @torch.no_grad()
-def xhat_trajectories(runs: Sequence[LambdaRun], *, latent_shape: Sequence[int], num_classes: int,
-                      decode: Callable[[Tensor], Tensor], num_images: int = 1, seed: int = 0, steps: int = 60,
-                      columns: int = 8, device: str = "cpu") -> XhatResult:
+def xhat_trajectories(
+    runs: Sequence[LambdaRun],
+    *,
+    latent_shape: Sequence[int],
+    num_classes: int,
+    decode: Callable[[Tensor], Tensor],
+    num_images: int = 1,
+    seed: int = 0,
+    steps: int = 60,
+    columns: int = 8,
+    device: str = "cpu",
+) -> XhatResult:
     """Run every model from the same per-image-seeded noise and decode x_hat at ``columns`` steps."""
     if not runs:
         raise ValueError("xhat_trajectories: no runs; expected one LambdaRun per lambda")
@@ -85,8 +94,9 @@ def xhat_trajectories(runs: Sequence[LambdaRun], *, latent_shape: Sequence[int],
     for run in runs:
         opts = {k: run.options[k] for k in _UCGM_OPTIONS if k in run.options}
         net = guided(run.network.to(device).eval(), y, num_classes)
-        res = ucgm_sample(net, noise.clone(), run.transport, steps=steps, stochasticity=0.0,
-                          return_trajectory=True, **opts)
+        res = ucgm_sample(
+            net, noise.clone(), run.transport, steps=steps, stochasticity=0.0, return_trajectory=True, **opts
+        )
         traj = res.trajectory  # [M + 1, n, ...]: noise, x_hat_0 .. x_hat_{M-1}
         shown = shown_steps(traj.shape[0] - 1, columns)
         first[run.lam] = traj[0].clone()
@@ -108,8 +118,9 @@ def write_xhat_figure(result: XhatResult, png: str | Path, csv: str | Path) -> N
     atomic_write_bytes(Path(csv), result.frame.to_csv(index=False).encode())
     lams = sorted(result.images)
     n = result.images[lams[0]].shape[1]
-    tiles = np.concatenate([to_uint8(torch.from_numpy(result.images[lam][:, i]), "round").numpy()
-                            for lam in lams for i in range(n)])  # row-major: (lambda, image) rows x steps
+    tiles = np.concatenate(
+        [to_uint8(torch.from_numpy(result.images[lam][:, i]), "round").numpy() for lam in lams for i in range(n)]
+    )  # row-major: (lambda, image) rows x steps
     grid = image_grid(tiles, rows=len(lams) * n, cols=len(result.steps))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 * len(result.steps) + 1, 1.2 * len(lams) * n + 0.6))

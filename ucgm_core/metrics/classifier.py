@@ -93,7 +93,12 @@ class SmallClassifier(nn.Module):
         layers: list[nn.Module] = []
         c = config.in_channels
         for w in config.widths:
-            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(c, w, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             c = w
         layers.append(nn.AdaptiveAvgPool2d(config.pool_size))
         self.body = nn.Sequential(*layers)
@@ -116,7 +121,9 @@ class SmallClassifier(nn.Module):
             else:
                 raise ValueError(f"classifier expects {cfg.in_channels} channels, got {c}")
         if x.shape[-2:] != (cfg.resolution, cfg.resolution):
-            x = F.interpolate(x, size=(cfg.resolution, cfg.resolution), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(cfg.resolution, cfg.resolution), mode="bilinear", align_corners=False, antialias=True
+            )
         return (x - cfg.mean) / cfg.std
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,9 +233,7 @@ def train_classifier(
     if len(x) != len(y):
         raise ValueError(f"{len(x)} images but {len(y)} labels")
     if config is None:
-        config = ClassifierConfig(
-            in_channels=x.shape[1], resolution=x.shape[-1], num_classes=int(y.max().item()) + 1
-        )
+        config = ClassifierConfig(in_channels=x.shape[1], resolution=x.shape[-1], num_classes=int(y.max().item()) + 1)
     n = len(x)
     steps_per_epoch = max(1, n // batch_size)
     if steps is None:

@@ -34,8 +34,14 @@ from .result import EvaluationResult
 from .sample_shards import DEFAULT_BLOCK_BYTES, NpzArray, open_sample_shards
 from .specs import ALL_METRICS, FeatureExtractorSpec, ReferenceSet
 
-__all__ = ["EXTRACTORS", "ReferenceSource", "reference_batch_set", "image_shards_reference", "evaluate_shards",
-           "cache_reference"]
+__all__ = [
+    "EXTRACTORS",
+    "ReferenceSource",
+    "reference_batch_set",
+    "image_shards_reference",
+    "evaluate_shards",
+    "cache_reference",
+]
 
 #: the pipeline's extractor kinds (``extractor.kind`` in the config) -> torch-fidelity extractor names
 EXTRACTORS = {"classifier": "ucgm-classifier", "inception": "inception-v3-compat"}
@@ -54,12 +60,20 @@ def reference_batch_set(npz: str) -> ReferenceSet:
     def images():  # read a block at a time (10,000 images at 512 px are 7.9 GB)
         arr = NpzArray(npz, "arr_0")
         rows = max(1, (64 << 20) // max(1, arr.row_bytes))
-        return ChunkedImages([(min(lo + rows, len(arr)) - lo, functools.partial(_nhwc_block, arr, lo, lo + rows))
-                              for lo in range(0, len(arr), rows)])
+        return ChunkedImages(
+            [
+                (min(lo + rows, len(arr)) - lo, functools.partial(_nhwc_block, arr, lo, lo + rows))
+                for lo in range(0, len(arr), rows)
+            ]
+        )
 
     sha = sha256_file(npz)
-    return ReferenceSet(id=f"{Path(npz).stem}-{sha[:16]}", images=images, stats_path=npz,
-                        fingerprint={"reference_batch": Path(npz).name, "sha256": sha})
+    return ReferenceSet(
+        id=f"{Path(npz).stem}-{sha[:16]}",
+        images=images,
+        stats_path=npz,
+        fingerprint={"reference_batch": Path(npz).name, "sha256": sha},
+    )
 
 
 def _nhwc_block(arr: NpzArray, lo: int, hi: int) -> torch.Tensor:
@@ -96,8 +110,14 @@ class ReferenceSource:
         return f"{self.reference_batch} (mu, sigma)" if self.reference_batch else "reference features"
 
 
-def cache_reference(source: ReferenceSource, extractor: FeatureExtractorSpec, *, cache_dir: str,
-                    out: str | os.PathLike, log: Log = print) -> dict[str, Any]:
+def cache_reference(
+    source: ReferenceSource,
+    extractor: FeatureExtractorSpec,
+    *,
+    cache_dir: str,
+    out: str | os.PathLike,
+    log: Log = print,
+) -> dict[str, Any]:
     """Compute (or find cached) the reference features of every metric's layer, and write to ``out`` a JSON
     saying what was cached (reference id and fingerprint, extractor and its weights' sha256, layers, count)."""
     ref = source.open()
@@ -105,19 +125,35 @@ def cache_reference(source: ReferenceSource, extractor: FeatureExtractorSpec, *,
     out.parent.mkdir(parents=True, exist_ok=True)
     layers = sorted({default_layer(extractor.name, m) for m in ALL_METRICS})
     feats, where = reference_features(ref, extractor, layers, cache_dir=cache_dir)
-    info = {"reference_id": ref.id, "reference_fingerprint": ref.fingerprint,
-            "extractor": extractor.name, "extractor_weights_sha256": extractor.sha256(),
-            "layers": layers, "num_reference": int(len(next(iter(feats.values())))), "source": where,
-            "cache_dir": os.path.abspath(cache_dir), "fid_statistics": source.fid_statistics()}
+    info = {
+        "reference_id": ref.id,
+        "reference_fingerprint": ref.fingerprint,
+        "extractor": extractor.name,
+        "extractor_weights_sha256": extractor.sha256(),
+        "layers": layers,
+        "num_reference": int(len(next(iter(feats.values())))),
+        "source": where,
+        "cache_dir": os.path.abspath(cache_dir),
+        "fid_statistics": source.fid_statistics(),
+    }
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
     log(f"reference {ref.id}: {info['num_reference']} images, features {where}")
     return info
 
 
-def evaluate_shards(shards: Sequence[str], source: ReferenceSource, extractor: FeatureExtractorSpec, *,
-                    metrics: Sequence[str] = ALL_METRICS, cache_dir: str, out: str | os.PathLike,
-                    context: Optional[Mapping[str, Any]] = None, expect: Optional[Mapping[str, Any]] = None,
-                    block_bytes: int = DEFAULT_BLOCK_BYTES, log: Log = print) -> EvaluationResult:
+def evaluate_shards(
+    shards: Sequence[str],
+    source: ReferenceSource,
+    extractor: FeatureExtractorSpec,
+    *,
+    metrics: Sequence[str] = ALL_METRICS,
+    cache_dir: str,
+    out: str | os.PathLike,
+    context: Optional[Mapping[str, Any]] = None,
+    expect: Optional[Mapping[str, Any]] = None,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    log: Log = print,
+) -> EvaluationResult:
     """Evaluate the sample ``shards`` against ``source`` and save the result to ``out``.
 
     The shards must agree with one another and hold ``expect``'s values (a mixed or incomplete set is refused
@@ -131,12 +167,18 @@ def evaluate_shards(shards: Sequence[str], source: ReferenceSource, extractor: F
     ref = source.open()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    full_context = {**(context or {}), "samples": opened.meta, "num_shards": len(opened.paths),
-                    "seed_range": [int(opened.indices.min()), int(opened.indices.max())],
-                    "sampling_seconds": opened.sampling_seconds}
+    full_context = {
+        **(context or {}),
+        "samples": opened.meta,
+        "num_shards": len(opened.paths),
+        "seed_range": [int(opened.indices.min()), int(opened.indices.max())],
+        "sampling_seconds": opened.sampling_seconds,
+    }
     # the images are read a block at a time while torch-fidelity extracts their features
     res = evaluate(opened.images(block_bytes), ref, extractor, metrics, cache_dir=cache_dir, context=full_context)
     res.save(out)
-    log(f"{len(opened)} samples: FID {res.fid} IS {res.is_mean} KID {res.kid_mean} "
-        f"P {res.precision} R {res.recall} ({res.seconds:.1f}s) -> {out}")
+    log(
+        f"{len(opened)} samples: FID {res.fid} IS {res.is_mean} KID {res.kid_mean} "
+        f"P {res.precision} R {res.recall} ({res.seconds:.1f}s) -> {out}"
+    )
     return res

@@ -32,9 +32,17 @@ def train_shard_classifier(images_dir: str, out: str, *, steps: int, seed: int, 
     x, y = load_images(images_dir, "train")
     xt, yt = load_images(images_dir, "test")
     log(f"training the classifier extractor on {len(y)} images ({steps} steps)")
-    train_classifier(_nchw(x), torch.from_numpy(y), out, seed=seed, steps=steps,
-                     test_images=_nchw(xt), test_labels=torch.from_numpy(yt),
-                     extra_info={"images": os.path.abspath(images_dir)}, verbose=True)
+    train_classifier(
+        _nchw(x),
+        torch.from_numpy(y),
+        out,
+        seed=seed,
+        steps=steps,
+        test_images=_nchw(xt),
+        test_labels=torch.from_numpy(yt),
+        extra_info={"images": os.path.abspath(images_dir)},
+        verbose=True,
+    )
     with open(out + ".json") as f:
         info = json.load(f)
     log(f"classifier written to {out}: {info}")
@@ -56,6 +64,8 @@ def prepare_inception_weights(out: str, weights: Optional[str] = None, *, log: L
         log(f"{weights}: {info['provenance']}")
     else:
         inception.torch_fidelity_weights(out)
-    log(f"inception weights at {out}; sha256 {inception.sha256_file(out)}; "
-        f"logits (IS) available: {inception.weights_have_logits(out)}")
+    log(
+        f"inception weights at {out}; sha256 {inception.sha256_file(out)}; "
+        f"logits (IS) available: {inception.weights_have_logits(out)}"
+    )
     return out

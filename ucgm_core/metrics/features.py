@@ -17,8 +17,7 @@ from . import classifier  # noqa: F401 - registers the "ucgm-classifier" extract
 from .imageutil import ensure_rgb_uint8
 from .specs import FeatureExtractorSpec, ImagesLike
 
-__all__ = ["ChunkedImages", "RGBUint8Dataset", "device_flags", "make_extractor", "extract_features",
-           "default_layer"]
+__all__ = ["ChunkedImages", "RGBUint8Dataset", "device_flags", "make_extractor", "extract_features", "default_layer"]
 
 
 class ChunkedImages(Dataset):
@@ -116,16 +115,25 @@ def device_flags(cuda: bool | None, save_cpu_ram: bool | None) -> tuple[bool, bo
 
 def make_extractor(spec: FeatureExtractorSpec, layers: Sequence[str], cuda: bool):
     if spec.name not in FEATURE_EXTRACTORS_REGISTRY:
-        raise ValueError(f'feature extractor "{spec.name}" is not registered with torch-fidelity '
-                         f"(known: {sorted(FEATURE_EXTRACTORS_REGISTRY)})")
+        raise ValueError(
+            f'feature extractor "{spec.name}" is not registered with torch-fidelity '
+            f"(known: {sorted(FEATURE_EXTRACTORS_REGISTRY)})"
+        )
     return create_feature_extractor(
         spec.name, list(layers), cuda=cuda, feature_extractor_weights_path=spec.resolved_weights_path(), verbose=False
     )
 
 
-def extract_features(images: ImagesLike, extractor: FeatureExtractorSpec, layers: Sequence[str], *,
-                     batch_size: int = 64, cuda: bool | None = None, save_cpu_ram: bool | None = None,
-                     _fe=None) -> dict[str, torch.Tensor]:
+def extract_features(
+    images: ImagesLike,
+    extractor: FeatureExtractorSpec,
+    layers: Sequence[str],
+    *,
+    batch_size: int = 64,
+    cuda: bool | None = None,
+    save_cpu_ram: bool | None = None,
+    _fe=None,
+) -> dict[str, torch.Tensor]:
     """Features {layer: float32 [N,D]} of images (uint8 or [0,1] float, grey or RGB) via torch-fidelity."""
     cuda, save_cpu_ram = device_flags(cuda, save_cpu_ram)
     ds = RGBUint8Dataset(images)
@@ -138,4 +146,3 @@ def extract_features(images: ImagesLike, extractor: FeatureExtractorSpec, layers
 
 def default_layer(extractor_name: str, metric: str) -> str:
     return FEATURE_EXTRACTORS_REGISTRY[extractor_name].get_default_feature_layer_for_metric(metric)
-

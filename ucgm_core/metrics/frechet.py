@@ -30,7 +30,6 @@ def frechet_distance_low_rank(features: np.ndarray, mu_ref: np.ndarray, sigma_re
     return float(diff @ diff + (a * a).sum() + np.trace(sigma_ref) - 2 * tr_sqrt)
 
 
-
 def fid_from_features(features: torch.Tensor, stats_ref: dict) -> tuple[float, str | None]:
     """FID of generated ``features`` ``[n, d]`` against reference ``{mu, sigma}``, and the method noted in the
     result's settings: "low-rank" when n <= d / 4 (exact and fast), else None (torch-fidelity's statistics)."""
@@ -39,6 +38,8 @@ def fid_from_features(features: torch.Tensor, stats_ref: dict) -> tuple[float, s
     stats_gen = fid_features_to_statistics(features.double())
     stats_gen = {k: np.asarray(v, np.float64) for k, v in stats_gen.items()}
     if stats_gen["mu"].shape != stats_ref["mu"].shape:
-        raise ValueError(f"reference statistics have dimension {stats_ref['mu'].shape[0]}, features "
-                         f"{stats_gen['mu'].shape[0]}: wrong stats file for this extractor?")
+        raise ValueError(
+            f"reference statistics have dimension {stats_ref['mu'].shape[0]}, features "
+            f"{stats_gen['mu'].shape[0]}: wrong stats file for this extractor?"
+        )
     return float(fid_statistics_to_metric(stats_gen, stats_ref, False)[KEY_METRIC_FID]), None

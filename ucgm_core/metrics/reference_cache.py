@@ -32,7 +32,6 @@ def reference_compute_count() -> int:
     return _COUNTERS["reference_feature_computations"]
 
 
-
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]+", "_", s).strip("_") or "x"
 
@@ -51,8 +50,11 @@ def _stale_cache(folder: str, reference: ReferenceSet, extractor_name: str, weig
     if reference.fingerprint is None:
         return None  # the id (and, for in-memory images, their sha256: _check_fingerprint) is trusted
     meta = _read_meta(folder)
-    want = {"reference_fingerprint": json.loads(json.dumps(reference.fingerprint, default=str)),
-            "extractor": extractor_name, "extractor_weights_sha256": weights_sha}
+    want = {
+        "reference_fingerprint": json.loads(json.dumps(reference.fingerprint, default=str)),
+        "extractor": extractor_name,
+        "extractor_weights_sha256": weights_sha,
+    }
     diff = [k for k, v in want.items() if meta.get(k) != v]
     return f"{os.path.join(folder, 'meta.json')} records other {', '.join(diff)}" if diff else None
 
@@ -74,6 +76,7 @@ def _save_stats(path: str, stats: dict) -> None:
     def w(tmp):
         with open(tmp, "wb") as f:
             np.savez(f, mu=np.asarray(stats["mu"], np.float64), sigma=np.asarray(stats["sigma"], np.float64))
+
     atomic_write(path, w)
 
 
@@ -106,8 +109,9 @@ def _check_fingerprint(folder: str, reference: ReferenceSet) -> None:
         )
 
 
-def _write_meta(folder: str, reference: ReferenceSet, spec: FeatureExtractorSpec, sha: str, n: int,
-                images=None) -> None:
+def _write_meta(
+    folder: str, reference: ReferenceSet, spec: FeatureExtractorSpec, sha: str, n: int, images=None
+) -> None:
     meta = {
         "reference_id": reference.id,
         "reference_fingerprint": json.loads(json.dumps(reference.fingerprint, default=str)),
@@ -129,9 +133,17 @@ def _read_meta(folder: str) -> dict:
         return {}
 
 
-def reference_features(reference: ReferenceSet, extractor: FeatureExtractorSpec, layers: Sequence[str], *,
-                       cache_dir: str | None = None, batch_size: int = 64, cuda: bool | None = None,
-                       save_cpu_ram: bool | None = None, _fe=None) -> tuple[dict[str, torch.Tensor] | None, str]:
+def reference_features(
+    reference: ReferenceSet,
+    extractor: FeatureExtractorSpec,
+    layers: Sequence[str],
+    *,
+    cache_dir: str | None = None,
+    batch_size: int = 64,
+    cuda: bool | None = None,
+    save_cpu_ram: bool | None = None,
+    _fe=None,
+) -> tuple[dict[str, torch.Tensor] | None, str]:
     """Reference features {layer: [N,D]} from the cache, or computed (and cached) from ``reference.images``.
 
     Returns (features or None if neither cached nor computable, source in {"cache", "computed", "none"}).
@@ -149,8 +161,9 @@ def reference_features(reference: ReferenceSet, extractor: FeatureExtractorSpec,
     images = reference.load_images()
     if images is None:
         return None, "none"
-    feats = extract_features(images, extractor, layers, batch_size=batch_size, cuda=cuda,
-                             save_cpu_ram=save_cpu_ram, _fe=_fe)
+    feats = extract_features(
+        images, extractor, layers, batch_size=batch_size, cuda=cuda, save_cpu_ram=save_cpu_ram, _fe=_fe
+    )
     _COUNTERS["reference_feature_computations"] += 1
     os.makedirs(folder, exist_ok=True)
     for k, p in paths.items():
@@ -159,8 +172,14 @@ def reference_features(reference: ReferenceSet, extractor: FeatureExtractorSpec,
     return feats, "computed"
 
 
-def reference_statistics(reference: ReferenceSet, extractor: FeatureExtractorSpec, layer: str | None = None, *,
-                         cache_dir: str | None = None, **kw) -> tuple[dict | None, str, int | None]:
+def reference_statistics(
+    reference: ReferenceSet,
+    extractor: FeatureExtractorSpec,
+    layer: str | None = None,
+    *,
+    cache_dir: str | None = None,
+    **kw,
+) -> tuple[dict | None, str, int | None]:
     """FID statistics {mu, sigma} (float64) of the reference in ``layer`` (default: the extractor's FID layer).
 
     Order: ``reference.stats_path``; the cached .npz; the cached features (stats are then cached); features
@@ -186,4 +205,3 @@ def reference_statistics(reference: ReferenceSet, extractor: FeatureExtractorSpe
     stats = fid_features_to_statistics(feats[layer].double())
     _save_stats(stats_path, stats)
     return load_stats(stats_path), source, int(len(feats[layer]))
-

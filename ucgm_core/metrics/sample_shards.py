@@ -22,8 +22,15 @@ import numpy as np
 
 from .features import ChunkedImages
 
-__all__ = ["NpzArray", "SampleShards", "open_sample_shards", "expected_meta_problems", "PER_SHARD_KEYS",
-           "UNCOMPARED_KEYS", "DEFAULT_BLOCK_BYTES"]
+__all__ = [
+    "NpzArray",
+    "SampleShards",
+    "open_sample_shards",
+    "expected_meta_problems",
+    "PER_SHARD_KEYS",
+    "UNCOMPARED_KEYS",
+    "DEFAULT_BLOCK_BYTES",
+]
 
 # metadata that differs from shard to shard by design; left out of the evaluation contract
 PER_SHARD_KEYS = ("count", "shard", "first_index", "seconds")
@@ -145,9 +152,11 @@ def _check_coverage(paths: list[str], uniq: np.ndarray, num_samples: int) -> Non
         return
     missing = np.setdiff1d(np.arange(num_samples), uniq)
     extra = uniq[(uniq < 0) | (uniq >= num_samples)]
-    raise ValueError(f"sample shards {paths[0]} ... {paths[-1]} ({len(paths)} files) hold {len(uniq)} images, "
-                     f"expected images 0..{num_samples - 1}: {len(missing)} missing (e.g. {missing[:3].tolist()}), "
-                     f"{len(extra)} outside (e.g. {extra[:3].tolist()})")
+    raise ValueError(
+        f"sample shards {paths[0]} ... {paths[-1]} ({len(paths)} files) hold {len(uniq)} images, "
+        f"expected images 0..{num_samples - 1}: {len(missing)} missing (e.g. {missing[:3].tolist()}), "
+        f"{len(extra)} outside (e.g. {extra[:3].tolist()})"
+    )
 
 
 @dataclass
@@ -187,8 +196,11 @@ def expected_meta_problems(meta: Mapping[str, Any], expect: Mapping[str, Any]) -
     return [f"{k} is {meta.get(k, '(missing)')!r}, expected {v!r}" for k, v in expect.items() if meta.get(k) != v]
 
 
-def open_sample_shards(paths: Sequence[str | os.PathLike], expect: Mapping[str, Any] | None = None,
-                       expect_source: str = "the evaluation's settings") -> SampleShards:
+def open_sample_shards(
+    paths: Sequence[str | os.PathLike],
+    expect: Mapping[str, Any] | None = None,
+    expect_source: str = "the evaluation's settings",
+) -> SampleShards:
     """Open sample shards for evaluation and check that they belong together.
 
     Every shard's metadata must equal the first shard's in every key except :data:`UNCOMPARED_KEYS`
@@ -216,16 +228,20 @@ def open_sample_shards(paths: Sequence[str | os.PathLike], expect: Mapping[str, 
             raise ValueError(f"{p}: {len(arr)} images but {len(idx)} indices (meta count {meta.get('count')})")
         if metas:
             first = metas[0]
-            differ = sorted(k for k in set(meta) | set(first)
-                            if k not in UNCOMPARED_KEYS and meta.get(k) != first.get(k))
+            differ = sorted(
+                k for k in set(meta) | set(first) if k not in UNCOMPARED_KEYS and meta.get(k) != first.get(k)
+            )
             if differ:
                 detail = "; ".join(f"{k}: {meta.get(k)!r} here, {first.get(k)!r} in {paths[0]}" for k in differ)
-                raise ValueError(f"sample shard {p} differs from the first shard in {', '.join(differ)} ({detail}): "
-                                 "the shards of one evaluation must come from one checkpoint and sampler setting")
+                raise ValueError(
+                    f"sample shard {p} differs from the first shard in {', '.join(differ)} ({detail}): "
+                    "the shards of one evaluation must come from one checkpoint and sampler setting"
+                )
             a0 = arrays[0]
             if arr.shape[1:] != a0.shape[1:] or arr.dtype != a0.dtype:
-                raise ValueError(f"sample shard {p} has images {arr.shape[1:]} {arr.dtype}, "
-                                 f"{paths[0]} has {a0.shape[1:]} {a0.dtype}")
+                raise ValueError(
+                    f"sample shard {p} has images {arr.shape[1:]} {arr.dtype}, {paths[0]} has {a0.shape[1:]} {a0.dtype}"
+                )
         wrong = expected_meta_problems(meta, expect)  # after the pairwise check: that one names both shards
         if wrong:
             raise ValueError(f"sample shard {p} was not made with {expect_source}: {'; '.join(wrong)}")
@@ -237,8 +253,10 @@ def open_sample_shards(paths: Sequence[str | os.PathLike], expect: Mapping[str, 
     if len(uniq) != len(idx):
         v = int(uniq[np.argmax(counts > 1)])
         where = [p for p, ix in zip(paths, indices) if np.any(ix == v)]
-        raise ValueError(f"sample shards overlap: {len(idx) - len(uniq)} repeated image indices "
-                         f"(e.g. image {v} in {', '.join(where)})")
+        raise ValueError(
+            f"sample shards overlap: {len(idx) - len(uniq)} repeated image indices "
+            f"(e.g. image {v} in {', '.join(where)})"
+        )
     if "num_samples" in expect:
         _check_coverage(paths, uniq, int(expect["num_samples"]))
     return SampleShards(paths=paths, metas=metas, indices=idx, image_arrays=arrays)

@@ -17,8 +17,14 @@ from torch.utils.data import Dataset
 from . import inception
 from .imageutil import sha256_file
 
-__all__ = ["ALL_METRICS", "ImagesLike", "MetricUnavailableError", "FeatureExtractorSpec", "ReferenceSet",
-           "default_metrics_cache_dir"]
+__all__ = [
+    "ALL_METRICS",
+    "ImagesLike",
+    "MetricUnavailableError",
+    "FeatureExtractorSpec",
+    "ReferenceSet",
+    "default_metrics_cache_dir",
+]
 
 ALL_METRICS = ("fid", "isc", "kid", "prc")
 
@@ -101,8 +107,11 @@ class ReferenceSet:
         def images() -> torch.Tensor:
             return torch.from_numpy(load_images(shard_dir, split)[0]).permute(0, 3, 1, 2)
 
-        return cls(id=id or f"{os.path.basename(os.path.normpath(shard_dir))}-{split}", images=images,
-                   fingerprint=split_fingerprint(shard_dir, split))
+        return cls(
+            id=id or f"{os.path.basename(os.path.normpath(shard_dir))}-{split}",
+            images=images,
+            fingerprint=split_fingerprint(shard_dir, split),
+        )
 
     def fingerprint_digest(self) -> str | None:
         """sha256 of the canonical JSON of ``fingerprint`` (None without one)."""
@@ -115,4 +124,3 @@ class ReferenceSet:
         if callable(x) and not isinstance(x, (torch.Tensor, np.ndarray, Dataset)):
             x = x()
         return x
-

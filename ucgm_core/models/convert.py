@@ -86,8 +86,11 @@ def read_blob(path_or_state: os.PathLike | str | Mapping[str, Any]) -> tuple:
     return load_checkpoint_file(path_or_state), str(path_or_state)
 
 
-def pick_weights(blob: Mapping, preferred: Sequence[str] = ("ema", "model_ema", "ema_model", "model", "state_dict"),
-                 source: str = "<checkpoint>") -> Dict[str, Tensor]:
+def pick_weights(
+    blob: Mapping,
+    preferred: Sequence[str] = ("ema", "model_ema", "ema_model", "model", "state_dict"),
+    source: str = "<checkpoint>",
+) -> Dict[str, Tensor]:
     """The state_dict inside a loaded checkpoint: the first of ``preferred`` present (EMA first), else the blob
     itself when it already maps names to tensors."""
     for key in preferred:
@@ -100,7 +103,9 @@ def pick_weights(blob: Mapping, preferred: Sequence[str] = ("ema", "model_ema", 
     raise CheckpointError(f"{source}: no state_dict found under {list(preferred)}; top-level keys: {keys}")
 
 
-def strip_prefixes(state: Mapping[str, Tensor], prefixes: Iterable[str] = ("module.", "_orig_mod.")) -> Dict[str, Tensor]:
+def strip_prefixes(
+    state: Mapping[str, Tensor], prefixes: Iterable[str] = ("module.", "_orig_mod.")
+) -> Dict[str, Tensor]:
     """Remove wrapper prefixes (repeatedly, in any order) from every key."""
     prefixes = tuple(prefixes)
     out = {}
@@ -110,7 +115,7 @@ def strip_prefixes(state: Mapping[str, Tensor], prefixes: Iterable[str] = ("modu
             changed = False
             for p in prefixes:
                 if k.startswith(p):
-                    k, changed = k[len(p):], True
+                    k, changed = k[len(p) :], True
         out[k] = v
     return out
 
@@ -121,13 +126,17 @@ def drop_keys(state: Mapping[str, Tensor], patterns: Iterable[str]) -> Dict[str,
     return {k: v for k, v in state.items() if not k.startswith(patterns)}
 
 
-def check_layout(state: Mapping[str, Tensor], expected: Mapping[str, Sequence[int]], source: str = "<checkpoint>",
-                 limit: int = 20) -> None:
+def check_layout(
+    state: Mapping[str, Tensor], expected: Mapping[str, Sequence[int]], source: str = "<checkpoint>", limit: int = 20
+) -> None:
     """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped keys, if any."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    misshaped = [f"{k}: {tuple(state[k].shape)} (expected {tuple(expected[k])})" for k in expected
-                 if k in state and tuple(state[k].shape) != tuple(expected[k])]
+    misshaped = [
+        f"{k}: {tuple(state[k].shape)} (expected {tuple(expected[k])})"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k])
+    ]
     if not (missing or unexpected or misshaped):
         return
 
@@ -160,7 +169,9 @@ def save_state_dict(state: Mapping[str, Tensor], path: os.PathLike | str, metada
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in (metadata or {}).items()}))
+        atomic_write(
+            path, lambda tmp: save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+        )
     else:
         atomic_torch_save({"state_dict": tensors, "metadata": metadata or {}}, path)
     return path

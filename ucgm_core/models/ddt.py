@@ -184,7 +184,7 @@ class DDT(ConditionalNet):
             s = block(s, c, rope)
         s = F.silu(t_emb + s)  # per-token condition [B, N, D]
         h_tok = self.x_embedder(patches)
-        for block in self.blocks[self.num_encoder_blocks:]:
+        for block in self.blocks[self.num_encoder_blocks :]:
             h_tok = block(h_tok, s, rope)
         out = self.final_layer(h_tok, s)
         return F.fold(out.transpose(1, 2), (h, w), kernel_size=p, stride=p)
@@ -211,7 +211,7 @@ def convert_ddt_checkpoint(path_or_state: Union[str, os.PathLike, Mapping[str, A
     state = pick_weights(blob, source=source)
     for prefix in DDT_WEIGHT_PREFIXES:
         if any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             break
     state = strip_prefixes(state)
     kwargs = {"input_size": 32, "in_channels": 4, "num_classes": 1000, **DDT_XL2, **model_kwargs}

@@ -41,13 +41,29 @@ from .layers import ConditionalNet, channel_sdpa
 from .spec import ModelSpec
 
 __all__ = [
-    "normalize", "mp_silu", "mp_sum", "mp_cat", "resample", "MPFourier", "MPConv", "Block", "EDM2UNet",
-    "edm_preconditioning", "edm_noise_label", "EDM2_SIZES", "EDM2_MODELS", "edm2_kwargs_from_original",
-    "expected_edm2_layout", "convert_edm2_checkpoint", "read_persistence_pickle", "load_checkpoint_maybe_pickle",
+    "normalize",
+    "mp_silu",
+    "mp_sum",
+    "mp_cat",
+    "resample",
+    "MPFourier",
+    "MPConv",
+    "Block",
+    "EDM2UNet",
+    "edm_preconditioning",
+    "edm_noise_label",
+    "EDM2_SIZES",
+    "EDM2_MODELS",
+    "edm2_kwargs_from_original",
+    "expected_edm2_layout",
+    "convert_edm2_checkpoint",
+    "read_persistence_pickle",
+    "load_checkpoint_maybe_pickle",
 ]
 
 
 # --- magnitude-preserving primitives (EDM2 paper, Sec. 3 / App. B) ----------------------------------------
+
 
 def normalize(x: Tensor, dim: Optional[Sequence[int]] = None, eps: float = 1e-4) -> Tensor:
     """``x / (eps + ||x|| / sqrt(n))`` over ``dim`` (default: all but dim 0), n the number of reduced elements.
@@ -68,7 +84,7 @@ def mp_silu(x: Tensor) -> Tensor:
 
 def mp_sum(a: Tensor, b: Tensor, t: float = 0.5) -> Tensor:
     """Magnitude-preserving blend ``((1 - t) a + t b) / sqrt((1 - t)^2 + t^2)``."""
-    return a.lerp(b, t) / math.sqrt((1 - t) ** 2 + t ** 2)
+    return a.lerp(b, t) / math.sqrt((1 - t) ** 2 + t**2)
 
 
 def mp_cat(a: Tensor, b: Tensor, t: float = 0.5) -> Tensor:
@@ -78,7 +94,7 @@ def mp_cat(a: Tensor, b: Tensor, t: float = 0.5) -> Tensor:
     ``C = sqrt((Na + Nb) / ((1 - t)^2 + t^2))``.
     """
     na, nb = a.shape[1], b.shape[1]
-    c = math.sqrt((na + nb) / ((1 - t) ** 2 + t ** 2))
+    c = math.sqrt((na + nb) / ((1 - t) ** 2 + t**2))
     return torch.cat([a * (c / math.sqrt(na) * (1 - t)), b * (c / math.sqrt(nb) * t)], dim=1)
 
 
@@ -151,10 +167,20 @@ class Block(nn.Module):
     ``(head * Ch + c) * 3 + {q, k, v}``) blended with ``attn_balance``; finally clipped to +-clip_act.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, flavor: str = "enc",
-                 resample_mode: str = "keep", attention: bool = False, channels_per_head: int = 64,
-                 dropout: float = 0.0, res_balance: float = 0.3, attn_balance: float = 0.3,
-                 clip_act: Optional[float] = 256.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        flavor: str = "enc",
+        resample_mode: str = "keep",
+        attention: bool = False,
+        channels_per_head: int = 64,
+        dropout: float = 0.0,
+        res_balance: float = 0.3,
+        attn_balance: float = 0.3,
+        clip_act: Optional[float] = 256.0,
+    ) -> None:
         super().__init__()
         if flavor not in ("enc", "dec"):
             raise ValueError(f"flavor must be 'enc' or 'dec', got {flavor!r}")
@@ -205,6 +231,7 @@ class Block(nn.Module):
 
 # --- EDM preconditioning (shared with SongUNet) ---------------------------------------------------------
 
+
 def edm_noise_label(t: Tensor) -> Tensor:
     """UCGM's EDM-transport noise label ``c_noise = 2.68 t - 1.59 = ln(sigma) / 4`` for
     ``sigma(t) = exp(4 (2.68 t - 1.59))``. t [B] -> [B] float32."""
@@ -218,13 +245,14 @@ def edm_preconditioning(sigma: Tensor, sigma_data: float = 0.5) -> Tuple[Tensor,
     ``c_noise = ln(s)/4``.
     """
     s = sigma.float().reshape(-1)
-    c_in = 1 / (sigma_data ** 2 + s ** 2).sqrt()
-    c_skip = sigma_data ** 2 / (s ** 2 + sigma_data ** 2)
-    c_out = s * sigma_data / (s ** 2 + sigma_data ** 2).sqrt()
+    c_in = 1 / (sigma_data**2 + s**2).sqrt()
+    c_skip = sigma_data**2 / (s**2 + sigma_data**2)
+    c_out = s * sigma_data / (s**2 + sigma_data**2).sqrt()
     return c_in, c_skip, c_out, s.log() / 4
 
 
 # --- the network ----------------------------------------------------------------------------------------
+
 
 class EDM2UNet(ConditionalNet):
     """EDM2 U-Net ``F(x_t, t, y)`` in UCGM's EDM-transport convention.
@@ -264,8 +292,13 @@ class EDM2UNet(ConditionalNet):
         widths = [model_channels * m for m in channel_mult]
         cnoise = model_channels * channel_mult_noise if channel_mult_noise else widths[0]
         cemb = model_channels * channel_mult_emb if channel_mult_emb else max(widths)
-        blk = dict(channels_per_head=channels_per_head, dropout=dropout, res_balance=res_balance,
-                   attn_balance=attn_balance, clip_act=clip_act)
+        blk = dict(
+            channels_per_head=channels_per_head,
+            dropout=dropout,
+            res_balance=res_balance,
+            attn_balance=attn_balance,
+            clip_act=clip_act,
+        )
 
         self.out_gain = nn.Parameter(torch.zeros([]))
         self.emb_fourier = MPFourier(cnoise)
@@ -283,8 +316,9 @@ class EDM2UNet(ConditionalNet):
                 self.enc[f"{res}x{res}_down"] = Block(cout, cout, cemb, "enc", resample_mode="down", **blk)
             for i in range(num_blocks):
                 cin, cout = cout, width
-                self.enc[f"{res}x{res}_block{i}"] = Block(cin, cout, cemb, "enc", attention=res in attn_resolutions,
-                                                          **blk)
+                self.enc[f"{res}x{res}_block{i}"] = Block(
+                    cin, cout, cemb, "enc", attention=res in attn_resolutions, **blk
+                )
 
         skips = [m.out_channels for m in self.enc.values()]
         self.dec = nn.ModuleDict()
@@ -297,12 +331,14 @@ class EDM2UNet(ConditionalNet):
                 self.dec[f"{res}x{res}_up"] = Block(cout, cout, cemb, "dec", resample_mode="up", **blk)
             for i in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), width
-                self.dec[f"{res}x{res}_block{i}"] = Block(cin, cout, cemb, "dec", attention=res in attn_resolutions,
-                                                          **blk)
+                self.dec[f"{res}x{res}_block{i}"] = Block(
+                    cin, cout, cemb, "dec", attention=res in attn_resolutions, **blk
+                )
         self.out_conv = MPConv(cout, in_channels, 3)
 
-    def embedding(self, c_noise: Tensor, class_labels: Optional[Tensor] = None,
-                  uncond: Optional[Tensor] = None) -> Tensor:
+    def embedding(
+        self, c_noise: Tensor, class_labels: Optional[Tensor] = None, uncond: Optional[Tensor] = None
+    ) -> Tensor:
         """emb [B, E] = mp_silu(mp_sum(emb_noise(fourier(c_noise)), emb_label(onehot * sqrt(K)), label_balance)).
 
         c_noise [B]; class_labels [B or 1, K] float (None: no label branch); uncond [B] bool: rows that
@@ -311,13 +347,13 @@ class EDM2UNet(ConditionalNet):
         emb = self.emb_noise(self.emb_fourier(c_noise))
         if self.emb_label is not None and class_labels is not None:
             if uncond is None or not bool(uncond.all()):
-                cond = mp_sum(emb, self.emb_label(class_labels * math.sqrt(class_labels.shape[1])),
-                              self.label_balance)
+                cond = mp_sum(emb, self.emb_label(class_labels * math.sqrt(class_labels.shape[1])), self.label_balance)
                 emb = cond if uncond is None else torch.where(uncond[:, None], emb, cond)
         return mp_silu(emb)
 
-    def unet(self, x: Tensor, c_noise: Tensor, class_labels: Optional[Tensor] = None,
-             uncond: Optional[Tensor] = None) -> Tensor:
+    def unet(
+        self, x: Tensor, c_noise: Tensor, class_labels: Optional[Tensor] = None, uncond: Optional[Tensor] = None
+    ) -> Tensor:
         """The original ``UNet.forward``: x [B, C, S, S] (c_in-scaled), c_noise [B], class_labels [B, K]
         one-hot float or None -> F [B, C, S, S]."""
         emb = self.embedding(c_noise, class_labels, uncond)
@@ -345,8 +381,9 @@ class EDM2UNet(ConditionalNet):
         onehot, uncond = self.labels_onehot(y)
         return self.unet(x, edm_noise_label(t), onehot, uncond)
 
-    def denoise(self, x: Tensor, sigma: Tensor, class_labels: Optional[Tensor] = None,
-                sigma_data: float = 0.5) -> Tensor:
+    def denoise(
+        self, x: Tensor, sigma: Tensor, class_labels: Optional[Tensor] = None, sigma_data: float = 0.5
+    ) -> Tensor:
         """The original ``Precond`` (float32): D = c_skip x + c_out F(c_in x, ln(sigma)/4, labels).
 
         x [B, C, S, S] noisy (unscaled), sigma [B], class_labels [B, K] float; None gives the all-zero
@@ -355,8 +392,11 @@ class EDM2UNet(ConditionalNet):
         x = x.float()
         c_in, c_skip, c_out, c_noise = (c[:, None, None, None] for c in edm_preconditioning(sigma, sigma_data))
         if self.num_classes:
-            class_labels = (torch.zeros(1, self.num_classes, device=x.device) if class_labels is None
-                            else class_labels.float().reshape(-1, self.num_classes))
+            class_labels = (
+                torch.zeros(1, self.num_classes, device=x.device)
+                if class_labels is None
+                else class_labels.float().reshape(-1, self.num_classes)
+            )
         else:
             class_labels = None
         f = self.unet(c_in * x, c_noise.flatten(), class_labels)
@@ -384,7 +424,7 @@ EDM2_IRRELEVANT_PREFIXES = ("logvar_fourier.", "logvar_linear.")
 def _size_kwargs(size: Union[str, Mapping[str, Any]]) -> Dict[str, Any]:
     if isinstance(size, Mapping):
         return dict(size)
-    name = size[len("EDM2-"):] if size.upper().startswith("EDM2-") else size
+    name = size[len("EDM2-") :] if size.upper().startswith("EDM2-") else size
     if name.upper() not in EDM2_SIZES:
         raise ValueError(f"unknown EDM2 size {size!r}; expected one of {sorted(EDM2_SIZES)}")
     return {**_IMG512, **EDM2_SIZES[name.upper()]}
@@ -403,6 +443,7 @@ def expected_edm2_layout(**model_kwargs: Any) -> Dict[str, tuple]:
 
 
 # --- converter --------------------------------------------------------------------------------------------
+
 
 def convert_edm2_checkpoint(
     path_or_state: Union[str, os.PathLike, Mapping[str, Any]],

@@ -155,8 +155,11 @@ def _module_state(obj: Any, prefix: str = "", out: Optional[Dict[str, Tensor]] =
 
 
 def _is_module_like(obj: Any) -> bool:
-    return isinstance(obj, _Inert) and isinstance(obj.state, Mapping) and (
-        "_parameters" in obj.state or "_modules" in obj.state)
+    return (
+        isinstance(obj, _Inert)
+        and isinstance(obj.state, Mapping)
+        and ("_parameters" in obj.state or "_modules" in obj.state)
+    )
 
 
 def read_persistence_pickle(path: Union[str, os.PathLike]) -> Dict[str, Any]:

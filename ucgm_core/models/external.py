@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from typing import Dict
 
+from .ddt import DDT_MODELS
+from .edm2 import EDM2_MODELS
+from .lightningdit import LIGHTNINGDIT_MODELS
+from .sit import SIT_MODELS
+from .songunet import SONGUNET_MODELS
 from .spec import ModelSpec
 
-EXTERNAL_MODELS: Dict[str, ModelSpec] = {}
-
-# --- family registrations (one line each) ---
-from .sit import SIT_MODELS; EXTERNAL_MODELS.update(SIT_MODELS)  # noqa: E402,E702
-from .lightningdit import LIGHTNINGDIT_MODELS; EXTERNAL_MODELS.update(LIGHTNINGDIT_MODELS)  # noqa: E402,E702
-from .ddt import DDT_MODELS; EXTERNAL_MODELS.update(DDT_MODELS)  # noqa: E402,E702
-from .edm2 import EDM2_MODELS; EXTERNAL_MODELS.update(EDM2_MODELS)  # noqa: E402,E702
-from .songunet import SONGUNET_MODELS; EXTERNAL_MODELS.update(SONGUNET_MODELS)  # noqa: E402,E702
-# --- end of family registrations ---
+#: every family's entries; registration order = the order below (names are unique across families)
+EXTERNAL_MODELS: Dict[str, ModelSpec] = {
+    **SIT_MODELS,
+    **LIGHTNINGDIT_MODELS,
+    **DDT_MODELS,
+    **EDM2_MODELS,
+    **SONGUNET_MODELS,
+}

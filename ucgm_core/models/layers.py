@@ -190,8 +190,7 @@ class ConditionalNet(nn.Module):
             if lo < 0 or hi > self.num_classes:
                 bad = lo if lo < 0 else hi
                 raise ValueError(
-                    f"label {bad} out of range: expected 0..{self.num_classes} "
-                    f"({self.num_classes} is the null label)"
+                    f"label {bad} out of range: expected 0..{self.num_classes} ({self.num_classes} is the null label)"
                 )
         return t.reshape(b).float()
 
@@ -211,8 +210,7 @@ class ConditionalNet(nn.Module):
         """
         if x.shape[0] % 2 or x.shape[0] != y.shape[0]:
             raise ValueError(
-                f"forward_with_cfg needs an even batch [x; x] with matching y, "
-                f"got x {list(x.shape)}, y {list(y.shape)}"
+                f"forward_with_cfg needs an even batch [x; x] with matching y, got x {list(x.shape)}, y {list(y.shape)}"
             )
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t

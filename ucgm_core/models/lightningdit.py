@@ -140,8 +140,9 @@ class LightningDiT(ConditionalNet):
         Outside: the conditional half alone, duplicated. Output [2B, C, S, S].
         """
         if x.shape[0] % 2 or x.shape[0] != y.shape[0]:
-            raise ValueError(f"forward_with_cfg needs an even batch [x; x] with matching y, got x {list(x.shape)}, "
-                             f"y {list(y.shape)}")
+            raise ValueError(
+                f"forward_with_cfg needs an even batch [x; x] with matching y, got x {list(x.shape)}, y {list(y.shape)}"
+            )
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         n = x.shape[0] // 2

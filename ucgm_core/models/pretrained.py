@@ -27,13 +27,19 @@ from .registry import MODELS
 __all__ = ["model_kwargs_for", "convert_pretrained", "latent_geometry", "pretrained_normalizer", "import_pretrained"]
 
 
-def model_kwargs_for(architecture: str, *, input_size: int, in_channels: int, num_classes: int,
-                     **overrides: Any) -> Dict[str, Any]:
+def model_kwargs_for(
+    architecture: str, *, input_size: int, in_channels: int, num_classes: int, **overrides: Any
+) -> Dict[str, Any]:
     """The full constructor kwargs of registry entry ``architecture`` (defaults, data shape, overrides)."""
     if architecture not in MODELS:
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(MODELS))}")
-    return {**MODELS[architecture].defaults, "input_size": input_size, "in_channels": in_channels,
-            "num_classes": num_classes, **overrides}
+    return {
+        **MODELS[architecture].defaults,
+        "input_size": input_size,
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        **overrides,
+    }
 
 
 def _family_state(architecture: str, path: str, kwargs: Dict[str, Any], allow_unsafe_pickle: bool) -> dict:
@@ -63,8 +69,9 @@ def _family_state(architecture: str, path: str, kwargs: Dict[str, Any], allow_un
     return strip_prefixes(pick_weights(load_checkpoint_file(path), source=path))
 
 
-def convert_pretrained(architecture: str, path: os.PathLike | str, model_kwargs: Dict[str, Any],
-                       allow_unsafe_pickle: bool = False) -> nn.Module:
+def convert_pretrained(
+    architecture: str, path: os.PathLike | str, model_kwargs: Dict[str, Any], allow_unsafe_pickle: bool = False
+) -> nn.Module:
     """Our ``architecture`` network built with ``model_kwargs`` (see :func:`model_kwargs_for`) holding the
     weights of checkpoint ``path`` (EMA weights when the file has them). Raises
     :class:`~ucgm_core.models.convert.CheckpointError` naming the file and the offending keys."""
@@ -80,8 +87,9 @@ def convert_pretrained(architecture: str, path: os.PathLike | str, model_kwargs:
     return net.eval()
 
 
-def latent_geometry(autoencoder: str, ae_kwargs: Mapping[str, Any], resolution: int,
-                    image_channels: int) -> Tuple[int, int]:
+def latent_geometry(
+    autoencoder: str, ae_kwargs: Mapping[str, Any], resolution: int, image_channels: int
+) -> Tuple[int, int]:
     """(channels, size) of the latents of ``resolution`` images under ``autoencoder`` (ValueError when the
     resolution is not a multiple of the autoencoder's stride)."""
     if autoencoder == "identity":
@@ -92,8 +100,15 @@ def latent_geometry(autoencoder: str, ae_kwargs: Mapping[str, Any], resolution: 
     return ae.latent_channels, resolution // ae.stride
 
 
-def pretrained_normalizer(channels: int, multiplier: float, *, normalize: bool, latent_stats: Optional[Mapping],
-                          stats: Optional[str], autoencoder: str) -> LatentNormalizer:
+def pretrained_normalizer(
+    channels: int,
+    multiplier: float,
+    *,
+    normalize: bool,
+    latent_stats: Optional[Mapping],
+    stats: Optional[str],
+    autoencoder: str,
+) -> LatentNormalizer:
     """The experiment's latent normalisation: the multiplier alone (``normalize`` false), fixed per-channel
     ``latent_stats`` ({"mean": [...], "std": [...]}, one value per latent channel), or the ``stats`` file."""
     if not normalize:
@@ -106,10 +121,24 @@ def pretrained_normalizer(channels: int, multiplier: float, *, normalize: bool, 
     return LatentNormalizer.from_stats(stats, multiplier, True)
 
 
-def import_pretrained(weights: str, out: str, *, architecture: str, overrides: Mapping[str, Any], dataset: str,
-                      resolution: int, num_classes: Optional[int], autoencoder: str, ae_kwargs: Mapping[str, Any],
-                      normalize: bool, latent_stats: Optional[Mapping], stats: Optional[str], multiplier: float,
-                      sha256: Optional[str], allow_unsafe_pickle: bool) -> Dict[str, Any]:
+def import_pretrained(
+    weights: str,
+    out: str,
+    *,
+    architecture: str,
+    overrides: Mapping[str, Any],
+    dataset: str,
+    resolution: int,
+    num_classes: Optional[int],
+    autoencoder: str,
+    ae_kwargs: Mapping[str, Any],
+    normalize: bool,
+    latent_stats: Optional[Mapping],
+    stats: Optional[str],
+    multiplier: float,
+    sha256: Optional[str],
+    allow_unsafe_pickle: bool,
+) -> Dict[str, Any]:
     """Convert released ``weights`` of ``architecture`` and write them as a checkpoint at ``out`` (atomically).
 
     The latent shape is the autoencoder's (``resolution`` / stride, its latent channels); ``num_classes`` is the
@@ -126,19 +155,33 @@ def import_pretrained(weights: str, out: str, *, architecture: str, overrides: M
     channels, size = latent_geometry(autoencoder, ae_kwargs, resolution, ds.channels)
     overrides = dict(overrides)
     num_classes = int(overrides.pop("num_classes", num_classes or ds.num_classes))
-    kwargs = model_kwargs_for(architecture, input_size=size, in_channels=channels, num_classes=num_classes,
-                              **overrides)
-    normalizer = pretrained_normalizer(channels, multiplier, normalize=normalize, latent_stats=latent_stats,
-                                       stats=stats, autoencoder=autoencoder)
+    kwargs = model_kwargs_for(architecture, input_size=size, in_channels=channels, num_classes=num_classes, **overrides)
+    normalizer = pretrained_normalizer(
+        channels, multiplier, normalize=normalize, latent_stats=latent_stats, stats=stats, autoencoder=autoencoder
+    )
     t0 = time.time()
     try:
         net = convert_pretrained(architecture, weights, kwargs, allow_unsafe_pickle=allow_unsafe_pickle)
     except CheckpointError as e:
         raise CheckpointError(f"cannot import {weights} as {architecture}: {e}") from None
     model_kwargs = {"input_size": size, "in_channels": channels, "num_classes": num_classes, **overrides}
-    save_checkpoint(out, architecture=architecture, model_kwargs=model_kwargs,
-                    transport=MODELS[architecture].transport, num_classes=num_classes,
-                    latent_shape=[channels, size, size], normalizer=normalizer, autoencoder=autoencoder, step=0,
-                    model=net, ema=net, info={"pretrained": str(weights), "weights_sha256": sha256_file(weights)})
-    return {"parameters": sum(p.numel() for p in net.parameters()), "latent_shape": [channels, size, size],
-            "transport": MODELS[architecture].transport, "seconds": time.time() - t0}
+    save_checkpoint(
+        out,
+        architecture=architecture,
+        model_kwargs=model_kwargs,
+        transport=MODELS[architecture].transport,
+        num_classes=num_classes,
+        latent_shape=[channels, size, size],
+        normalizer=normalizer,
+        autoencoder=autoencoder,
+        step=0,
+        model=net,
+        ema=net,
+        info={"pretrained": str(weights), "weights_sha256": sha256_file(weights)},
+    )
+    return {
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "latent_shape": [channels, size, size],
+        "transport": MODELS[architecture].transport,
+        "seconds": time.time() - t0,
+    }

@@ -31,4 +31,5 @@ def build_model(name: str, *, input_size: int, in_channels: int, num_classes: in
     kwargs = {**spec.defaults, **overrides}
     return spec.builder(input_size=input_size, in_channels=in_channels, num_classes=num_classes, **kwargs)
 
+
 MODELS.update(EXTERNAL_MODELS)  # the ported families (external.py)

@@ -34,8 +34,16 @@ from .layers import (
 )
 from .spec import ModelSpec
 
-__all__ = ["SiT", "SIT_VARIANTS", "SIT_MODELS", "SIT_CHECKPOINT_VARIANT", "sit_kwargs_from_original",
-           "convert_sit_checkpoint", "expected_sit_layout", "CheckpointError"]
+__all__ = [
+    "SiT",
+    "SIT_VARIANTS",
+    "SIT_MODELS",
+    "SIT_CHECKPOINT_VARIANT",
+    "sit_kwargs_from_original",
+    "convert_sit_checkpoint",
+    "expected_sit_layout",
+    "CheckpointError",
+]
 
 
 def _layer_norm(x: Tensor) -> Tensor:
@@ -154,8 +162,15 @@ SIT_VARIANTS: Dict[str, Dict[str, Any]] = {
 #: Key prefixes of the original that sampling never uses, by variant.
 _IRRELEVANT = {"repa": ("projectors.",), "repae": ("projectors.", "bn.")}
 # Original constructor kwargs that only concern training-time modules or that equal our fixed choice.
-_IGNORED_ORIGINAL_KWARGS = {"path_type", "use_cfg", "encoder_depth", "z_dims", "projector_dim", "bn_momentum",
-                            "fused_attn"}
+_IGNORED_ORIGINAL_KWARGS = {
+    "path_type",
+    "use_cfg",
+    "encoder_depth",
+    "z_dims",
+    "projector_dim",
+    "bn_momentum",
+    "fused_attn",
+}
 
 
 def sit_kwargs_from_original(config: Mapping[str, Any]) -> Dict[str, Any]:

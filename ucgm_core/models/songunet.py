@@ -31,8 +31,16 @@ from .edm_pickle import load_checkpoint_maybe_pickle
 from .layers import ConditionalNet, channel_sdpa
 from .spec import ModelSpec
 
-__all__ = ["SongUNet", "UNetBlock", "SONGUNET_CIFAR10", "SONGUNET_MODELS", "songunet_kwargs_from_original",
-           "expected_songunet_layout", "convert_songunet_checkpoint", "CheckpointError"]
+__all__ = [
+    "SongUNet",
+    "UNetBlock",
+    "SONGUNET_CIFAR10",
+    "SONGUNET_MODELS",
+    "songunet_kwargs_from_original",
+    "expected_songunet_layout",
+    "convert_songunet_checkpoint",
+    "CheckpointError",
+]
 
 
 def _xavier(shape: Sequence[int], fan_in: int, fan_out: int, scale: float) -> Tensor:
@@ -48,12 +56,25 @@ class Conv(nn.Module):
     resampling. Weight [Cout, Cin, k, k], 'same' padding.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, up: bool = False, down: bool = False,
-                 init_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        up: bool = False,
+        down: bool = False,
+        init_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         self.up, self.down = up, down
-        self.weight = nn.Parameter(_xavier((out_channels, in_channels, kernel, kernel), in_channels * kernel ** 2,
-                                           out_channels * kernel ** 2, init_scale))
+        self.weight = nn.Parameter(
+            _xavier(
+                (out_channels, in_channels, kernel, kernel),
+                in_channels * kernel**2,
+                out_channels * kernel**2,
+                init_scale,
+            )
+        )
         self.bias = nn.Parameter(torch.zeros(out_channels))
         if up or down:
             f = torch.ones(2)
@@ -88,8 +109,16 @@ class UNetBlock(nn.Module):
     ``norm2(x)`` (qkv channel index c * 3 + {q, k, v}, softmax in float32), ``x = (proj(a) + x) / sqrt(2)``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False,
-                 down: bool = False, attention: bool = False, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        up: bool = False,
+        down: bool = False,
+        attention: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.dropout = in_channels, out_channels, dropout
         self.attention = attention
@@ -99,8 +128,9 @@ class UNetBlock(nn.Module):
         self.affine = _linear(emb_channels, out_channels)
         self.norm1 = _group_norm(out_channels)
         self.conv1 = Conv(out_channels, out_channels, 3, init_scale=1e-5)
-        self.skip = (Conv(in_channels, out_channels, 1, up=up, down=down)
-                     if in_channels != out_channels or up or down else None)
+        self.skip = (
+            Conv(in_channels, out_channels, 1, up=up, down=down) if in_channels != out_channels or up or down else None
+        )
         if attention:
             self.norm2 = _group_norm(out_channels)
             self.qkv = Conv(out_channels, out_channels * 3, 1, init_scale=math.sqrt(0.2))
@@ -180,8 +210,9 @@ class SongUNet(ConditionalNet):
                 self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, emb, down=True, dropout=dropout)
             for i in range(num_blocks):
                 cin, cout = cout, model_channels * mult
-                self.enc[f"{res}x{res}_block{i}"] = UNetBlock(cin, cout, emb, attention=res in attn_resolutions,
-                                                              dropout=dropout)
+                self.enc[f"{res}x{res}_block{i}"] = UNetBlock(
+                    cin, cout, emb, attention=res in attn_resolutions, dropout=dropout
+                )
 
         skips = [self._width(m) for m in self.enc.values()]
         self.dec = nn.ModuleDict()
@@ -243,8 +274,9 @@ class SongUNet(ConditionalNet):
         t = self.check_inputs(x, t, y)
         return self.unet(x, edm_noise_label(t), self.labels_onehot(y))
 
-    def denoise(self, x: Tensor, sigma: Tensor, class_labels: Optional[Tensor] = None,
-                sigma_data: float = 0.5) -> Tensor:
+    def denoise(
+        self, x: Tensor, sigma: Tensor, class_labels: Optional[Tensor] = None, sigma_data: float = 0.5
+    ) -> Tensor:
         """The original ``EDMPrecond`` (float32): D = c_skip x + c_out F(c_in x, ln(sigma)/4, labels).
 
         x [B, C, S, S] noisy (unscaled), sigma [B], class_labels [B, K] float (None: the zero row).
@@ -252,8 +284,11 @@ class SongUNet(ConditionalNet):
         x = x.float()
         c_in, c_skip, c_out, c_noise = (c[:, None, None, None] for c in edm_preconditioning(sigma, sigma_data))
         if self.map_label is not None:
-            class_labels = (torch.zeros(1, self.num_classes, device=x.device) if class_labels is None
-                            else class_labels.float().reshape(-1, self.num_classes))
+            class_labels = (
+                torch.zeros(1, self.num_classes, device=x.device)
+                if class_labels is None
+                else class_labels.float().reshape(-1, self.num_classes)
+            )
         f = self.unet(c_in * x, c_noise.flatten(), class_labels)
         return c_skip * x + c_out * f.float()
 
@@ -262,13 +297,33 @@ class SongUNet(ConditionalNet):
 
 #: EDM's CIFAR-10 DDPM++ network (train.py --arch=ddpmpp); num_classes 1 (unconditional) or 10.
 #: Dropout is training-only; UCGM's "UNet+" trains/tunes with 0.2 (EDM trained with 0.13).
-SONGUNET_CIFAR10: Dict[str, Any] = dict(model_channels=128, channel_mult=(2, 2, 2), channel_mult_emb=4,
-                                        channel_mult_noise=1, num_blocks=4, attn_resolutions=(16,), dropout=0.2)
+SONGUNET_CIFAR10: Dict[str, Any] = dict(
+    model_channels=128,
+    channel_mult=(2, 2, 2),
+    channel_mult_emb=4,
+    channel_mult_noise=1,
+    num_blocks=4,
+    attn_resolutions=(16,),
+    dropout=0.2,
+)
 # EDMPrecond/SongUNet kwargs that must have their DDPM++ values (others are not implemented).
-_DDPMPP_FLAGS = dict(embedding_type="positional", encoder_type="standard", decoder_type="standard",
-                     resample_filter=[1, 1], model_type="SongUNet")
-_IGNORED_ORIGINAL_KWARGS = {"use_fp16", "sigma_data", "sigma_min", "sigma_max", "augment_dim", "label_dropout",
-                            "out_channels", *_DDPMPP_FLAGS}
+_DDPMPP_FLAGS = dict(
+    embedding_type="positional",
+    encoder_type="standard",
+    decoder_type="standard",
+    resample_filter=[1, 1],
+    model_type="SongUNet",
+)
+_IGNORED_ORIGINAL_KWARGS = {
+    "use_fp16",
+    "sigma_data",
+    "sigma_min",
+    "sigma_max",
+    "augment_dim",
+    "label_dropout",
+    "out_channels",
+    *_DDPMPP_FLAGS,
+}
 _RENAMES = {"img_resolution": "input_size", "img_channels": "in_channels", "label_dim": "num_classes"}
 #: Original keys (after ``model.``) that sampling never uses: augmentation labels are training-only.
 SONGUNET_IRRELEVANT_PREFIXES = ("map_augment.",)
@@ -341,5 +396,6 @@ def convert_songunet_checkpoint(
 
 #: Registry entry (merged into ``MODELS`` by ``external.py``); UCGM builds it with input_size=32,
 #: in_channels=3, num_classes=1 (unconditional CIFAR-10 pixels).
-SONGUNET_MODELS: Dict[str, ModelSpec] = {"SongUNet-CIFAR10": ModelSpec(SongUNet, dict(SONGUNET_CIFAR10),
-                                                                       transport="EDM")}
+SONGUNET_MODELS: Dict[str, ModelSpec] = {
+    "SongUNet-CIFAR10": ModelSpec(SongUNet, dict(SONGUNET_CIFAR10), transport="EDM")
+}

@@ -173,8 +173,14 @@ def _cfg(depth: int, hidden_size: int, num_heads: int, patch_size: int) -> Dict[
 
 
 # Official sizes (original ``TiT_models``): depth / width / heads per family, patch per entry.
-_FAMILIES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16),
-             "1p0B": (24, 1536, 24), "1p6B": (28, 1792, 28)}
+_FAMILIES = {
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+    "1p0B": (24, 1536, 24),
+    "1p6B": (28, 1792, 28),
+}
 _PATCHES = {"S": (1, 2), "B": (1, 2), "L": (2,), "XL": (1, 2, 4), "1p0B": (1, 2), "1p6B": (1, 2)}
 TIT_CONFIGS: Dict[str, Dict[str, int]] = {
     f"TiT-{fam}/{p}": _cfg(*_FAMILIES[fam], p) for fam, patches in _PATCHES.items() for p in patches

@@ -5,10 +5,33 @@ flags onto these functions; nothing here parses a command line.
 """
 
 from .manifest import write_manifest
-from .paper import FIG2_COLUMNS, FIG2_COORDS, TABLE_COLUMNS, fig2_frame, paper_log_fid, paper_table, plot_fig2, \
-    reference_row
+from .paper import (
+    FIG2_COLUMNS,
+    FIG2_COORDS,
+    TABLE_COLUMNS,
+    fig2_frame,
+    paper_log_fid,
+    paper_table,
+    plot_fig2,
+    reference_row,
+)
 from .table import COLUMNS, ReportError, labels_from_json, metric_series, results_table, row, write_csv
 
-__all__ = ["COLUMNS", "FIG2_COLUMNS", "FIG2_COORDS", "ReportError", "TABLE_COLUMNS", "fig2_frame",
-           "labels_from_json", "metric_series", "paper_log_fid", "paper_table", "plot_fig2", "reference_row",
-           "results_table", "row", "write_csv", "write_manifest"]
+__all__ = [
+    "COLUMNS",
+    "FIG2_COLUMNS",
+    "FIG2_COORDS",
+    "ReportError",
+    "TABLE_COLUMNS",
+    "fig2_frame",
+    "labels_from_json",
+    "metric_series",
+    "paper_log_fid",
+    "paper_table",
+    "plot_fig2",
+    "reference_row",
+    "results_table",
+    "row",
+    "write_csv",
+    "write_manifest",
+]

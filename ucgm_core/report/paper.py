@@ -19,8 +19,16 @@ import pandas as pd
 
 from .table import COLUMNS, ReportError, row
 
-__all__ = ["TABLE_COLUMNS", "FIG2_COLUMNS", "FIG2_COORDS", "paper_log_fid", "reference_row", "paper_table",
-           "fig2_frame", "plot_fig2"]
+__all__ = [
+    "TABLE_COLUMNS",
+    "FIG2_COLUMNS",
+    "FIG2_COORDS",
+    "paper_log_fid",
+    "reference_row",
+    "paper_table",
+    "fig2_frame",
+    "plot_fig2",
+]
 
 TABLE_COLUMNS = ["kind"] + COLUMNS
 
@@ -51,13 +59,21 @@ def reference_row(ref: Mapping, where: str) -> Dict:
     """One ``kind = reference`` row: the paper's printed number for a competitor, nothing measured."""
     missing = [k for k in ("label", "nfe", "fid", "source") if ref.get(k) is None]
     if missing:
-        raise ReportError(f"{where}: reference row lacks {', '.join(missing)}; expected "
-                          "{kind: reference, label, steps (optional), nfe, fid, source}")
+        raise ReportError(
+            f"{where}: reference row lacks {', '.join(missing)}; expected "
+            "{kind: reference, label, steps (optional), nfe, fid, source}"
+        )
     if ref.get("kind", "reference") != "reference":
         raise ReportError(f"{where}.kind: {ref['kind']!r}; expected 'reference'")
     out = {c: None for c in TABLE_COLUMNS}
-    out.update(kind="reference", label=ref["label"], steps=ref.get("steps"), paper_nfe=ref["nfe"],
-               paper_fid=ref["fid"], paper_source=ref["source"])
+    out.update(
+        kind="reference",
+        label=ref["label"],
+        steps=ref.get("steps"),
+        paper_nfe=ref["nfe"],
+        paper_fid=ref["fid"],
+        paper_source=ref["source"],
+    )
     return out
 
 
@@ -93,12 +109,16 @@ def fig2_frame(figure: str, evals: Sequence[str], coords: Mapping[str, Mapping])
         sampler = r["sampler"]
         c = coords.get(sampler)
         if c is None or any(k not in c for k in keys):
-            raise ReportError(f"{figure}: evaluation {path} (sampler {sampler!r}) has no {'/'.join(keys)} in "
-                              f"--coords {json.dumps(c)}; expected {keys} for every sampler of the figure")
+            raise ReportError(
+                f"{figure}: evaluation {path} (sampler {sampler!r}) has no {'/'.join(keys)} in "
+                f"--coords {json.dumps(c)}; expected {keys} for every sampler of the figure"
+            )
         cell = tuple(c[k] for k in keys) + ((r["steps"],) if "steps" in FIG2_COLUMNS[figure] else ())
         if cell in seen:
-            raise ReportError(f"{figure}: evaluations {seen[cell]} and {path} are the same cell {cell}; "
-                              "expected one evaluation per cell")
+            raise ReportError(
+                f"{figure}: evaluations {seen[cell]} and {path} are the same cell {cell}; "
+                "expected one evaluation per cell"
+            )
         seen[cell] = path
         records.append(_fig2_record(figure, r, c))
     sort = [k for k in FIG2_COLUMNS[figure] if k in ("lambda", "kappa", "steps", "transport")]

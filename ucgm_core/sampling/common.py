@@ -81,9 +81,7 @@ def check_time_warp(value: object) -> Tuple[float, float, float]:
     except TypeError:
         items = None
     if items is None or len(items) != 3 or not all(_is_number(v) and float(v) > 0 for v in items):
-        raise ValueError(
-            f"time_warp must be 3 positive numbers (a, b, c) of K(u) = (1-(1-u^a)^b)^c, got {value!r}"
-        )
+        raise ValueError(f"time_warp must be 3 positive numbers (a, b, c) of K(u) = (1-(1-u^a)^b)^c, got {value!r}")
     return float(items[0]), float(items[1]), float(items[2])
 
 

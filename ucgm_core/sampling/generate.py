@@ -57,7 +57,10 @@ def _check_finite(x: Tensor, stage: str, method: str, steps: int, indices: np.nd
             f"sampler {method!r} at {steps} steps gave {n} of {len(indices)} images with NaN or infinite values "
             f"{stage} (images {', '.join(map(str, which[:8].tolist()))}{', ...' if n > 8 else ''} of the batch "
             f"{int(indices[0])}..{int(indices[-1])}); non-finite images cannot be quantised or scored",
-            n, len(indices), which.tolist())
+            n,
+            len(indices),
+            which.tolist(),
+        )
 
 
 @dataclass
@@ -124,8 +127,10 @@ def generate_images(
     sampler = get_sampler(method)
     info = original_info(sampler)
     if info is not None and guidance_scale > 0:
-        raise ValueError(f"sampler {method!r} does its original's own guidance (its options, e.g. cfg_scale); "
-                         f"guidance_scale must be 0, got {guidance_scale}")
+        raise ValueError(
+            f"sampler {method!r} does its original's own guidance (its options, e.g. cfg_scale); "
+            f"guidance_scale must be 0, got {guidance_scale}"
+        )
     tr = orient(transport)
     seeds = np.asarray(per_image_seeds(seed, indices.tolist()), dtype=np.int64)
     labels = labels_for(indices, num_classes)
@@ -146,13 +151,20 @@ def generate_images(
             y = torch.as_tensor(labels[lo:hi], device=device)
             with autocast(precision, device):
                 if info is not None:
-                    res = sampler(original_net, noise_src.initial(), tr, steps=steps, labels=y,
-                                  null_label=num_classes, noise_source=noise_src, **(options or {}))
+                    res = sampler(
+                        original_net,
+                        noise_src.initial(),
+                        tr,
+                        steps=steps,
+                        labels=y,
+                        null_label=num_classes,
+                        noise_source=noise_src,
+                        **(options or {}),
+                    )
                     rows += res.net_rows
                 else:
                     net = guided(model, y, num_classes, guidance_scale, guidance_interval)
-                    res = sampler(net, noise_src.initial(), tr, steps=steps, noise_source=noise_src,
-                                  **(options or {}))
+                    res = sampler(net, noise_src.initial(), tr, steps=steps, noise_source=noise_src, **(options or {}))
             x = normalizer.denormalize(res.sample.to(torch.float32))
             _check_finite(x, "in the sampler's output (before decoding)", method, steps, indices[lo:hi])
             images = decode(x)

@@ -110,9 +110,7 @@ class PerImageNoise:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype
         self.generator_device = torch.device(generator_device)
-        self.generators = [
-            torch.Generator(device=self.generator_device).manual_seed(s) for s in self.seeds
-        ]
+        self.generators = [torch.Generator(device=self.generator_device).manual_seed(s) for s in self.seeds]
         self._initial: Optional[Tensor] = None
 
     def __len__(self) -> int:

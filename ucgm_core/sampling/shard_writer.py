@@ -34,16 +34,39 @@ from .generate import GenerationResult, NonFiniteSamplesError, generate_images
 from .originals import original_info, paper_nfe
 from .registry import get_sampler, sampler_source
 
-__all__ = ["SEED_SCHEME", "REQUEST_KEYS", "SamplerSpec", "ShardRequest", "shard_indices", "existing_shard_matches",
-           "remove_stale_temporaries", "write_atomically", "shard_meta", "write_shard"]
+__all__ = [
+    "SEED_SCHEME",
+    "REQUEST_KEYS",
+    "SamplerSpec",
+    "ShardRequest",
+    "shard_indices",
+    "existing_shard_matches",
+    "remove_stale_temporaries",
+    "write_atomically",
+    "shard_meta",
+    "write_shard",
+]
 
 # how image i's noise and label are chosen (in every shard's metadata: shards made under another scheme
 # cannot be mixed with these in one evaluation)
 SEED_SCHEME = "noise per_image_seed(seed, i), label i mod num_classes"
 
 # the metadata keys a kept shard (skip_existing) must share with the request ("precision" is compared apart)
-REQUEST_KEYS = ("checkpoint_sha256", "method", "steps", "options", "guidance", "weights", "quantize", "seed",
-                "shard", "samples_per_shard", "num_samples", "first_index", "count")
+REQUEST_KEYS = (
+    "checkpoint_sha256",
+    "method",
+    "steps",
+    "options",
+    "guidance",
+    "weights",
+    "quantize",
+    "seed",
+    "shard",
+    "samples_per_shard",
+    "num_samples",
+    "first_index",
+    "count",
+)
 
 Log = Callable[[str], None]
 
@@ -71,8 +94,12 @@ class SamplerSpec:
         if not isinstance(spec, Mapping) or "method" not in spec:
             raise ValueError(f"{where}: expected a JSON object with at least a 'method' key, got {spec!r:.200}")
         given = {k: spec[k] for k in ("weights", "quantize", "precision", "tf32", "compile") if k in spec}
-        return cls(method=spec["method"], options=dict(spec.get("options") or {}),
-                   guidance=dict(spec.get("guidance") or {}), **given)
+        return cls(
+            method=spec["method"],
+            options=dict(spec.get("options") or {}),
+            guidance=dict(spec.get("guidance") or {}),
+            **given,
+        )
 
     @property
     def guidance_scale(self) -> float:
@@ -102,11 +129,22 @@ class ShardRequest:
     def as_meta(self) -> Dict[str, Any]:
         """The metadata a shard made for this request holds (REQUEST_KEYS and ``precision``)."""
         idx, s = self.indices, self.spec
-        return {"checkpoint_sha256": sha256_file(self.checkpoint), "method": s.method, "steps": self.steps,
-                "options": s.options, "guidance": s.guidance, "weights": s.weights, "quantize": s.quantize,
-                "seed": self.seed, "shard": self.shard, "samples_per_shard": self.samples_per_shard,
-                "num_samples": self.num_samples, "first_index": idx.start, "count": len(idx),
-                "precision": s.precision}
+        return {
+            "checkpoint_sha256": sha256_file(self.checkpoint),
+            "method": s.method,
+            "steps": self.steps,
+            "options": s.options,
+            "guidance": s.guidance,
+            "weights": s.weights,
+            "quantize": s.quantize,
+            "seed": self.seed,
+            "shard": self.shard,
+            "samples_per_shard": self.samples_per_shard,
+            "num_samples": self.num_samples,
+            "first_index": idx.start,
+            "count": len(idx),
+            "precision": s.precision,
+        }
 
 
 def shard_indices(shard: int, samples_per_shard: int, num_samples: int) -> range:
@@ -137,7 +175,7 @@ def existing_shard_matches(out: Path, request: dict) -> bool:
 def remove_stale_temporaries(out: Path) -> None:
     """Delete ``.<name>.tmp<pid>`` files left by processes that no longer run (killed jobs)."""
     for tmp in out.parent.glob(f".{out.name}.tmp*"):
-        pid = tmp.name[len(f".{out.name}.tmp"):]
+        pid = tmp.name[len(f".{out.name}.tmp") :]
         if pid.isdigit() and int(pid) != os.getpid():
             try:
                 os.kill(int(pid), 0)
@@ -181,14 +219,28 @@ def shard_meta(req: ShardRequest, request: dict, ckpt: dict, res: GenerationResu
     """The ``meta`` JSON of a shard: the request, what the sampler is, its NFE, timing and the seed scheme."""
     s, idx = req.spec, req.indices
     return {
-        "checkpoint": os.path.abspath(req.checkpoint), "checkpoint_sha256": request["checkpoint_sha256"],
-        "checkpoint_step": ckpt.get("step"), "method": s.method, "steps": req.steps,
+        "checkpoint": os.path.abspath(req.checkpoint),
+        "checkpoint_sha256": request["checkpoint_sha256"],
+        "checkpoint_step": ckpt.get("step"),
+        "method": s.method,
+        "steps": req.steps,
         "sampler_source": sampler_source(s.method),
-        "nfe": _paper_nfe(req, res), "sampler_evaluations": res.nfe, "evaluations_per_image": res.evaluations,
-        "options": s.options, "guidance": s.guidance, "weights": s.weights,
-        "quantize": s.quantize, "seed": req.seed, "shard": req.shard, "samples_per_shard": req.samples_per_shard,
-        "num_samples": req.num_samples, "first_index": idx.start, "count": len(idx),
-        "precision": s.precision, "seconds": round(seconds, 3), "seed_scheme": SEED_SCHEME,
+        "nfe": _paper_nfe(req, res),
+        "sampler_evaluations": res.nfe,
+        "evaluations_per_image": res.evaluations,
+        "options": s.options,
+        "guidance": s.guidance,
+        "weights": s.weights,
+        "quantize": s.quantize,
+        "seed": req.seed,
+        "shard": req.shard,
+        "samples_per_shard": req.samples_per_shard,
+        "num_samples": req.num_samples,
+        "first_index": idx.start,
+        "count": len(idx),
+        "precision": s.precision,
+        "seconds": round(seconds, 3),
+        "seed_scheme": SEED_SCHEME,
         "num_classes": int(ckpt["num_classes"]),
     }
 
@@ -210,18 +262,37 @@ def _generate(req: ShardRequest, ckpt: dict, net, ae, batch_size: int, device: s
     """The shard's images: ``req``'s sampler on ``net``, decoded by ``ae``, quantised by the spec."""
     s = req.spec
     return generate_images(
-        net, req.indices, seed=req.seed, method=s.method, steps=req.steps, transport=ckpt["transport"],
-        latent_shape=ckpt["latent_shape"], num_classes=ckpt["num_classes"],
-        normalizer=checkpoint_normalizer(ckpt), decode=ae.decode, options=s.options,
-        guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval,
-        batch_size=batch_size, device=device, quantize=s.quantize, precision=s.precision,
+        net,
+        req.indices,
+        seed=req.seed,
+        method=s.method,
+        steps=req.steps,
+        transport=ckpt["transport"],
+        latent_shape=ckpt["latent_shape"],
+        num_classes=ckpt["num_classes"],
+        normalizer=checkpoint_normalizer(ckpt),
+        decode=ae.decode,
+        options=s.options,
+        guidance_scale=s.guidance_scale,
+        guidance_interval=s.guidance_interval,
+        batch_size=batch_size,
+        device=device,
+        quantize=s.quantize,
+        precision=s.precision,
         on_batch=lambda done, total: log(f"generated {done}/{total} images"),
     )
 
 
-def write_shard(req: ShardRequest, out: str | os.PathLike, *, ae_kwargs: Optional[Mapping[str, Any]] = None,
-                batch_size: int = 250, device: str = "cpu", skip_existing: bool = False,
-                log: Log = print) -> bool:
+def write_shard(
+    req: ShardRequest,
+    out: str | os.PathLike,
+    *,
+    ae_kwargs: Optional[Mapping[str, Any]] = None,
+    batch_size: int = 250,
+    device: str = "cpu",
+    skip_existing: bool = False,
+    log: Log = print,
+) -> bool:
     """Generate shard ``req`` and write it atomically to ``out``; returns False when ``skip_existing`` kept a
     complete ``out`` made with the same checkpoint and settings, True when a shard was written.
 
@@ -243,14 +314,24 @@ def write_shard(req: ShardRequest, out: str | os.PathLike, *, ae_kwargs: Optiona
     try:
         res = _generate(req, ckpt, net, ae, batch_size, device, log)
     except NonFiniteSamplesError as e:
-        raise SystemExit(f"{out}: shard {req.shard} (images {idx.start}..{idx.stop - 1}) of checkpoint "
-                         f"{req.checkpoint}: {e}; nothing written") from None
+        raise SystemExit(
+            f"{out}: shard {req.shard} (images {idx.start}..{idx.stop - 1}) of checkpoint "
+            f"{req.checkpoint}: {e}; nothing written"
+        ) from None
     seconds = time.time() - t0
     meta = shard_meta(req, request, ckpt, res, seconds)
     buf = io.BytesIO()
-    np.savez(buf, images=res.images, labels=res.labels, indices=res.indices, seeds=res.seeds,
-             meta=np.asarray(json.dumps(meta)))
+    np.savez(
+        buf,
+        images=res.images,
+        labels=res.labels,
+        indices=res.indices,
+        seeds=res.seeds,
+        meta=np.asarray(json.dumps(meta)),
+    )
     write_atomically(out, buf.getvalue())
-    log(f"{len(idx)} images ({s.method}, {req.steps} steps, NFE {res.nfe}) in {seconds:.1f}s "
-        f"({len(idx) / max(seconds, 1e-9):.0f} img/s) -> {out}")
+    log(
+        f"{len(idx)} images ({s.method}, {req.steps} steps, NFE {res.nfe}) in {seconds:.1f}s "
+        f"({len(idx) / max(seconds, 1e-9):.0f} img/s) -> {out}"
+    )
     return True

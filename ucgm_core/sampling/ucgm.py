@@ -142,9 +142,7 @@ def ucgm_sample(
         # 4. update x_{i+1} = gamma(t_n) x_hat + alpha(t_n) (sqrt(1-s) z_hat + sqrt(s) eps)
         if float(ratio) > 0:  # v-new draws eps only when s > 0
             eps = draw(i, x_in).to(_F64)
-            x_next = tr.gamma_in(t_n) * x_hat + tr.alpha_in(t_n) * (
-                (1 - ratio) ** 0.5 * z_hat + ratio**0.5 * eps
-            )
+            x_next = tr.gamma_in(t_n) * x_hat + tr.alpha_in(t_n) * ((1 - ratio) ** 0.5 * z_hat + ratio**0.5 * eps)
         else:
             x_next = tr.gamma_in(t_n) * x_hat + tr.alpha_in(t_n) * z_hat
 

@@ -10,6 +10,13 @@ from .objective import ObjectiveOutput, UCGMConfig, UCGMObjective, sample_time
 from .teacher import Teacher
 
 __all__ = [
-    "EMA", "ema_update_", "teacher_decay_schedule", "unwrap",
-    "ObjectiveOutput", "UCGMConfig", "UCGMObjective", "sample_time", "Teacher",
+    "EMA",
+    "ema_update_",
+    "teacher_decay_schedule",
+    "unwrap",
+    "ObjectiveOutput",
+    "UCGMConfig",
+    "UCGMObjective",
+    "sample_time",
+    "Teacher",
 ]

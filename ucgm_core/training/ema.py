@@ -40,9 +40,7 @@ def ema_update_(average: nn.Module, source: nn.Module, decay: float) -> None:
     avg_params = list(average.parameters())
     src_params = list(unwrap(source).parameters())
     if len(avg_params) != len(src_params):
-        raise ValueError(
-            f"EMA update: the average has {len(avg_params)} parameters, the model {len(src_params)}"
-        )
+        raise ValueError(f"EMA update: the average has {len(avg_params)} parameters, the model {len(src_params)}")
     if decay == 0.0:
         torch._foreach_copy_(avg_params, src_params)
     else:

@@ -110,12 +110,15 @@ class TrainSettings:
         config_keys = names - set(RUNTIME_FIELDS)
         unknown = sorted(set(train) - config_keys - set(WORKFLOW_TRAIN_KEYS))
         if unknown:
-            raise ValueError(f"train: unknown keys {unknown}; expected some of {sorted(config_keys)} "
-                             f"(or the workflow's {list(WORKFLOW_TRAIN_KEYS)})")
+            raise ValueError(
+                f"train: unknown keys {unknown}; expected some of {sorted(config_keys)} "
+                f"(or the workflow's {list(WORKFLOW_TRAIN_KEYS)})"
+            )
         wrong = sorted(set(runtime) - set(RUNTIME_FIELDS))
         if wrong:
-            raise ValueError(f"TrainSettings.from_dict: {wrong} are not runtime fields; expected some of "
-                             f"{list(RUNTIME_FIELDS)}")
+            raise ValueError(
+                f"TrainSettings.from_dict: {wrong} are not runtime fields; expected some of {list(RUNTIME_FIELDS)}"
+            )
         missing = [k for k in ("steps", "batch_size") if k not in train]
         if missing:
             raise ValueError(f"train: {missing} missing (got keys {sorted(train)}); steps and batch_size are required")
@@ -187,15 +190,18 @@ def _why(err: BaseException) -> str:
     """``Type: the line that says what went wrong`` (torch's messages run over many lines; a
     ``weights_only`` refusal says why on its "WeightsUnpickler error" line, not the first)."""
     lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    why = next((ln.split("error:", 1)[1].strip() for ln in lines if ln.startswith("WeightsUnpickler error:")),
-               lines[0] if lines else "(no message)")
+    why = next(
+        (ln.split("error:", 1)[1].strip() for ln in lines if ln.startswith("WeightsUnpickler error:")),
+        lines[0] if lines else "(no message)",
+    )
     if " was not an allowed global" in why:  # drop torch's advice to allowlist it
         why = why.split(" was not an allowed global")[0] + ", refused by torch.load(weights_only=True)"
     return f"{type(err).__name__}: {why}"
 
 
-def load_state_file(paths: Sequence[Path], device: torch.device | str = "cpu",
-                    log: Callable[[str], None] = print) -> Tuple[dict, Path]:
+def load_state_file(
+    paths: Sequence[Path], device: torch.device | str = "cpu", log: Callable[[str], None] = print
+) -> Tuple[dict, Path]:
     """``(state, path)``: the first of ``paths`` (newest first) that exists and reads as a training
     state with ``torch.load(weights_only=True)``. Each copy passed over is logged with the reason;
     none readable raises :class:`StateFileError` naming every file and why it failed."""
@@ -213,11 +219,16 @@ def load_state_file(paths: Sequence[Path], device: torch.device | str = "cpu",
             log(f"warning: training state {path} is unreadable ({failed[-1][1]})")
             continue
         if failed:
-            log(f"warning: resuming from the older state {path}: "
-                + "; ".join(f"{p} is {'missing' if why == 'missing' else 'unreadable'}" for p, why in failed))
+            log(
+                f"warning: resuming from the older state {path}: "
+                + "; ".join(f"{p} is {'missing' if why == 'missing' else 'unreadable'}" for p, why in failed)
+            )
         return state, path
-    raise StateFileError("no readable training state: " + "; ".join(f"{p}: {why}" for p, why in failed)
-                         + ". Delete these files to start the run afresh.")
+    raise StateFileError(
+        "no readable training state: "
+        + "; ".join(f"{p}: {why}" for p, why in failed)
+        + ". Delete these files to start the run afresh."
+    )
 
 
 class NonFiniteTraining(RuntimeError):
@@ -238,8 +249,16 @@ def step_seed(seed: int, step: int, stream: int) -> int:
     return ((int(a) << 32) | int(b)) & ((1 << 63) - 1)
 
 
-def draw_step_inputs(config: UCGMConfig, seed: int, step: int, global_batch: int, sample_shape: Sequence[int],
-                     lo: int, hi: int, device: torch.device | str = "cpu") -> Tuple[Tensor, Tensor, Tensor]:
+def draw_step_inputs(
+    config: UCGMConfig,
+    seed: int,
+    step: int,
+    global_batch: int,
+    sample_shape: Sequence[int],
+    lo: int,
+    hi: int,
+    device: torch.device | str = "cpu",
+) -> Tuple[Tensor, Tensor, Tensor]:
     """``(t [hi-lo], z [hi-lo, *sample_shape], drop bool [hi-lo])``: rows ``lo:hi`` of step ``step``'s
     global draws (the ``"step"`` seeding). The result does not depend on how the batch is split.
 
@@ -292,18 +311,29 @@ class Trainer:
             rank 0 writes their snapshots after the step, before ``on_step`` and the state.
     """
 
-    def __init__(self, model: nn.Module, objective: UCGMObjective, loader: BatchSource,
-                 settings: TrainSettings, state_path: Path, log: Callable[[str], None] = print,
-                 device: torch.device | str = "cpu", ema: Optional[EMA] = None, rank: int = 0,
-                 world_size: int = 1, posthoc_ema: Optional[PosthocEMA] = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: UCGMObjective,
+        loader: BatchSource,
+        settings: TrainSettings,
+        state_path: Path,
+        log: Callable[[str], None] = print,
+        device: torch.device | str = "cpu",
+        ema: Optional[EMA] = None,
+        rank: int = 0,
+        world_size: int = 1,
+        posthoc_ema: Optional[PosthocEMA] = None,
+    ):
         self.model, self.objective, self.loader, self.settings = model, objective, loader, settings
         self.state_path, self.log, self.device = Path(state_path), log, torch.device(device)
         self.rank, self.world_size = int(rank), int(world_size)
         self._check_layout()
         accel.configure_device(self.device, tf32=settings.tf32)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.params, settings.optimizer, settings.lr, settings.betas,
-                                         settings.weight_decay)  # fused kernels on CUDA where torch has them
+        self.optimizer = build_optimizer(
+            self.params, settings.optimizer, settings.lr, settings.betas, settings.weight_decay
+        )  # fused kernels on CUDA where torch has them
         self.ema = ema if ema is not None else EMA(model, settings.ema_decay, init=settings.ema_init)
         self.posthoc_ema = posthoc_ema
         self.state = TrainState()
@@ -319,10 +349,15 @@ class Trainer:
             raise RuntimeError(f"{self.state_path} is visible on some ranks only (not a shared file system?)")
         if exists:
             state, self.resumed_from = load_state_file([self.state_path, self.prev_state_path], self.device, self.log)
-            if self.world_size > 1 and ud.any_rank(self.resumed_from != self.state_path) \
-                    and ud.any_rank(self.resumed_from == self.state_path):
-                raise StateFileError(f"the ranks disagree on the readable training state: some read {self.state_path}, "
-                                     f"others fell back to {self.prev_state_path}")
+            if (
+                self.world_size > 1
+                and ud.any_rank(self.resumed_from != self.state_path)
+                and ud.any_rank(self.resumed_from == self.state_path)
+            ):
+                raise StateFileError(
+                    f"the ranks disagree on the readable training state: some read {self.state_path}, "
+                    f"others fell back to {self.prev_state_path}"
+                )
             self._load(state)
             self.resumed = True
             self.saved_step = self.state.step
@@ -331,8 +366,11 @@ class Trainer:
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
-                if self.device.type == "cuda" else None
+            ids = (
+                [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+                if self.device.type == "cuda"
+                else None
+            )
             self.model = DistributedDataParallel(model, device_ids=ids)
         # torch.compile after the EMA, the teacher and DDP are set up: they keep the bare module
         # (state dicts and copies unchanged); the objective's extra no-grad forwards (teacher,
@@ -359,14 +397,21 @@ class Trainer:
         self.per_rank = s.batch_size // W
         self.micro_batch = int(s.micro_batch or self.per_rank)
         if self.micro_batch < 1 or self.per_rank % self.micro_batch:
-            raise ValueError(f"micro_batch {s.micro_batch} does not divide the per-process batch {self.per_rank} "
-                             f"(global {s.batch_size} over {W} processes)")
+            raise ValueError(
+                f"micro_batch {s.micro_batch} does not divide the per-process batch {self.per_rank} "
+                f"(global {s.batch_size} over {W} processes)"
+            )
         if self.micro_batch != self.per_rank and s.seeding != "step":
             raise ValueError("gradient accumulation (micro_batch) needs train.seeding='step'")
-        if isinstance(s.max_nonfinite_steps, bool) or not isinstance(s.max_nonfinite_steps, int) \
-                or s.max_nonfinite_steps < 1:
-            raise ValueError(f"train.max_nonfinite_steps={s.max_nonfinite_steps!r}: expected an integer >= 1 "
-                             "(consecutive non-finite steps that stop training)")
+        if (
+            isinstance(s.max_nonfinite_steps, bool)
+            or not isinstance(s.max_nonfinite_steps, int)
+            or s.max_nonfinite_steps < 1
+        ):
+            raise ValueError(
+                f"train.max_nonfinite_steps={s.max_nonfinite_steps!r}: expected an integer >= 1 "
+                "(consecutive non-finite steps that stop training)"
+            )
 
     @property
     def is_main(self) -> bool:
@@ -391,8 +436,10 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         if self.posthoc_ema is not None:
             if "posthoc_ema" not in state:
-                raise StateFileError(f"{self.state_path}: the training state holds no post-hoc EMA trackers "
-                                     "(written with train.posthoc_ema off); a run that tracks them needs a fresh state")
+                raise StateFileError(
+                    f"{self.state_path}: the training state holds no post-hoc EMA trackers "
+                    "(written with train.posthoc_ema off); a run that tracks them needs a fresh state"
+                )
             self.posthoc_ema.load_state_dict(state["posthoc_ema"], source=str(self.state_path))
         load_optimizer_state(self.optimizer, state["optimizer"])
         self.objective.load_state_dict(state["objective"], template=unwrap(self.model))
@@ -408,8 +455,10 @@ class Trainer:
         before it) unless ``in_streak`` allows it; returns whether the state was written.
         """
         if self.nonfinite_streak and not in_streak:
-            self.log(f"state not written at step {self.state.step}: inside {self.nonfinite_streak} non-finite "
-                     f"step(s); {self.state_path} keeps step {self.saved_step}")
+            self.log(
+                f"state not written at step {self.state.step}: inside {self.nonfinite_streak} non-finite "
+                f"step(s); {self.state_path} keeps step {self.saved_step}"
+            )
             return False
         ud.barrier()
         if self.is_main:
@@ -435,14 +484,18 @@ class Trainer:
         whole_run = step == self.settings.steps and self.nonfinite_streak == step
         if self.nonfinite_streak < limit and not whole_run:
             return
-        kept = (f"{self.state_path} (or {self.prev_state_path.name}) keeps step {self.saved_step}, from before "
-                "the streak" if self.saved_step is not None else "no state had been written yet")
+        kept = (
+            f"{self.state_path} (or {self.prev_state_path.name}) keeps step {self.saved_step}, from before the streak"
+            if self.saved_step is not None
+            else "no state had been written yet"
+        )
         raise NonFiniteTraining(
             f"training in {self.state_path.parent} stopped at step {step}/{self.settings.steps}: "
             f"{self.nonfinite_streak} consecutive steps ({step - self.nonfinite_streak + 1}-{step}) had a NaN/inf "
             f"loss or gradients ({'every step of the run; ' if whole_run else ''}"
             f"train.max_nonfinite_steps = {limit}); {kept}; no state or checkpoint was "
-            "written from these steps. Check the training latents for NaN/inf and the learning rate.")
+            "written from these steps. Check the training latents for NaN/inf and the learning rate."
+        )
 
     # -- one step --------------------------------------------------------------------------
     def step(self) -> Tensor:
@@ -468,12 +521,15 @@ class Trainer:
         s, k = self.settings, self.state.step
         x, y = self.loader.next_batch()
         if x.shape[0] != self.per_rank:
-            raise ValueError(f"the loader gave {x.shape[0]} samples; rank {self.rank} of {self.world_size} "
-                             f"expects {self.per_rank} (global batch {s.batch_size})")
+            raise ValueError(
+                f"the loader gave {x.shape[0]} samples; rank {self.rank} of {self.world_size} "
+                f"expects {self.per_rank} (global batch {s.batch_size})"
+            )
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         lo = self.rank * self.per_rank
-        t, z, drop = draw_step_inputs(self.objective.config, s.seed, k, s.batch_size, x.shape[1:],
-                                      lo, lo + self.per_rank, self.device)
+        t, z, drop = draw_step_inputs(
+            self.objective.config, s.seed, k, s.batch_size, x.shape[1:], lo, lo + self.per_rank, self.device
+        )
         torch.manual_seed(step_seed(s.seed, k, 2 + self.rank))  # stochastic layers only
         n_micro = self.per_rank // self.micro_batch
         self.optimizer.zero_grad(set_to_none=True)
@@ -483,8 +539,9 @@ class Trainer:
             sync = i == n_micro - 1 or not hasattr(self.model, "no_sync")
             with contextlib.nullcontext() if sync else self.model.no_sync():
                 with accel.autocast(s.precision, self.device):
-                    out = self.objective(self.model, x[sl], y[sl], t=t[sl], z=z[sl], drop=drop[sl],
-                                         advance_teacher=i == 0)
+                    out = self.objective(
+                        self.model, x[sl], y[sl], t=t[sl], z=z[sl], drop=drop[sl], advance_teacher=i == 0
+                    )
                 loss = out.loss / n_micro if n_micro > 1 else out.loss
                 loss.backward()
             total += loss.detach()
@@ -497,8 +554,9 @@ class Trainer:
         self.state.step += 1
         return total
 
-    def run(self, on_step: Optional[Callable[["Trainer"], None]] = None,
-            should_stop: Optional[Callable[[], bool]] = None) -> TrainState:
+    def run(
+        self, on_step: Optional[Callable[["Trainer"], None]] = None, should_stop: Optional[Callable[[], bool]] = None
+    ) -> TrainState:
         """Train until ``settings.steps``; writes the state file at every checkpoint and at the end.
 
         ``should_stop`` is asked after every step (on every rank: it may be a collective); when it
@@ -546,8 +604,11 @@ class Trainer:
                 ud.barrier()  # rank 0 has written before any rank leaves
                 if bar is not None:
                     bar.close()
-                self.log(f"stop requested: state written at step {step}/{s.steps} to {self.state_path}" if saved
-                         else f"stop requested at step {step}/{s.steps}: {self.state_path} keeps step {self.saved_step}")
+                self.log(
+                    f"stop requested: state written at step {step}/{s.steps} to {self.state_path}"
+                    if saved
+                    else f"stop requested at step {step}/{s.steps}: {self.state_path} keeps step {self.saved_step}"
+                )
                 raise Preempted(step)
         if bar is not None:
             bar.close()

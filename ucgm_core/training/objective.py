@@ -74,8 +74,10 @@ class UCGMConfig:
         allowed = {f.name for f in fields(cls)} - {"num_classes"}
         unknown = sorted(set(objective) - allowed)
         if unknown:
-            raise ValueError(f"objective: unknown keys {unknown}; expected some of {sorted(allowed)} "
-                             "(num_classes comes from the data)")
+            raise ValueError(
+                f"objective: unknown keys {unknown}; expected some of {sorted(allowed)} "
+                "(num_classes comes from the data)"
+            )
         return cls(**objective, num_classes=num_classes)
 
     @classmethod
@@ -327,8 +329,17 @@ class UCGMObjective:
         weight = self._time_weight(t.reshape(B))
         loss = (per_sample * weight).mean()
         return ObjectiveOutput(
-            loss=loss, per_sample=per_sample, weight=weight, prediction=F, target=target, t=t, z=z,
-            labels=labels, x_enhanced=x_tilde, z_enhanced=z_tilde, nfe=nfe,
+            loss=loss,
+            per_sample=per_sample,
+            weight=weight,
+            prediction=F,
+            target=target,
+            t=t,
+            z=z,
+            labels=labels,
+            x_enhanced=x_tilde,
+            z_enhanced=z_tilde,
+            nfe=nfe,
         )
 
     def _wrap(self, network: nn.Module) -> nn.Module:
@@ -391,9 +402,12 @@ class UCGMObjective:
                 r_plus, r_minus = t + eps, t - eps
                 (f_plus, _), (f_minus, _) = self._predict_many(
                     online,
-                    [(tp.noisy(x_tilde, z_tilde, r_plus), r_plus, labels),
-                     (tp.noisy(x_tilde, z_tilde, r_minus), r_minus, labels)],
-                    fuse, rng,
+                    [
+                        (tp.noisy(x_tilde, z_tilde, r_plus), r_plus, labels),
+                        (tp.noisy(x_tilde, z_tilde, r_minus), r_minus, labels),
+                    ],
+                    fuse,
+                    rng,
                 )
                 # the original multiplies each term by 1/(2 eps) = 100 before subtracting
                 dfdt, used = f_plus * CENTRAL_DIFFERENCE_SCALE - f_minus * CENTRAL_DIFFERENCE_SCALE, 2

@@ -34,8 +34,14 @@ class OriginalAdamW(torch.optim.Optimizer):
     The state (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter) resumes exactly.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
         if eps < 0:
@@ -70,7 +76,7 @@ class OriginalAdamW(torch.optim.Optimizer):
                 state["step"] = int(state["step"]) + 1
                 by_step.setdefault(state["step"], []).append((p, p.grad, state["exp_avg"], state["exp_avg_sq"]))
             for k, items in by_step.items():
-                step_size = lr * math.sqrt(1.0 - beta2 ** k) / (1.0 - beta1 ** k)
+                step_size = lr * math.sqrt(1.0 - beta2**k) / (1.0 - beta1**k)
                 if all(item[0].is_cuda for item in items):  # one multi-tensor kernel per operation
                     _update_foreach(*(list(t) for t in zip(*items)), beta1, beta2, eps, wd, step_size)
                 else:  # on the CPU a loop with one scratch tensor is faster than the foreach fallback
@@ -79,8 +85,9 @@ class OriginalAdamW(torch.optim.Optimizer):
         return loss
 
 
-def _update_one(p: Tensor, g: Tensor, m: Tensor, v: Tensor, beta1: float, beta2: float, eps: float, wd: float,
-                step_size: float) -> None:
+def _update_one(
+    p: Tensor, g: Tensor, m: Tensor, v: Tensor, beta1: float, beta2: float, eps: float, wd: float, step_size: float
+) -> None:
     m.mul_(beta1).add_(g, alpha=1.0 - beta1)
     v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
     scratch = v.sqrt().add_(eps)  # eps before the bias correction of v (folded into step_size)
@@ -91,8 +98,17 @@ def _update_one(p: Tensor, g: Tensor, m: Tensor, v: Tensor, beta1: float, beta2:
     p.add_(update, alpha=-step_size)
 
 
-def _update_foreach(ps: List[Tensor], gs: List[Tensor], ms: List[Tensor], vs: List[Tensor], beta1: float,
-                    beta2: float, eps: float, wd: float, step_size: float) -> None:
+def _update_foreach(
+    ps: List[Tensor],
+    gs: List[Tensor],
+    ms: List[Tensor],
+    vs: List[Tensor],
+    beta1: float,
+    beta2: float,
+    eps: float,
+    wd: float,
+    step_size: float,
+) -> None:
     """The same arithmetic as :func:`_update_one`, operation by operation, over lists of tensors."""
     torch._foreach_mul_(ms, beta1)
     torch._foreach_add_(ms, gs, alpha=1.0 - beta1)
@@ -122,7 +138,11 @@ FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
 
 
 def build_optimizer(
-    params: Iterable[nn.Parameter], name: str, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0,
+    params: Iterable[nn.Parameter],
+    name: str,
+    lr: float,
+    betas=(0.9, 0.999),
+    weight_decay: float = 0.0,
     fused: Optional[bool] = None,
 ) -> torch.optim.Optimizer:
     """The optimizer ``name`` over the trainable ``params``.

@@ -163,8 +163,9 @@ def profile_gram(keys: Sequence[tuple[int, float]]) -> np.ndarray:
     return gram
 
 
-def solve_weights(keys: Sequence[tuple[int, float]], target_step: int, target_gamma: float,
-                  profiles: str = "auto") -> tuple[np.ndarray, float]:
+def solve_weights(
+    keys: Sequence[tuple[int, float]], target_step: int, target_gamma: float, profiles: str = "auto"
+) -> tuple[np.ndarray, float]:
     """Least-squares weights ``x`` of snapshots ``keys = [(step, gamma), ...]`` for the target profile
     ``(target_step, target_gamma)`` and the relative residual ``||sum x_i p_i - p_r|| / ||p_r||`` (float64).
 
@@ -205,8 +206,9 @@ class PowerEMA:
 
     def __init__(self, model: nn.Module, sigma_rel: float | None = None, gamma: float | None = None):
         if (sigma_rel is None) == (gamma is None):
-            raise ValueError(f"PowerEMA: give exactly one of sigma_rel and gamma (got sigma_rel={sigma_rel}, "
-                             f"gamma={gamma})")
+            raise ValueError(
+                f"PowerEMA: give exactly one of sigma_rel and gamma (got sigma_rel={sigma_rel}, gamma={gamma})"
+            )
         self.gamma = sigma_rel_to_gamma(sigma_rel) if gamma is None else float(gamma)
         self.sigma_rel = float(sigma_rel) if sigma_rel is not None else gamma_to_sigma_rel(self.gamma)
         self.module = frozen_copy(model).eval()
@@ -217,13 +219,19 @@ class PowerEMA:
         ema_update_(self.module, model, power_ema_beta(self.updates, self.gamma))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"module": self.module.state_dict(), "gamma": self.gamma, "sigma_rel": self.sigma_rel,
-                "updates": self.updates}
+        return {
+            "module": self.module.state_dict(),
+            "gamma": self.gamma,
+            "sigma_rel": self.sigma_rel,
+            "updates": self.updates,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if not math.isclose(float(state["gamma"]), self.gamma, rel_tol=1e-12, abs_tol=1e-12):
-            raise ValueError(f"PowerEMA state has gamma={state['gamma']} (sigma_rel={state.get('sigma_rel')}); "
-                             f"this tracker has gamma={self.gamma} (sigma_rel={self.sigma_rel})")
+            raise ValueError(
+                f"PowerEMA state has gamma={state['gamma']} (sigma_rel={state.get('sigma_rel')}); "
+                f"this tracker has gamma={self.gamma} (sigma_rel={self.sigma_rel})"
+            )
         self.module.load_state_dict(state["module"])
         self.updates = int(state["updates"])
 
@@ -252,8 +260,9 @@ def _combine(states: Iterable[tuple[float, Mapping[str, Tensor]]], last: Mapping
     return out
 
 
-def reconstruct(snapshots: Sequence[Snapshot], target_sigma_rel: float, step: int | None = None,
-                profiles: str = "auto") -> dict[str, Tensor]:
+def reconstruct(
+    snapshots: Sequence[Snapshot], target_sigma_rel: float, step: int | None = None, profiles: str = "auto"
+) -> dict[str, Tensor]:
     """The power EMA of length ``target_sigma_rel`` at ``step`` (default: the latest snapshot's),
     reconstructed from ``snapshots`` (those at or before ``step``) by least squares over their profiles
     (:func:`solve_weights`); a state dict on the CPU in the snapshots' dtypes (summed in float64)."""
@@ -262,8 +271,9 @@ def reconstruct(snapshots: Sequence[Snapshot], target_sigma_rel: float, step: in
     step = max(s.step for s in snapshots) if step is None else int(step)
     used = [s for s in snapshots if s.step <= step]
     if not used:
-        raise ValueError(f"post-hoc EMA: no snapshot at or before step {step} "
-                         f"(steps held: {sorted({s.step for s in snapshots})})")
+        raise ValueError(
+            f"post-hoc EMA: no snapshot at or before step {step} (steps held: {sorted({s.step for s in snapshots})})"
+        )
     x, _ = solve_weights([(s.step, s.gamma) for s in used], step, sigma_rel_to_gamma(target_sigma_rel), profiles)
     last = max(used, key=lambda s: s.step).state
     return _combine(zip(x.tolist(), (s.state for s in used)), last)
@@ -284,12 +294,19 @@ class PosthocEMA:
             :func:`reconstruct_checkpoint` can write an ordinary checkpoint; may be ``None``.
     """
 
-    def __init__(self, model: nn.Module, sigma_rels: Sequence[float], snapshot_every: int,
-                 folder: os.PathLike | str, meta: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        sigma_rels: Sequence[float],
+        snapshot_every: int,
+        folder: os.PathLike | str,
+        meta: Mapping[str, Any] | None = None,
+    ):
         sigma_rels = [float(s) for s in sigma_rels]
         if not sigma_rels or len(set(sigma_rels)) != len(sigma_rels):
-            raise ValueError(f"train.posthoc_ema.sigma_rels must be a non-empty list of distinct values, "
-                             f"got {sigma_rels}")
+            raise ValueError(
+                f"train.posthoc_ema.sigma_rels must be a non-empty list of distinct values, got {sigma_rels}"
+            )
         if int(snapshot_every) < 1:
             raise ValueError(f"train.posthoc_ema.snapshot_every must be >= 1, got {snapshot_every}")
         self.trackers = [PowerEMA(model, sigma_rel=s) for s in sigma_rels]
@@ -315,14 +332,21 @@ class PosthocEMA:
             return None
         updates = {tr.updates for tr in self.trackers}
         if updates != {int(step)}:
-            raise RuntimeError(f"post-hoc EMA snapshot at step {step}: the trackers have {sorted(updates)} "
-                               "updates (they must be updated once per optimizer step)")
+            raise RuntimeError(
+                f"post-hoc EMA snapshot at step {step}: the trackers have {sorted(updates)} "
+                "updates (they must be updated once per optimizer step)"
+            )
         payload = {
             "format": FORMAT,
             "step": int(step),
-            "profiles": [{"sigma_rel": tr.sigma_rel, "gamma": tr.gamma,
-                          "ema": {k: v.detach().cpu() for k, v in tr.module.state_dict().items()}}
-                         for tr in self.trackers],
+            "profiles": [
+                {
+                    "sigma_rel": tr.sigma_rel,
+                    "gamma": tr.gamma,
+                    "ema": {k: v.detach().cpu() for k, v in tr.module.state_dict().items()},
+                }
+                for tr in self.trackers
+            ],
             "meta": self.meta,
         }
         path = self.snapshot_path(step)
@@ -330,14 +354,19 @@ class PosthocEMA:
         return path
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sigma_rels": self.sigma_rels, "snapshot_every": self.snapshot_every,
-                "trackers": [tr.state_dict() for tr in self.trackers]}
+        return {
+            "sigma_rels": self.sigma_rels,
+            "snapshot_every": self.snapshot_every,
+            "trackers": [tr.state_dict() for tr in self.trackers],
+        }
 
     def load_state_dict(self, state: Mapping[str, Any], source: str = "the training state") -> None:
         held = [float(s) for s in state.get("sigma_rels", [])]
         if held != self.sigma_rels:
-            raise ValueError(f"{source}: post-hoc EMA tracks sigma_rels {held}; train.posthoc_ema.sigma_rels is "
-                             f"{self.sigma_rels} (a changed list needs a fresh run)")
+            raise ValueError(
+                f"{source}: post-hoc EMA tracks sigma_rels {held}; train.posthoc_ema.sigma_rels is "
+                f"{self.sigma_rels} (a changed list needs a fresh run)"
+            )
         for tr, s in zip(self.trackers, state["trackers"]):
             tr.load_state_dict(s)
 
@@ -369,8 +398,9 @@ def _snapshot_folder(run_dir: os.PathLike | str) -> Path:
         return p / SNAPSHOT_DIR
     if p.is_dir() and any(p.glob("step-*.pt")):
         return p
-    raise ValueError(f"{run_dir}: no post-hoc EMA snapshots ({p / SNAPSHOT_DIR} missing); "
-                     "train with train.posthoc_ema set")
+    raise ValueError(
+        f"{run_dir}: no post-hoc EMA snapshots ({p / SNAPSHOT_DIR} missing); train with train.posthoc_ema set"
+    )
 
 
 def list_snapshots(run_dir: os.PathLike | str) -> list[tuple[Path, int, list[tuple[float, float]]]]:
@@ -385,9 +415,14 @@ def list_snapshots(run_dir: os.PathLike | str) -> list[tuple[Path, int, list[tup
     return out
 
 
-def reconstruct_checkpoint(run_dir: os.PathLike | str, sigma_rel: float, out: os.PathLike | str,
-                           step: int | None = None, profiles: str = "auto",
-                           template: os.PathLike | str | None = None) -> Path:
+def reconstruct_checkpoint(
+    run_dir: os.PathLike | str,
+    sigma_rel: float,
+    out: os.PathLike | str,
+    step: int | None = None,
+    profiles: str = "auto",
+    template: os.PathLike | str | None = None,
+) -> Path:
     """Write a model checkpoint at ``out`` whose EMA (and online) weights are the power EMA of length
     ``sigma_rel`` at ``step`` (default: the last snapshot), reconstructed from ``run_dir``'s snapshots.
 
@@ -405,8 +440,9 @@ def reconstruct_checkpoint(run_dir: os.PathLike | str, sigma_rel: float, out: os
     step = max(s for _, s, _ in listing) if step is None else int(step)
     used = [(path, s, prof) for path, s, prof in listing if s <= step]
     if not used:
-        raise ValueError(f"{run_dir}: no post-hoc EMA snapshot at or before step {step} "
-                         f"(steps held: {[s for _, s, _ in listing]})")
+        raise ValueError(
+            f"{run_dir}: no post-hoc EMA snapshot at or before step {step} (steps held: {[s for _, s, _ in listing]})"
+        )
     keys = [(s, g) for _, s, prof in used for _, g in prof]
     x, residual = solve_weights(keys, step, target_gamma, profiles)
 
@@ -422,30 +458,59 @@ def reconstruct_checkpoint(run_dir: os.PathLike | str, sigma_rel: float, out: os
     state = _combine(terms(), last["profiles"][0]["ema"])
     if template is not None:
         meta = load_checkpoint(template)
-        meta = {k: meta[k] for k in ("architecture", "model_kwargs", "transport", "num_classes", "latent_shape",
-                                     "normalizer", "autoencoder", "info") if k in meta}
+        meta = {
+            k: meta[k]
+            for k in (
+                "architecture",
+                "model_kwargs",
+                "transport",
+                "num_classes",
+                "latent_shape",
+                "normalizer",
+                "autoencoder",
+                "info",
+            )
+            if k in meta
+        }
     else:
         meta = last.get("meta")
         if not meta:
-            raise ValueError(f"{used[-1][0]}: the snapshot carries no checkpoint metadata (meta); pass template= "
-                             "a checkpoint of the same model")
+            raise ValueError(
+                f"{used[-1][0]}: the snapshot carries no checkpoint metadata (meta); pass template= "
+                "a checkpoint of the same model"
+            )
     net = build_model(meta["architecture"], **meta["model_kwargs"])
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"{used[-1][0]}: the reconstructed weights do not fit {meta['architecture']} "
-                         f"{meta['model_kwargs']} ({e})") from None
+        raise ValueError(
+            f"{used[-1][0]}: the reconstructed weights do not fit {meta['architecture']} {meta['model_kwargs']} ({e})"
+        ) from None
     n = meta["normalizer"]
     info = dict(meta.get("info") or {})
     info["posthoc_ema"] = {
-        "sigma_rel": float(sigma_rel), "gamma": target_gamma, "step": step, "profiles": profiles,
-        "relative_residual": residual, "source": str(_snapshot_folder(run_dir)),
-        "weights": [[s, sr, float(w)] for (s, sr), w in zip(
-            [(s, sr) for _, s, prof in used for sr, _ in prof], x.tolist())],
+        "sigma_rel": float(sigma_rel),
+        "gamma": target_gamma,
+        "step": step,
+        "profiles": profiles,
+        "relative_residual": residual,
+        "source": str(_snapshot_folder(run_dir)),
+        "weights": [
+            [s, sr, float(w)] for (s, sr), w in zip([(s, sr) for _, s, prof in used for sr, _ in prof], x.tolist())
+        ],
         "online_weights": "the reconstructed EMA (snapshots keep no online weights)",
     }
-    return save_checkpoint(out, architecture=meta["architecture"], model_kwargs=meta["model_kwargs"],
-                           transport=meta["transport"], num_classes=meta["num_classes"],
-                           latent_shape=meta["latent_shape"],
-                           normalizer=LatentNormalizer(n.get("mean"), n.get("std"), float(n.get("multiplier", 1.0))),
-                           autoencoder=meta["autoencoder"], step=step, model=net, ema=net, info=info)
+    return save_checkpoint(
+        out,
+        architecture=meta["architecture"],
+        model_kwargs=meta["model_kwargs"],
+        transport=meta["transport"],
+        num_classes=meta["num_classes"],
+        latent_shape=meta["latent_shape"],
+        normalizer=LatentNormalizer(n.get("mean"), n.get("std"), float(n.get("multiplier", 1.0))),
+        autoencoder=meta["autoencoder"],
+        step=step,
+        model=net,
+        ema=net,
+        info=info,
+    )

@@ -86,8 +86,10 @@ def export_snapshot(checkpoint: os.PathLike | str, step: int, out: os.PathLike |
     state, kept = info.get("state"), info.get("spec", {}).get("train", {}).get("snapshots", [])
     src = snapshot_path(state, step) if state else None
     if src is None or not src.is_file():
-        raise FileNotFoundError(f"{checkpoint}: no snapshot of step {step} (kept: {kept}); add {step} to the "
-                                "model's train.snapshots in the config")
+        raise FileNotFoundError(
+            f"{checkpoint}: no snapshot of step {step} (kept: {kept}); add {step} to the "
+            "model's train.snapshots in the config"
+        )
     atomic_write(Path(out), lambda tmp: shutil.copyfile(src, tmp))
     return src
 
@@ -125,8 +127,10 @@ class PosthocConfig:
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "PosthocConfig":
         if "snapshot_every" not in cfg:
-            raise SpecError(f"train.posthoc_ema: 'snapshot_every' missing (got keys {sorted(cfg)}); expected "
-                            "{sigma_rels: [0.05, 0.10], snapshot_every: N}")
+            raise SpecError(
+                f"train.posthoc_ema: 'snapshot_every' missing (got keys {sorted(cfg)}); expected "
+                "{sigma_rels: [0.05, 0.10], snapshot_every: N}"
+            )
         _unknown_keys("train.posthoc_ema", cfg, {f.name for f in fields(cls)})
         return cls(**cfg)
 
@@ -151,8 +155,10 @@ class TrainSpec:
         """Check the sections and fill the defaults; ``micro_batch`` is the job's, not the spec's."""
         for key in ("architecture", "objective", "train"):
             if spec.get(key) is None:
-                raise SpecError(f"spec: {key!r} missing (got keys {sorted(spec)}); expected a models.<name> "
-                                "entry with architecture, objective and train")
+                raise SpecError(
+                    f"spec: {key!r} missing (got keys {sorted(spec)}); expected a models.<name> "
+                    "entry with architecture, objective and train"
+                )
         t = spec["train"]
         kw: Dict[str, Any] = {k: t[k] for k in ("grid_every", "snapshots") if k in t}
         if "grid_every" in kw:
@@ -165,8 +171,14 @@ class TrainSpec:
             settings = TrainSettings.from_dict(t, seeding=SEEDING, micro_batch=micro_batch)
         except ValueError as e:
             raise SpecError(str(e)) from None
-        return cls(raw=dict(spec), architecture=spec["architecture"], settings=settings,
-                   objective=dict(spec["objective"]), data=TrainData.from_dict(spec.get("data") or {}), **kw)
+        return cls(
+            raw=dict(spec),
+            architecture=spec["architecture"],
+            settings=settings,
+            objective=dict(spec["objective"]),
+            data=TrainData.from_dict(spec.get("data") or {}),
+            **kw,
+        )
 
 
 # -- the job ----------------------------------------------------------------------------------------------------
@@ -208,10 +220,16 @@ class Built:
 
     def checkpoint_fields(self, job: TrainJob, state: str) -> Dict[str, Any]:
         """The checkpoint fields besides the weights and step (also the post-hoc snapshots' meta)."""
-        return dict(architecture=self.spec.architecture, model_kwargs=self.model_kwargs,
-                    transport=self.objective_cfg.transport, num_classes=self.num_classes,
-                    latent_shape=self.latent_shape, normalizer=self.normalizer, autoencoder=self.spec.data.autoencoder,
-                    info={"spec": self.spec.raw, "init": job.init, "teacher": job.teacher, "state": state})
+        return dict(
+            architecture=self.spec.architecture,
+            model_kwargs=self.model_kwargs,
+            transport=self.objective_cfg.transport,
+            num_classes=self.num_classes,
+            latent_shape=self.latent_shape,
+            normalizer=self.normalizer,
+            autoencoder=self.spec.data.autoencoder,
+            info={"spec": self.spec.raw, "init": job.init, "teacher": job.teacher, "state": state},
+        )
 
 
 def job_device(env: ud.DistEnv, device: Optional[str]) -> torch.device:
@@ -242,8 +260,10 @@ def class_counts(spec: TrainSpec, info: dict) -> Tuple[int, int]:
     data_classes = int(info.get("num_classes") or get_dataset(dataset).num_classes)
     num_classes = int(spec.architecture_overrides.get("num_classes", data_classes))
     if num_classes not in (1, data_classes):
-        raise SpecError(f"architecture_overrides.num_classes {num_classes}: expected 1 (unconditional) or the "
-                        f"data's {data_classes} classes")
+        raise SpecError(
+            f"architecture_overrides.num_classes {num_classes}: expected 1 (unconditional) or the "
+            f"data's {data_classes} classes"
+        )
     return data_classes, num_classes
 
 
@@ -251,13 +271,17 @@ def build_normalizer(data: TrainData, stats: Path) -> LatentNormalizer:
     """Fixed ``data.latent_stats`` (e.g. EDM2's) when given and normalising, else the latents' ``stats.pt``."""
     if data.latent_stats and data.normalize_latents:
         st = data.latent_stats
-        return LatentNormalizer(*(torch.tensor(st[k], dtype=torch.float32).reshape(1, -1, 1, 1)
-                                  for k in ("mean", "std")), data.latent_multiplier, source="data.latent_stats")
+        return LatentNormalizer(
+            *(torch.tensor(st[k], dtype=torch.float32).reshape(1, -1, 1, 1) for k in ("mean", "std")),
+            data.latent_multiplier,
+            source="data.latent_stats",
+        )
     return LatentNormalizer.from_stats(stats, data.latent_multiplier, data.normalize_latents)
 
 
-def load_init_and_teacher(job: TrainJob, architecture: str, model: nn.Module, objective: UCGMObjective,
-                          device: torch.device) -> None:
+def load_init_and_teacher(
+    job: TrainJob, architecture: str, model: nn.Module, objective: UCGMObjective, device: torch.device
+) -> None:
     """``--init``'s EMA weights into ``model`` (the paper's tuning starts from the multi-step EMA) and
     ``--teacher``'s EMA weights into the objective's frozen teacher."""
     if job.init:
@@ -293,8 +317,21 @@ def build(job: TrainJob, env: ud.DistEnv, device: torch.device, log_main: Log) -
     normalizer = build_normalizer(spec.data, stats)
     load_init_and_teacher(job, spec.architecture, model, objective, device)
     state_dir = Path(job.state_dir) / fingerprint(spec.raw, [stats, job.init, job.teacher])
-    return Built(spec, env, device, latent_shape, data_classes, num_classes, model_kwargs, model, objective_cfg,
-                 objective, normalizer, state_dir, log_main)
+    return Built(
+        spec,
+        env,
+        device,
+        latent_shape,
+        data_classes,
+        num_classes,
+        model_kwargs,
+        model,
+        objective_cfg,
+        objective,
+        normalizer,
+        state_dir,
+        log_main,
+    )
 
 
 def make_loader(b: Built, latents: Path) -> LatentLoader:
@@ -304,12 +341,21 @@ def make_loader(b: Built, latents: Path) -> LatentLoader:
     if b.num_classes == 1 < b.data_classes:
         data.labels.zero_()  # unconditional: every image is class 0 (the null label 1 stays for dropout)
     s, env = b.spec.settings, b.env
-    loader = LatentLoader(data, s.batch_size // env.world_size, seed=s.seed, normalizer=b.normalizer,
-                          device=b.device, rank=env.rank, world_size=env.world_size)
-    b.log_main(f"loaded {len(data)} latents {tuple(b.latent_shape)} in {time.time() - t0:.1f}s; "
-               f"{sum(p.numel() for p in b.model.parameters()):,} parameters; {s.steps} steps of {s.batch_size}"
-               + (f" ({env.world_size} processes x {s.batch_size // env.world_size})" if env.distributed else "")
-               + (f", micro-batch {s.micro_batch}" if s.micro_batch else ""))
+    loader = LatentLoader(
+        data,
+        s.batch_size // env.world_size,
+        seed=s.seed,
+        normalizer=b.normalizer,
+        device=b.device,
+        rank=env.rank,
+        world_size=env.world_size,
+    )
+    b.log_main(
+        f"loaded {len(data)} latents {tuple(b.latent_shape)} in {time.time() - t0:.1f}s; "
+        f"{sum(p.numel() for p in b.model.parameters()):,} parameters; {s.steps} steps of {s.batch_size}"
+        + (f" ({env.world_size} processes x {s.batch_size // env.world_size})" if env.distributed else "")
+        + (f", micro-batch {s.micro_batch}" if s.micro_batch else "")
+    )
     return loader
 
 
@@ -324,13 +370,21 @@ def posthoc_trackers(b: Built, job: TrainJob) -> Optional[PosthocEMA]:
         return None
     cpu = lambda v: v.detach().cpu() if torch.is_tensor(v) else v  # noqa: E731
     meta = b.checkpoint_fields(job, str(b.state_dir / "state.pt"))
-    meta.update(model_kwargs=dict(b.model_kwargs), num_classes=int(b.num_classes),
-                latent_shape=[int(v) for v in b.latent_shape],
-                normalizer={"mean": cpu(b.normalizer.mean), "std": cpu(b.normalizer.std),
-                            "multiplier": float(b.normalizer.multiplier)})
+    meta.update(
+        model_kwargs=dict(b.model_kwargs),
+        num_classes=int(b.num_classes),
+        latent_shape=[int(v) for v in b.latent_shape],
+        normalizer={
+            "mean": cpu(b.normalizer.mean),
+            "std": cpu(b.normalizer.std),
+            "multiplier": float(b.normalizer.multiplier),
+        },
+    )
     posthoc = PosthocEMA(b.model, cfg.sigma_rels, int(cfg.snapshot_every), b.state_dir / SNAPSHOT_DIR, meta=meta)
-    b.log_main(f"post-hoc EMA: sigma_rel {posthoc.sigma_rels}, snapshots every {posthoc.snapshot_every} steps "
-               f"in {posthoc.folder}")
+    b.log_main(
+        f"post-hoc EMA: sigma_rel {posthoc.sigma_rels}, snapshots every {posthoc.snapshot_every} steps "
+        f"in {posthoc.folder}"
+    )
     return posthoc
 
 
@@ -338,12 +392,24 @@ def make_trainer(b: Built, job: TrainJob, loader: LatentLoader) -> Trainer:
     """The trainer (resuming ``<state_dir>/state.pt`` when there); the evaluation EMA starts as a copy of
     the starting weights (the initialisation or ``--init``'s EMA)."""
     s = b.spec.settings
-    trainer = Trainer(b.model, b.objective, loader, s, b.state_dir / "state.pt", log=b.log_main, device=b.device,
-                      rank=b.env.rank, world_size=b.env.world_size, posthoc_ema=posthoc_trackers(b, job))
+    trainer = Trainer(
+        b.model,
+        b.objective,
+        loader,
+        s,
+        b.state_dir / "state.pt",
+        log=b.log_main,
+        device=b.device,
+        rank=b.env.rank,
+        world_size=b.env.world_size,
+        posthoc_ema=posthoc_trackers(b, job),
+    )
     if b.device.type == "cuda" or s.precision != "fp32" or s.compile:
         fused = any(g.get("fused") for g in trainer.optimizer.param_groups)
-        b.log_main(f"compute: {s.precision}, TF32 {'on' if s.tf32 and b.device.type == 'cuda' else 'off'}, "
-                   f"compile {s.compile or 'off'}, {s.optimizer}{' (fused)' if fused else ''}")
+        b.log_main(
+            f"compute: {s.precision}, TF32 {'on' if s.tf32 and b.device.type == 'cuda' else 'off'}, "
+            f"compile {s.compile or 'off'}, {s.optimizer}{' (fused)' if fused else ''}"
+        )
     return trainer
 
 
@@ -362,11 +428,21 @@ class GridWriter:
 
     def __call__(self, path: Path, net: nn.Module) -> None:
         b, n = self.b, self.rows * 10
-        res = generate_images(net, range(n), seed=0, method="ucgm", steps=2 if self.few_step else 16,
-                              transport=b.objective_cfg.transport, latent_shape=b.latent_shape,
-                              num_classes=b.num_classes, normalizer=b.normalizer, decode=self.decoder.decode,
-                              options={"stochasticity": 1.0} if self.few_step else {"extrapolation": 0.5},
-                              batch_size=n, device=b.device)
+        res = generate_images(
+            net,
+            range(n),
+            seed=0,
+            method="ucgm",
+            steps=2 if self.few_step else 16,
+            transport=b.objective_cfg.transport,
+            latent_shape=b.latent_shape,
+            num_classes=b.num_classes,
+            normalizer=b.normalizer,
+            decode=self.decoder.decode,
+            options={"stochasticity": 1.0} if self.few_step else {"extrapolation": 0.5},
+            batch_size=n,
+            device=b.device,
+        )
         # image i has class i mod num_classes: transpose so that each row is one class
         order = class_rows(self.rows, 10) if b.num_classes > 1 else range(n)
         save_grid(res.images[list(order)], path, self.rows, 10)
@@ -386,8 +462,13 @@ def step_hook(b: Built, job: TrainJob, trainer: Trainer, grid: GridWriter) -> Ca
     def on_step(tr: Trainer) -> None:
         step = tr.state.step
         if main_rank and step in snapshots:  # kept beside the resumable state: survives failed jobs
-            save_checkpoint(snapshot_path(tr.state_path, step), step=step, model=b.model, ema=tr.ema.module,
-                            **b.checkpoint_fields(job, str(tr.state_path)))
+            save_checkpoint(
+                snapshot_path(tr.state_path, step),
+                step=step,
+                model=b.model,
+                ema=tr.ema.module,
+                **b.checkpoint_fields(job, str(tr.state_path)),
+            )
         if main_rank and every and step % every == 0:
             grid(grid_dir / f"step_{step:07d}.png", tr.ema.module)
         if stop_at is not None and step >= stop_at:
@@ -401,13 +482,21 @@ def write_outputs(b: Built, job: TrainJob, trainer: Trainer, state: TrainState, 
     """Rank 0: ``checkpoint.pt``, ``loss.csv``, ``loss.png`` and ``grid.png`` in the output folder."""
     out_dir = Path(job.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out_dir / "checkpoint.pt", step=state.step, model=b.model, ema=trainer.ema.module,
-                    **b.checkpoint_fields(job, str(trainer.state_path)))
+    save_checkpoint(
+        out_dir / "checkpoint.pt",
+        step=state.step,
+        model=b.model,
+        ema=trainer.ema.module,
+        **b.checkpoint_fields(job, str(trainer.state_path)),
+    )
     rows = "".join(f"{step},{loss:.6f},{rate:.2f}\n" for step, loss, rate in state.losses)
     atomic_write_bytes(out_dir / "loss.csv", ("step,loss,images_per_second\n" + rows).encode())
     cfg = b.objective_cfg
-    plot_loss_curve(state.losses, out_dir / "loss.png", title=f"{out_dir.name}: UCGM-T loss "
-                    f"(lambda={cfg.consistency_ratio:g}, zeta={cfg.enhanced_ratio:g})")
+    plot_loss_curve(
+        state.losses,
+        out_dir / "loss.png",
+        title=f"{out_dir.name}: UCGM-T loss (lambda={cfg.consistency_ratio:g}, zeta={cfg.enhanced_ratio:g})",
+    )
     grid(out_dir / "grid.png", trainer.ema.module)
     job.log(f"wrote {out_dir}/checkpoint.pt, loss.csv, loss.png, grid.png")
 
@@ -416,8 +505,10 @@ def run_job(job: TrainJob, env: ud.DistEnv, device: torch.device) -> int:
     """:func:`train` once the process group is up: build, train, write; the exit status."""
     log_main: Log = job.log if env.is_main else (lambda _msg: None)
     if env.distributed:
-        job.log(f"rank {env.rank}/{env.world_size} (local {env.local_rank}, {env.launcher}) on {device}, "
-                f"master {env.master_addr}:{env.master_port}")
+        job.log(
+            f"rank {env.rank}/{env.world_size} (local {env.local_rank}, {env.launcher}) on {device}, "
+            f"master {env.master_addr}:{env.master_port}"
+        )
     b = build(job, env, device, log_main)
     loader = make_loader(b, Path(job.latents))
     trainer = make_trainer(b, job, loader)
@@ -431,8 +522,10 @@ def run_job(job: TrainJob, env: ud.DistEnv, device: torch.device) -> int:
         with ud.PreemptionGuard() as guard:
             state = trainer.run(on_step, should_stop=guard.should_stop)
     except Preempted as e:
-        log_main(f"{e} on {guard.signal_name}; exiting with status {ud.PREEMPTED_EXIT_CODE} "
-                 f"(rerun to continue from {trainer.state_path})")
+        log_main(
+            f"{e} on {guard.signal_name}; exiting with status {ud.PREEMPTED_EXIT_CODE} "
+            f"(rerun to continue from {trainer.state_path})"
+        )
         return ud.PREEMPTED_EXIT_CODE
     except StopAfter as e:
         print(e, file=sys.stderr, flush=True)

@@ -12,8 +12,9 @@ from urllib.parse import urlsplit
 from ucgm_core.workflow_config import ConfigError, load_workflow, split_model_ref
 
 try:
-    WF = load_workflow(config, source=(workflow.overwrite_configfiles or ["config/config.yaml"])[-1],
-                       base_dir=workflow.basedir)
+    WF = load_workflow(
+        config, source=(workflow.overwrite_configfiles or ["config/config.yaml"])[-1], base_dir=workflow.basedir
+    )
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
@@ -24,6 +25,8 @@ SCRIPTS = f"{workflow.basedir}/workflow/scripts"
 def tool_command(script):
     """[python, <workflow/scripts/script>]: a stage tool's command, for `params` (rendered with `:q`)."""
     return [PY, f"{SCRIPTS}/{script}"]
+
+
 MODELS = WF.models
 SAMPLERS = WF.samplers
 TABLES = WF.tables
@@ -103,8 +106,10 @@ for _exp in WF.experiments.values():
 def local_file(path, key):
     """A local input named in the config: a clear error naming the key when it does not exist."""
     if not os.path.exists(path):
-        raise WorkflowError(f"{key}: {path!r} does not exist; edit it there, or override it with "
-                            "experiment_overrides (see config/README.md)")
+        raise WorkflowError(
+            f"{key}: {path!r} does not exist; edit it there, or override it with "
+            "experiment_overrides (see config/README.md)"
+        )
     return path
 
 
@@ -118,7 +123,9 @@ def source_file(kind, key, entry, config_key):
 def autoencoder_inputs(exp):
     ae = exp["data"]["autoencoder"]
     entry = WF.autoencoders.get(ae)
-    return [source_file("autoencoders", ae, entry, f"autoencoders.{ae}.source")] if entry and entry.get("source") else []
+    return (
+        [source_file("autoencoders", ae, entry, f"autoencoders.{ae}.source")] if entry and entry.get("source") else []
+    )
 
 
 def autoencoder_kwargs(exp):
@@ -137,8 +144,10 @@ def data_settings(dataset, resolution):
     try:
         return WF.data[(dataset, int(resolution))]
     except KeyError:
-        raise WorkflowError(f"no experiment has data {dataset} at {resolution}; expected one of "
-                            f"{sorted(f'{d}_{r}' for d, r in WF.data)}") from None
+        raise WorkflowError(
+            f"no experiment has data {dataset} at {resolution}; expected one of "
+            f"{sorted(f'{d}_{r}' for d, r in WF.data)}"
+        ) from None
 
 
 def dataset_inputs(view):
@@ -151,8 +160,10 @@ def dataset_inputs(view):
     if settings["source"]:  # a local copy (any dataset): read in place, nothing downloaded
         return [local_file(settings["source"], settings["source_key"])]
     if spec.on_disk:
-        raise WorkflowError(f"{settings['source_key']} is not set; dataset {settings['dataset']!r} is read from disk "
-                            "(a folder or the ILSVRC2012 train tar): declare it once there")
+        raise WorkflowError(
+            f"{settings['source_key']} is not set; dataset {settings['dataset']!r} is read from disk "
+            "(a folder or the ILSVRC2012 train tar): declare it once there"
+        )
     return [f"results/raw/{settings['dataset']}/{f.name}" for f in spec.files]
 
 
@@ -186,7 +197,7 @@ def prep_part(part):
     """(k, K) of a part wildcard "parts/<k>-of-<K>/", or None for the empty one (the whole split in one job)."""
     if not part:
         return None
-    k, jobs = part[len("parts/"):-1].split("-of-")
+    k, jobs = part[len("parts/") : -1].split("-of-")
     return int(k), int(jobs)
 
 
@@ -204,7 +215,7 @@ SHARDS_IN_PARTS, LATENTS_IN_PARTS = _prepared_in_parts()
 
 def one_of(folders, prefix):
     """A wildcard constraint matching exactly these folders (less `prefix`), or nothing."""
-    return "|".join(re.escape(f[len(prefix):]) for f in sorted(folders)) or "(?!x)x"
+    return "|".join(re.escape(f[len(prefix) :]) for f in sorted(folders)) or "(?!x)x"
 
 
 # --- models ------------------------------------------------------------------------------------------------

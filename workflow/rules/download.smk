@@ -29,12 +29,12 @@ rule download:
 rule fetch:
     output:
         "results/downloads/{kind}/{key}/{file}",
-    wildcard_constraints:
-        kind="models|autoencoders|references",
     log:
         "results/logs/fetch/{kind}/{key}/{file}.log",
     benchmark:
         "results/benchmarks/fetch/{kind}/{key}/{file}.tsv"
+    wildcard_constraints:
+        kind="models|autoencoders|references",
     params:
         urls=lambda wc, output: [FETCH[output[0]]["source"]],
         sha256=lambda wc, output: FETCH[output[0]].get("sha256"),

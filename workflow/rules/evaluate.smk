@@ -11,12 +11,13 @@ rule evaluate:
         unpack(evaluate_inputs),
     output:
         "results/eval/{sampler}/steps{steps}.json",
-    wildcard_constraints:
-        steps=r"\d+",
     log:
         "results/logs/evaluate/{sampler}/steps{steps}.log",
     benchmark:
         "results/benchmarks/evaluate/{sampler}/steps{steps}.tsv"
+    wildcard_constraints:
+        steps=r"\d+",
+    threads: 1
     params:
         tool=tool_command("evaluate.py"),
         reference=lambda wc: reference_argv(sampler_experiment(wc.sampler)),
@@ -24,7 +25,6 @@ rule evaluate:
         metrics=lambda wc: evaluation_of(wc.sampler)["metrics"],
         context=evaluation_context,
         expect=expected_shard_meta,
-    threads: 1
     shell:
         "{params.tool:q} samples --shards {input.shards:q} {params.reference:q}"
         " --extractor {params.kind:q} --weights {input.weights:q} --cache-dir results/reference/cache"

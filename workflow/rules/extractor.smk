@@ -16,11 +16,11 @@ rule extractor_classifier:
         "results/logs/extractor/{data}.log",
     benchmark:
         "results/benchmarks/extractor/{data}.tsv"
+    threads: 2
     params:
         tool=tool_command("extractor.py"),
         steps=lambda wc: _classifier_experiment(wc)["extractor"]["train_steps"],
         seed=lambda wc: _classifier_experiment(wc)["extractor"]["seed"],
-    threads: 2
     shell:
         "{params.tool:q} classifier --images results/shards/{wildcards.data:q} --steps {params.steps}"
         " --seed {params.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"

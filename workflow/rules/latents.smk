@@ -15,14 +15,14 @@ rule latents:
     output:
         "results/latents/{autoencoder}/{dataset}_{resolution}/{part}stats.pt",
         "results/latents/{autoencoder}/{dataset}_{resolution}/{part}train.json",
-    wildcard_constraints:
-        autoencoder=r"[^/]+",
-        resolution=r"\d+",
-        part=PREP_PART,
     log:
         "results/logs/latents/{part}{autoencoder}/{dataset}_{resolution}.log",
     benchmark:
         "results/benchmarks/latents/{part}{autoencoder}/{dataset}_{resolution}.tsv"
+    wildcard_constraints:
+        autoencoder=r"[^/]+",
+        resolution=r"\d+",
+        part=PREP_PART,
     params:
         tool=tool_command("latents.py"),
         image_dir=lambda wc: f"results/shards/{wc.dataset}_{wc.resolution}",
@@ -46,16 +46,16 @@ rule latents_merge:
     output:
         stats="results/latents/{latent_data}/stats.pt",
         manifest="results/latents/{latent_data}/train.json",
-    wildcard_constraints:
-        latent_data=one_of(LATENTS_IN_PARTS, "results/latents/"),
     log:
         "results/logs/latents_merge/{latent_data}.log",
     benchmark:
         "results/benchmarks/latents_merge/{latent_data}.tsv"
+    wildcard_constraints:
+        latent_data=one_of(LATENTS_IN_PARTS, "results/latents/"),
+    threads: 1
     params:
         tool=tool_command("latents.py"),
         parts=lambda wc: LATENTS_IN_PARTS[f"results/latents/{wc.latent_data}"],
-    threads: 1
     shell:
         "{params.tool:q} --out-dir results/latents/{wildcards.latent_data:q} --splits train"
         " --merge-parts {input.manifests:q} --merge-stats {input.stats:q} --stats-out {output.stats:q} > {log:q} 2>&1"

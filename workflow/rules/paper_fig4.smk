@@ -6,9 +6,9 @@
 # (results/figures/paper_mini/...) is workflow/rules/paper_toy.smk's rule paper_toy_fig4.
 
 FIG4_SAMPLERS = {0.0: "fig2a_lambda000", 0.5: "fig2a_lambda050", 1.0: "fig2a_lambda100"}
-FIG4_STEPS = 60      # the paper's run length
-FIG4_COLUMNS = 8     # x_hat shown at 8 evenly spaced steps (the CSV holds the same steps)
-FIG4_IMAGES = 1      # one run per lambda, as the paper shows
+FIG4_STEPS = 60  # the paper's run length
+FIG4_COLUMNS = 8  # x_hat shown at 8 evenly spaced steps (the CSV holds the same steps)
+FIG4_IMAGES = 1  # one run per lambda, as the paper shows
 
 
 include: "functions/paper_fig4.smk"
@@ -18,16 +18,30 @@ rule paper_fig4_xhat:
     input:
         unpack(fig4_inputs),
     output:
-        png=report("results/figures/paper/fig4_xhat_per_lambda.png", caption="../report/paper_fig4_paper.rst",
-                   category="Paper figures", subcategory="Fig. 4",
-                   labels={"figure": "Fig. 4", "scale": "paper", "file": "plot (PNG)"}),
-        csv=report("results/figures/paper/fig4_xhat_per_lambda.csv", caption="../report/paper_fig4_paper.rst",
-                   category="Paper figures", subcategory="Fig. 4",
-                   labels={"figure": "Fig. 4", "scale": "paper", "file": "data (CSV)"}),
+        png=report(
+            "results/figures/paper/fig4_xhat_per_lambda.png",
+            caption="../report/paper_fig4_paper.rst",
+            category="Paper figures",
+            subcategory="Fig. 4",
+            labels={"figure": "Fig. 4", "scale": "paper", "file": "plot (PNG)"},
+        ),
+        csv=report(
+            "results/figures/paper/fig4_xhat_per_lambda.csv",
+            caption="../report/paper_fig4_paper.rst",
+            category="Paper figures",
+            subcategory="Fig. 4",
+            labels={"figure": "Fig. 4", "scale": "paper", "file": "data (CSV)"},
+        ),
     log:
         "results/logs/paper_figures/paper/fig4_xhat_per_lambda.log",
     benchmark:
         "results/benchmarks/paper_figures/paper/fig4_xhat_per_lambda.tsv"
+    threads: 1
+    resources:  # as a sample shard job (profiles/slurm set-resources.sample), one GPU
+        gpu=1,
+        cpus_per_gpu=8,
+        mem_mb=32000,
+        runtime=lambda wc, attempt: 60 * attempt,
     params:
         lambdas=list(FIG4_SAMPLERS),
         # functions, not values: a config without the paper experiments (the smoke test's) must still parse
@@ -37,11 +51,5 @@ rule paper_fig4_xhat:
         num_images=FIG4_IMAGES,
         steps=FIG4_STEPS,
         columns=FIG4_COLUMNS,
-    threads: 1
-    resources:  # as a sample shard job (profiles/slurm set-resources.sample), one GPU
-        gpu=1,
-        cpus_per_gpu=8,
-        mem_mb=32000,
-        runtime=lambda wc, attempt: 60 * attempt,
     script:
         "../scripts/paper_fig4.py"

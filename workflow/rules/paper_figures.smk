@@ -8,10 +8,23 @@
 # paper_toy_fig3 serves both scales); Fig. 4 at paper scale is workflow/rules/paper_fig4.smk (the Fig. 2a
 # ImageNet models, one GPU job).
 
-PAPER_FIGURES = ["fig2a_lambda_steps", "fig2b_zeta_transport", "fig2c_kappa_steps", "fig3_toy2d",
-                 "fig4_xhat_per_lambda", "fig7_pf_ode_1d", "fig8_beta"]
-PAPER_TABLES = ["table_paper2_in1k256", "table_paper2_in1k512", "table_paper3_in1k256", "table_paper3_in1k512",
-                "table_paper7_cifar10"]
+PAPER_FIGURES = [
+    "fig2a_lambda_steps",
+    "fig2b_zeta_transport",
+    "fig2c_kappa_steps",
+    "fig3_toy2d",
+    "fig4_xhat_per_lambda",
+    "fig7_pf_ode_1d",
+    "fig8_beta",
+]
+PAPER_TABLES = [
+    "table_paper2_in1k256",
+    "table_paper2_in1k512",
+    "table_paper3_in1k256",
+    "table_paper3_in1k512",
+    "table_paper7_cifar10",
+]
+
 
 # Seconds of work, no GPU: run beside Snakemake, never as cluster jobs (see workflow/rules/cluster.smk).
 localrules:
@@ -26,16 +39,17 @@ include: "functions/paper_figures.smk"
 
 rule paper_fig7:
     output:
-        **paper_figure_outputs("fig7_pf_ode_1d", "../report/paper_fig7.rst", "Fig. 7",
-                               "1-D probability-flow ODE trajectories"),
-    wildcard_constraints:
-        scale="paper|paper_mini",
-    params:
-        figure="fig7_pf_ode_1d",
+        **paper_figure_outputs(
+            "fig7_pf_ode_1d", "../report/paper_fig7.rst", "Fig. 7", "1-D probability-flow ODE trajectories"
+        ),
     log:
         "results/logs/paper_figures/{scale}/fig7_pf_ode_1d.log",
     benchmark:
         "results/benchmarks/paper_figures/{scale}/fig7_pf_ode_1d.tsv"
+    wildcard_constraints:
+        scale="paper|paper_mini",
+    params:
+        figure="fig7_pf_ode_1d",
     script:
         "../scripts/paper_figure.py"
 
@@ -43,14 +57,14 @@ rule paper_fig7:
 rule paper_fig8:
     output:
         **paper_figure_outputs("fig8_beta", "../report/paper_fig8.rst", "Fig. 8", "Beta densities"),
-    wildcard_constraints:
-        scale="paper|paper_mini",
-    params:
-        figure="fig8_beta",
     log:
         "results/logs/paper_figures/{scale}/fig8_beta.log",
     benchmark:
         "results/benchmarks/paper_figures/{scale}/fig8_beta.tsv"
+    wildcard_constraints:
+        scale="paper|paper_mini",
+    params:
+        figure="fig8_beta",
     script:
         "../scripts/paper_figure.py"
 

@@ -8,9 +8,11 @@
 import re
 
 PAPER_TABLE_NAME = re.compile(r"paper(\d+)_([A-Za-z0-9]+)$")
-FIG2_PANELS = {"fig2a_lambda_steps": "Fig. 2a: FID over lambda x steps (TiT-XL/1, VA-VAE)",
-               "fig2b_zeta_transport": "Fig. 2b: FID per transport, zeta 0.45 and 0 (TiT-B/2, SD-VAE)",
-               "fig2c_kappa_steps": "Fig. 2c: FID against steps per kappa (TiT-XL/1, VA-VAE)"}
+FIG2_PANELS = {
+    "fig2a_lambda_steps": "Fig. 2a: FID over lambda x steps (TiT-XL/1, VA-VAE)",
+    "fig2b_zeta_transport": "Fig. 2b: FID per transport, zeta 0.45 and 0 (TiT-B/2, SD-VAE)",
+    "fig2c_kappa_steps": "Fig. 2c: FID against steps per kappa (TiT-XL/1, VA-VAE)",
+}
 
 
 include: "functions/paper_tables.smk"
@@ -37,16 +39,20 @@ rule paper_table:
         figure="results/figures/paper{number}_{variant}_fid_vs_nfe.png",
         samples="results/figures/paper{number}_{variant}_samples.png",
     output:
-        report("results/table_paper{number}_{variant}.csv", caption="../report/paper_table.rst",
-               category="Paper tables", subcategory="Table {number}",
-               labels={"table": "Table {number}", "data": "{variant}", "file": "table (CSV)"}),
-    wildcard_constraints:
-        number=r"\d+",
-        variant=r"[A-Za-z0-9]+",
+        report(
+            "results/table_paper{number}_{variant}.csv",
+            caption="../report/paper_table.rst",
+            category="Paper tables",
+            subcategory="Table {number}",
+            labels={"table": "Table {number}", "data": "{variant}", "file": "table (CSV)"},
+        ),
     log:
         "results/logs/paper_tables/paper{number}_{variant}.log",
     benchmark:
         "results/benchmarks/paper_tables/paper{number}_{variant}.tsv"
+    wildcard_constraints:
+        number=r"\d+",
+        variant=r"[A-Za-z0-9]+",
     params:
         tool=tool_command("paper_tables.py"),
         rows=lambda wc: table_rows(paper_table_name(wc)),
@@ -60,16 +66,20 @@ rule paper_fig2_data:
     input:
         lambda wc: table_evaluations(wc.panel),
     output:
-        report("results/figures/{scale}/{panel}.csv", caption="../report/paper_tables_fig2.rst",
-               category="Paper figures", subcategory="Fig. 2",
-               labels={"figure": "{panel}", "scale": "{scale}", "file": "data (CSV)"}),
-    wildcard_constraints:
-        scale="paper",
-        panel="|".join(FIG2_PANELS),
+        report(
+            "results/figures/{scale}/{panel}.csv",
+            caption="../report/paper_tables_fig2.rst",
+            category="Paper figures",
+            subcategory="Fig. 2",
+            labels={"figure": "{panel}", "scale": "{scale}", "file": "data (CSV)"},
+        ),
     log:
         "results/logs/paper_tables/{scale}/{panel}_csv.log",
     benchmark:
         "results/benchmarks/paper_tables/{scale}/{panel}_csv.tsv"
+    wildcard_constraints:
+        scale="paper",
+        panel="|".join(FIG2_PANELS),
     params:
         tool=tool_command("paper_tables.py"),
         coords=lambda wc: fig2_coords(wc.panel),
@@ -82,16 +92,20 @@ rule paper_fig2_plot:
     input:
         "results/figures/{scale}/{panel}.csv",
     output:
-        report("results/figures/{scale}/{panel}.png", caption="../report/paper_tables_fig2.rst",
-               category="Paper figures", subcategory="Fig. 2",
-               labels={"figure": "{panel}", "scale": "{scale}", "file": "plot (PNG)"}),
-    wildcard_constraints:
-        scale="paper",
-        panel="|".join(FIG2_PANELS),
+        report(
+            "results/figures/{scale}/{panel}.png",
+            caption="../report/paper_tables_fig2.rst",
+            category="Paper figures",
+            subcategory="Fig. 2",
+            labels={"figure": "{panel}", "scale": "{scale}", "file": "plot (PNG)"},
+        ),
     log:
         "results/logs/paper_tables/{scale}/{panel}_png.log",
     benchmark:
         "results/benchmarks/paper_tables/{scale}/{panel}_png.tsv"
+    wildcard_constraints:
+        scale="paper",
+        panel="|".join(FIG2_PANELS),
     params:
         tool=tool_command("paper_tables.py"),
     shell:

@@ -14,16 +14,16 @@ include: "functions/paper_toy.smk"
 rule paper_toy_model:
     output:
         f"{TOY_DIR}/{{toymodel}}.pt",
-    wildcard_constraints:
-        toymodel=MODEL_KEY_PATTERN,
     log:
         "results/logs/paper_toy/model_{toymodel}.log",
     benchmark:
         "results/benchmarks/paper_toy/model_{toymodel}.tsv"
+    wildcard_constraints:
+        toymodel=MODEL_KEY_PATTERN,
+    threads: 1
     params:
         task="train",
         settings=lambda wc: toy_settings(train_only=True),
-    threads: 1
     script:
         "../scripts/paper_toy.py"
 
@@ -33,17 +33,17 @@ rule paper_toy_fig2a:
         toy_models("fig2a"),
     output:
         **toy_figure_outputs("fig2a", "Fig. 2a"),
-    wildcard_constraints:
-        scale="paper_mini",
     log:
         "results/logs/paper_toy/{scale}_fig2a.log",
     benchmark:
         "results/benchmarks/paper_toy/{scale}_fig2a.tsv"
+    wildcard_constraints:
+        scale="paper_mini",
+    threads: 1
     params:
         task="figure",
         figure="fig2a",
         settings=lambda wc: toy_settings(),
-    threads: 1
     script:
         "../scripts/paper_toy.py"
 
@@ -53,17 +53,17 @@ rule paper_toy_fig2b:
         toy_models("fig2b"),
     output:
         **toy_figure_outputs("fig2b", "Fig. 2b"),
-    wildcard_constraints:
-        scale="paper_mini",
     log:
         "results/logs/paper_toy/{scale}_fig2b.log",
     benchmark:
         "results/benchmarks/paper_toy/{scale}_fig2b.tsv"
+    wildcard_constraints:
+        scale="paper_mini",
+    threads: 1
     params:
         task="figure",
         figure="fig2b",
         settings=lambda wc: toy_settings(),
-    threads: 1
     script:
         "../scripts/paper_toy.py"
 
@@ -73,17 +73,17 @@ rule paper_toy_fig2c:
         toy_models("fig2c"),
     output:
         **toy_figure_outputs("fig2c", "Fig. 2c"),
-    wildcard_constraints:
-        scale="paper_mini",
     log:
         "results/logs/paper_toy/{scale}_fig2c.log",
     benchmark:
         "results/benchmarks/paper_toy/{scale}_fig2c.tsv"
+    wildcard_constraints:
+        scale="paper_mini",
+    threads: 1
     params:
         task="figure",
         figure="fig2c",
         settings=lambda wc: toy_settings(),
-    threads: 1
     script:
         "../scripts/paper_toy.py"
 
@@ -94,17 +94,17 @@ rule paper_toy_fig3:
         toy_models("fig3"),
     output:
         **toy_figure_outputs("fig3", "Fig. 3", scale_label="{scale} (2-D toy, the paper's own scale)"),
-    wildcard_constraints:
-        scale="paper|paper_mini",
     log:
         "results/logs/paper_toy/{scale}_fig3.log",
     benchmark:
         "results/benchmarks/paper_toy/{scale}_fig3.tsv"
+    wildcard_constraints:
+        scale="paper|paper_mini",
+    threads: 1
     params:
         task="figure",
         figure="fig3",
         settings=lambda wc: toy_settings(),
-    threads: 1
     script:
         "../scripts/paper_toy.py"
 
@@ -114,17 +114,17 @@ rule paper_toy_fig4:
         toy_models("fig4"),
     output:
         **toy_figure_outputs("fig4", "Fig. 4"),
-    wildcard_constraints:
-        scale="paper_mini",
     log:
         "results/logs/paper_toy/{scale}_fig4.log",
     benchmark:
         "results/benchmarks/paper_toy/{scale}_fig4.tsv"
+    wildcard_constraints:
+        scale="paper_mini",
+    threads: 1
     params:
         task="figure",
         figure="fig4",
         settings=lambda wc: toy_settings(),
-    threads: 1
     script:
         "../scripts/paper_toy.py"
 

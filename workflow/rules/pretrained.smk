@@ -10,12 +10,12 @@ rule pretrained:
         unpack(pretrained_inputs),
     output:
         "results/models/{model}/checkpoint.pt",
-    wildcard_constraints:
-        model=models_where("pretrained"),
     log:
         "results/logs/pretrained/{model}.log",
     benchmark:
         "results/benchmarks/pretrained/{model}.tsv"
+    wildcard_constraints:
+        model=models_where("pretrained"),
     params:
         tool=tool_command("pretrained.py"),
         args=pretrained_args,

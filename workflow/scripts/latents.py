@@ -16,7 +16,6 @@ Nothing here imports torch: a part without shards to encode never loads it.
 import argparse
 import json
 import sys
-import time
 from typing import Optional, Sequence
 
 from ucgm_core.data.latents import encode_latents, merge_latent_parts
@@ -52,17 +51,9 @@ def merge(parser: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     """--merge-parts: the split's manifest (and statistics) from the parts, checked against the flags."""
     if a.stats_out and (not a.merge_stats or a.stats_split != a.splits[0]):
         parser.error("--merge-parts with --stats-out needs --merge-stats, and --stats-split equal to --splits")
-    t0 = time.time()
-    info, stats = merge_latent_parts(a.out_dir, a.splits[0], a.merge_parts, a.merge_stats or [], a.stats_out)
-    drawn = None if stats is None else (stats["num_samples"], stats["seed"])
-    if drawn is not None and drawn != (min(a.stats_samples, info["num_samples"]), a.seed):
-        parser.error(f"the parts drew {stats['num_samples']} statistics samples with seed {stats['seed']}, "
-                     f"not --stats-samples {a.stats_samples} --seed {a.seed}")
-    print(f"{a.splits[0]}: {info['num_samples']} latents {info['latent_shape']} in {len(info['shards'])} shards "
-          f"from {len(a.merge_parts)} parts -> {a.out_dir} ({time.time() - t0:.1f}s)")
-    if stats is not None:
-        print(f"stats ({stats['num_samples']} {a.splits[0]} latents): mean {stats['mean'].flatten().tolist()} "
-              f"std {stats['std'].flatten().tolist()} -> {a.stats_out}")
+    merge_latent_parts(
+        a.out_dir, a.splits[0], a.merge_parts, a.merge_stats or [], a.stats_out, (a.stats_samples, a.seed), print
+    )
     return 0
 
 
@@ -79,11 +70,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not a.stats_only and not a.image_dir:
         print("error: --image-dir is required unless --stats-only", file=sys.stderr)
         return 2
-    encode_latents(None if a.stats_only else a.image_dir, a.out_dir, splits=a.splits, autoencoder=a.autoencoder,
-                   autoencoder_kwargs=json.loads(a.ae_kwargs), batch_size=a.batch_size, device=a.device,
-                   dtype=a.dtype, resume=not a.no_resume, stats_out=a.stats_out, stats_split=a.stats_split,
-                   stats_samples=a.stats_samples, seed=a.seed, part=a.part, parts=a.parts,
-                   part_manifest=a.part_manifest, part_stats=a.part_stats)
+    encode_latents(
+        None if a.stats_only else a.image_dir,
+        a.out_dir,
+        splits=a.splits,
+        autoencoder=a.autoencoder,
+        autoencoder_kwargs=json.loads(a.ae_kwargs),
+        batch_size=a.batch_size,
+        device=a.device,
+        dtype=a.dtype,
+        resume=not a.no_resume,
+        stats_out=a.stats_out,
+        stats_split=a.stats_split,
+        stats_samples=a.stats_samples,
+        seed=a.seed,
+        part=a.part,
+        parts=a.parts,
+        part_manifest=a.part_manifest,
+        part_stats=a.part_stats,
+    )
     return 0
 
 

@@ -18,15 +18,25 @@ from ucgm_core.figures_paper.xhat_stage import make_xhat_figure
 def from_snakemake(smk) -> None:
     """The rule's inputs, params and outputs mapped onto :func:`make_xhat_figure`; messages go to ``log[0]``."""
     with open(smk.log[0], "w", buffering=1) as handle:
-        make_xhat_figure([str(p) for p in smk.input.checkpoints], list(smk.params.lambdas),
-                         json.loads(smk.params.options), json.loads(smk.params.ae_kwargs), str(smk.output.png),
-                         str(smk.output.csv), seed=int(smk.params.seed), num_images=int(smk.params.num_images),
-                         steps=int(smk.params.steps), columns=int(smk.params.columns),
-                         log=lambda msg: handle.write(f"[{time.strftime('%H:%M:%S')}] {msg}\n"))
+        make_xhat_figure(
+            [str(p) for p in smk.input.checkpoints],
+            list(smk.params.lambdas),
+            json.loads(smk.params.options),
+            json.loads(smk.params.ae_kwargs),
+            str(smk.output.png),
+            str(smk.output.csv),
+            seed=int(smk.params.seed),
+            num_images=int(smk.params.num_images),
+            steps=int(smk.params.steps),
+            columns=int(smk.params.columns),
+            log=lambda msg: handle.write(f"[{time.strftime('%H:%M:%S')}] {msg}\n"),
+        )
 
 
 if __name__ == "__main__":
     if "snakemake" in globals():
         from_snakemake(snakemake)  # noqa: F821 (injected by Snakemake's script: directive)
     else:
-        sys.exit(f"{Path(__file__).name}: run through Snakemake (rule paper_fig4_xhat in workflow/rules/paper_fig4.smk)")
+        sys.exit(
+            f"{Path(__file__).name}: run through Snakemake (rule paper_fig4_xhat in workflow/rules/paper_fig4.smk)"
+        )

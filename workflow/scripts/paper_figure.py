@@ -10,7 +10,6 @@ The command line only: the figures are :func:`ucgm_core.figures_paper.registry.m
 :func:`ucgm_core.report.write_manifest`.
 """
 
-
 import argparse
 import contextlib
 import sys

@@ -11,7 +11,6 @@ Settings: a JSON mapping of config ``paper_toy`` keys (``--settings``; defaults 
 ``EvalSettings`` where absent). One thread: the networks are too small for a second one to help.
 """
 
-
 import argparse
 import json
 import time
@@ -37,8 +36,9 @@ def from_snakemake(smk) -> None:
     if smk.params.task == "train":
         train_toy(smk.wildcards.toymodel, str(smk.output[0]), settings, log)
     elif smk.params.task == "figure":
-        toy_figure(smk.params.figure, str(smk.output.csv), str(smk.output.png), [str(p) for p in smk.input],
-                   settings, log)
+        toy_figure(
+            smk.params.figure, str(smk.output.csv), str(smk.output.png), [str(p) for p in smk.input], settings, log
+        )
     else:
         raise ValueError(f"paper_toy.py: params.task={smk.params.task!r}; expected 'train' or 'figure'")
 

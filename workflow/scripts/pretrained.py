@@ -39,8 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-normalize", action="store_true", help="no per-channel normalisation (multiplier only)")
     p.add_argument("--multiplier", type=float, default=1.0)
     p.add_argument("--sha256", default=None, help="expected sha256 of --weights")
-    p.add_argument("--allow-unsafe-pickle", action="store_true",
-                   help="read a released .pkl (EDM/EDM2) with the restricted unpickler")
+    p.add_argument(
+        "--allow-unsafe-pickle",
+        action="store_true",
+        help="read a released .pkl (EDM/EDM2) with the restricted unpickler",
+    )
     p.add_argument("--out", required=True)
     return p
 
@@ -50,15 +53,28 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
         done = import_pretrained(
-            a.weights, a.out, architecture=a.architecture, overrides=json.loads(a.overrides), dataset=a.dataset,
-            resolution=a.resolution, num_classes=a.num_classes, autoencoder=a.autoencoder,
-            ae_kwargs=json.loads(a.ae_kwargs), normalize=not a.no_normalize,
-            latent_stats=json.loads(a.latent_stats) if a.latent_stats else None, stats=a.stats,
-            multiplier=a.multiplier, sha256=a.sha256, allow_unsafe_pickle=a.allow_unsafe_pickle)
+            a.weights,
+            a.out,
+            architecture=a.architecture,
+            overrides=json.loads(a.overrides),
+            dataset=a.dataset,
+            resolution=a.resolution,
+            num_classes=a.num_classes,
+            autoencoder=a.autoencoder,
+            ae_kwargs=json.loads(a.ae_kwargs),
+            normalize=not a.no_normalize,
+            latent_stats=json.loads(a.latent_stats) if a.latent_stats else None,
+            stats=a.stats,
+            multiplier=a.multiplier,
+            sha256=a.sha256,
+            allow_unsafe_pickle=a.allow_unsafe_pickle,
+        )
     except ValueError as e:  # a checksum, shape or layout mismatch (CheckpointError is a ValueError)
         raise SystemExit(str(e)) from None
-    log(f"{a.weights} -> {a.out}: {a.architecture}, {done['parameters']:,} parameters, latents {done['latent_shape']}, "
-        f"transport {done['transport']} ({done['seconds']:.1f}s)")
+    log(
+        f"{a.weights} -> {a.out}: {a.architecture}, {done['parameters']:,} parameters, latents {done['latent_shape']}, "
+        f"transport {done['transport']} ({done['seconds']:.1f}s)"
+    )
     return 0
 
 

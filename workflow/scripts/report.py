@@ -62,7 +62,9 @@ def main(argv=None) -> int:
             df = results_table(a.evals, json.loads(a.rows))
             write_csv(df, Path(a.out))
             with pd.option_context("display.width", 200, "display.max_columns", 12):
-                log(f"{a.out}:\n{df[['sampler', 'model', 'method', 'steps', 'nfe', 'fid', 'is', 'kid', 'precision', 'recall']]}")
+                log(
+                    f"{a.out}:\n{df[['sampler', 'model', 'method', 'steps', 'nfe', 'fid', 'is', 'kid', 'precision', 'recall']]}"
+                )
             return 0
         if a.cmd == "fid-vs-nfe":
             metric = a.metric.upper() if a.metric != "is" else "IS"

@@ -45,8 +45,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--skip-existing", action="store_true",
-                   help="keep an existing complete --out made with the same checkpoint and settings")
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="keep an existing complete --out made with the same checkpoint and settings",
+    )
     return p.parse_args(argv)
 
 
@@ -59,11 +62,24 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, _stop_on_signal)
     set_threads(a.threads)
-    request = ShardRequest(checkpoint=a.checkpoint, spec=SamplerSpec.from_dict(load_spec(a.spec)), steps=a.steps,
-                           samples_per_shard=a.samples_per_shard, num_samples=a.num_samples, shard=a.shard,
-                           seed=a.seed)
-    write_shard(request, a.out, ae_kwargs=json.loads(a.ae_kwargs), batch_size=a.batch_size, device=a.device,
-                skip_existing=a.skip_existing, log=log)
+    request = ShardRequest(
+        checkpoint=a.checkpoint,
+        spec=SamplerSpec.from_dict(load_spec(a.spec)),
+        steps=a.steps,
+        samples_per_shard=a.samples_per_shard,
+        num_samples=a.num_samples,
+        shard=a.shard,
+        seed=a.seed,
+    )
+    write_shard(
+        request,
+        a.out,
+        ae_kwargs=json.loads(a.ae_kwargs),
+        batch_size=a.batch_size,
+        device=a.device,
+        skip_existing=a.skip_existing,
+        log=log,
+    )
     return 0
 
 

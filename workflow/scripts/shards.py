@@ -28,8 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(--part/--parts), or the merge of the parts (--merge-parts).",
     )
     p.add_argument("--dataset", help="catalogue name: fashion_mnist, mnist, cifar10, imagenet, imagefolder")
-    p.add_argument("--raw-dir", "--source", dest="raw_dir",
-                   help="download folder (fashion_mnist, mnist, cifar10) or on-disk dataset (imagefolder, imagenet)")
+    p.add_argument(
+        "--raw-dir",
+        "--source",
+        dest="raw_dir",
+        help="download folder (fashion_mnist, mnist, cifar10) or on-disk dataset (imagefolder, imagenet)",
+    )
     p.add_argument("--out-dir", required=True, help="shard folder to write")
     p.add_argument("--resolution", type=int, default=None, help="output size (default: the dataset's native size)")
     p.add_argument("--samples-per-shard", type=int, default=10000, help="samples per tar shard (default 10000)")
@@ -37,13 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", nargs="+", default=None, help="splits to write (default: all of the dataset's)")
     p.add_argument("--limit", type=int, default=None, help="only the first N samples per split (smoke tests)")
     p.add_argument("--workers", type=int, default=1, help="preprocessing processes (default 1)")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="class count to expect instead of the catalogue's (e.g. a subset of ImageNet)")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="class count to expect instead of the catalogue's (e.g. a subset of ImageNet)",
+    )
     p.add_argument("--part", type=int, default=None, help="write only part PART (0-based) of --parts (one split)")
     p.add_argument("--parts", type=int, default=None, help="number of parts the split is written in")
     p.add_argument("--part-manifest", default=None, help="where the part's manifest goes (with --part)")
-    p.add_argument("--merge-parts", nargs="+", default=None, metavar="PART_MANIFEST",
-                   help="write {split}.json from these part manifests (parts 0 .. K-1 in order; one split)")
+    p.add_argument(
+        "--merge-parts",
+        nargs="+",
+        default=None,
+        metavar="PART_MANIFEST",
+        help="write {split}.json from these part manifests (parts 0 .. K-1 in order; one split)",
+    )
     return p
 
 
@@ -61,10 +74,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not a.dataset or not a.raw_dir:
         parser.error("--dataset and --raw-dir are required")
     try:
-        build_image_shards(a.dataset, a.raw_dir, a.out_dir, splits=a.splits, resolution=a.resolution,
-                           samples_per_shard=a.samples_per_shard, image_format=a.image_format, limit=a.limit,
-                           workers=a.workers, num_classes=a.num_classes, part=a.part, parts=a.parts,
-                           part_manifest=a.part_manifest)
+        build_image_shards(
+            a.dataset,
+            a.raw_dir,
+            a.out_dir,
+            splits=a.splits,
+            resolution=a.resolution,
+            samples_per_shard=a.samples_per_shard,
+            image_format=a.image_format,
+            limit=a.limit,
+            workers=a.workers,
+            num_classes=a.num_classes,
+            part=a.part,
+            parts=a.parts,
+            part_manifest=a.part_manifest,
+        )
     except ImageSourceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -47,10 +47,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher", default=None, help="checkpoint whose EMA weights the (frozen) teacher keeps")
     p.add_argument("--ae-kwargs", default="{}", help="JSON keyword arguments of the autoencoder (weights file, ...)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default=None,
-                   help="cuda or cpu (default: cuda if available; with several processes cuda:<local rank>)")
-    p.add_argument("--micro-batch", type=int, default=None,
-                   help="per-process micro-batch (gradient accumulation; default: the whole per-process batch)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cuda or cpu (default: cuda if available; with several processes cuda:<local rank>)",
+    )
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        help="per-process micro-batch (gradient accumulation; default: the whole per-process batch)",
+    )
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of this run (testing)")
     return p.parse_args(argv)
 
@@ -58,10 +65,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     a = parse_args(argv)
     set_threads(a.threads)
-    job = TrainJob(latents=Path(a.latents), spec=load_spec(a.spec), out_dir=Path(a.out_dir),
-                   state_dir=Path(a.state_dir), stats=Path(a.stats) if a.stats else None, init=a.init,
-                   teacher=a.teacher, ae_kwargs=json.loads(a.ae_kwargs), device=a.device,
-                   micro_batch=a.micro_batch, stop_after=a.stop_after, log=log)
+    job = TrainJob(
+        latents=Path(a.latents),
+        spec=load_spec(a.spec),
+        out_dir=Path(a.out_dir),
+        state_dir=Path(a.state_dir),
+        stats=Path(a.stats) if a.stats else None,
+        init=a.init,
+        teacher=a.teacher,
+        ae_kwargs=json.loads(a.ae_kwargs),
+        device=a.device,
+        micro_batch=a.micro_batch,
+        stop_after=a.stop_after,
+        log=log,
+    )
     try:
         return train(job)
     except SpecError as e:

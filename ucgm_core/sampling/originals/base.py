@@ -144,19 +144,44 @@ def check_labels(labels: Optional[Tensor], batch: int, needed: bool, who: str) -
             raise ValueError(f"{who}: classifier-free guidance needs labels [B]")
         return None
     if labels.shape != (batch,) or labels.dtype.is_floating_point:
-        raise ValueError(f"{who}: labels must be an integer tensor of shape [{batch}], got {labels.dtype} "
-                         f"{list(labels.shape)}")
+        raise ValueError(
+            f"{who}: labels must be an integer tensor of shape [{batch}], got {labels.dtype} {list(labels.shape)}"
+        )
     return labels
 
 
-def finish(x: Tensor, grid: Tensor, nfe: int, net: CountingNetwork, noise: Optional[CountingNoise],
-           states, return_trajectory: bool, extra_calls: int = 0, extra_rows: int = 0) -> OriginalSampleResult:
+def finish(
+    x: Tensor,
+    grid: Tensor,
+    nfe: int,
+    net: CountingNetwork,
+    noise: Optional[CountingNoise],
+    states,
+    return_trajectory: bool,
+    extra_calls: int = 0,
+    extra_rows: int = 0,
+) -> OriginalSampleResult:
     return OriginalSampleResult(
-        sample=x, t_grid=grid, nfe=nfe, trajectory=torch.stack(states) if return_trajectory else None,
-        net_calls=net.calls + extra_calls, net_rows=net.rows + extra_rows,
+        sample=x,
+        t_grid=grid,
+        nfe=nfe,
+        trajectory=torch.stack(states) if return_trajectory else None,
+        net_calls=net.calls + extra_calls,
+        net_rows=net.rows + extra_rows,
         rng_draws=noise.draws if noise is not None else 0,
     )
 
 
-__all__ = ["CONVENTIONS", "OriginalNetwork", "OriginalSampleResult", "CountingNetwork", "CountingNoise",
-           "OriginalInfo", "original", "merged_options", "check_int", "check_labels", "finish"]
+__all__ = [
+    "CONVENTIONS",
+    "OriginalNetwork",
+    "OriginalSampleResult",
+    "CountingNetwork",
+    "CountingNoise",
+    "OriginalInfo",
+    "original",
+    "merged_options",
+    "check_int",
+    "check_labels",
+    "finish",
+]

@@ -22,12 +22,27 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from .base import (CountingNetwork, CountingNoise, OriginalInfo, OriginalNetwork, OriginalSampleResult,
-                   check_int, check_labels, finish, original)
+from .base import (
+    CountingNetwork,
+    CountingNoise,
+    OriginalInfo,
+    OriginalNetwork,
+    OriginalSampleResult,
+    check_int,
+    check_labels,
+    finish,
+    original,
+)
 
 
-def karras_sigma_grid(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
-                      dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+def karras_sigma_grid(
+    num_steps: int,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+) -> Tensor:
     """[num_steps + 1] sigmas (A + i/(n-1) (B - A))^rho with a trailing 0, in ``dtype``.
 
     A and B are Python doubles applied to the ``dtype`` index tensor, as in both originals; in float32 the
@@ -46,9 +61,16 @@ def _edm2_nfe(steps: int, options) -> int:
     return 2 * steps - 1
 
 
-@original(OriginalInfo(
-    name="edm2_heun", repo="NVlabs/edm2", commit="4bf8162f601bcc09472ce8a32dd0cbe8889dc8fc",
-    source="generate_images.py edm_sampler (l.75-117)", convention="edm_denoiser", paper_nfe=_edm2_nfe))
+@original(
+    OriginalInfo(
+        name="edm2_heun",
+        repo="NVlabs/edm2",
+        commit="4bf8162f601bcc09472ce8a32dd0cbe8889dc8fc",
+        source="generate_images.py edm_sampler (l.75-117)",
+        convention="edm_denoiser",
+        paper_nfe=_edm2_nfe,
+    )
+)
 @torch.no_grad()
 def edm2_heun(
     network: OriginalNetwork,
@@ -113,7 +135,7 @@ def edm2_heun(
         if S_churn > 0 and S_min <= t_cur <= S_max:
             gamma = min(S_churn / steps, math.sqrt(2) - 1)
             t_hat = t_cur + gamma * t_cur
-            x_hat = x + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * draw(i, x)
+            x_hat = x + (t_hat**2 - t_cur**2).sqrt() * S_noise * draw(i, x)
         else:
             t_hat, x_hat = t_cur, x
         d_cur = (x_hat - denoise(x_hat, t_hat)) / t_hat  # Euler step
@@ -128,9 +150,16 @@ def edm2_heun(
     return finish(x, t, nfe, net, draw, states, return_trajectory, extra_calls, extra_rows)
 
 
-@original(OriginalInfo(
-    name="edm_heun", repo="NVlabs/edm", commit="008a4e5316c8e3bfe61a62f874bddba254295afb",
-    source="generate.py edm_sampler (l.25-60)", convention="edm_denoiser", paper_nfe=_edm2_nfe))
+@original(
+    OriginalInfo(
+        name="edm_heun",
+        repo="NVlabs/edm",
+        commit="008a4e5316c8e3bfe61a62f874bddba254295afb",
+        source="generate.py edm_sampler (l.25-60)",
+        convention="edm_denoiser",
+        paper_nfe=_edm2_nfe,
+    )
+)
 @torch.no_grad()
 def edm_heun(
     network: OriginalNetwork,
@@ -179,7 +208,7 @@ def edm_heun(
         t_cur, t_next = t[i], t[i + 1]
         gamma = min(S_churn / steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0
         t_hat = torch.as_tensor(t_cur + gamma * t_cur)
-        x_hat = x + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * draw(i, x)
+        x_hat = x + (t_hat**2 - t_cur**2).sqrt() * S_noise * draw(i, x)
         d_cur = (x_hat - net(x_hat, t_hat, labels).to(dtype)) / t_hat
         nfe += 1
         x = x_hat + (t_next - t_hat) * d_cur

@@ -11,8 +11,16 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from .base import (CountingNetwork, OriginalInfo, OriginalNetwork, OriginalSampleResult, check_int,
-                   check_labels, finish, original)
+from .base import (
+    CountingNetwork,
+    OriginalInfo,
+    OriginalNetwork,
+    OriginalSampleResult,
+    check_int,
+    check_labels,
+    finish,
+    original,
+)
 
 _F32 = torch.float32
 #: LightningDiT's ``forward_with_cfg`` guides only these leading channels (``model_out[:, :3]``).
@@ -49,11 +57,17 @@ def _lightningdit_nfe(steps: int, options) -> int:
     return steps * (2 if options["cfg_scale"] > 1.0 else 1)
 
 
-@original(OriginalInfo(
-    name="lightningdit_euler", repo="hustvl/LightningDiT", commit="2725fed42a14898744433809949834e26957bcdd",
-    source="transport/transport.py Sampler.sample_ode (l.398-443) + torchdiffeq euler + models/lightningdit.py "
-           "forward_with_cfg (l.420-442)",
-    convention="velocity_noise_at_zero", paper_nfe=_lightningdit_nfe))
+@original(
+    OriginalInfo(
+        name="lightningdit_euler",
+        repo="hustvl/LightningDiT",
+        commit="2725fed42a14898744433809949834e26957bcdd",
+        source="transport/transport.py Sampler.sample_ode (l.398-443) + torchdiffeq euler + models/lightningdit.py "
+        "forward_with_cfg (l.420-442)",
+        convention="velocity_noise_at_zero",
+        paper_nfe=_lightningdit_nfe,
+    )
+)
 @torch.no_grad()
 def lightningdit_euler(
     network: OriginalNetwork,
@@ -125,10 +139,16 @@ def _ddt_nfe(steps: int, options) -> int:
     return 2 * steps
 
 
-@original(OriginalInfo(
-    name="ddt_euler", repo="MCG-NJU/DDT", commit="1d1b4d291325939dd98f6b91687af95c98c34d5c",
-    source="src/diffusion/stateful_flow_matching/sampling.py EulerSampler (l.29-103)",
-    convention="velocity_noise_at_zero", paper_nfe=_ddt_nfe))
+@original(
+    OriginalInfo(
+        name="ddt_euler",
+        repo="MCG-NJU/DDT",
+        commit="1d1b4d291325939dd98f6b91687af95c98c34d5c",
+        source="src/diffusion/stateful_flow_matching/sampling.py EulerSampler (l.29-103)",
+        convention="velocity_noise_at_zero",
+        paper_nfe=_ddt_nfe,
+    )
+)
 @torch.no_grad()
 def ddt_euler(
     network: OriginalNetwork,
@@ -185,5 +205,11 @@ def ddt_euler(
     return finish(x, t, steps, net, None, states, return_trajectory)
 
 
-__all__ = ["GUIDED_CHANNELS", "lightningdit_grid", "lightningdit_cfg_drift", "lightningdit_euler", "ddt_grid",
-           "ddt_euler"]
+__all__ = [
+    "GUIDED_CHANNELS",
+    "lightningdit_grid",
+    "lightningdit_cfg_drift",
+    "lightningdit_euler",
+    "ddt_grid",
+    "ddt_euler",
+]

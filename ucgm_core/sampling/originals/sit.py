@@ -28,8 +28,17 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from .base import (CountingNetwork, CountingNoise, OriginalInfo, OriginalNetwork, OriginalSampleResult,
-                   check_int, check_labels, finish, original)
+from .base import (
+    CountingNetwork,
+    CountingNoise,
+    OriginalInfo,
+    OriginalNetwork,
+    OriginalSampleResult,
+    check_int,
+    check_labels,
+    finish,
+    original,
+)
 
 _F64 = torch.float64
 _REPAE = dict(repo="End2End-Diffusion/REPA-E", commit="3ad80468e78ec4fc93e6e70aa08e7b3b8303a171")
@@ -53,13 +62,12 @@ def _linear_score(v: Tensor, x: Tensor, t: Tensor) -> Tensor:
     """Score of the linear path from the velocity: (r v - x) / (t^2 - r t), r = -(1 - t); t [N] float64."""
     t = t.reshape(-1, *([1] * (x.dim() - 1)))
     r = -(1 - t)  # alpha / alpha' = (1 - t) / (-1)
-    return (r * v - x) / (t ** 2 - r * t)
+    return (r * v - x) / (t**2 - r * t)
 
 
 def _check(path_type: str, who: str) -> None:
     if path_type != "linear":
-        raise ValueError(f"{who}: only path_type 'linear' is implemented (the paper rows' setting), got "
-                         f"{path_type!r}")
+        raise ValueError(f"{who}: only path_type 'linear' is implemented (the paper rows' setting), got {path_type!r}")
 
 
 class _Batch:
@@ -84,8 +92,20 @@ def _in_interval(t_cur: Tensor, cfg_scale: float, low: float, high: float) -> bo
     return bool(cfg_scale > 1.0 and t_cur <= high and t_cur >= low)
 
 
-def _sde(network, noise, steps, labels, null_label, cfg_scale, guidance_low, guidance_high, path_type,
-         noise_source, return_trajectory, who) -> OriginalSampleResult:
+def _sde(
+    network,
+    noise,
+    steps,
+    labels,
+    null_label,
+    cfg_scale,
+    guidance_low,
+    guidance_high,
+    path_type,
+    noise_source,
+    return_trajectory,
+    who,
+) -> OriginalSampleResult:
     _check(path_type, who)
     labels = check_labels(labels, noise.shape[0], cfg_scale > 1.0, who)
     net = CountingNetwork(network)
@@ -119,8 +139,9 @@ def _sde(network, noise, steps, labels, null_label, cfg_scale, guidance_low, gui
     return finish(x, t, steps, net, draw, states, return_trajectory)
 
 
-def _ode(network, noise, steps, labels, null_label, cfg_scale, guidance_low, guidance_high, path_type,
-         return_trajectory, who) -> OriginalSampleResult:
+def _ode(
+    network, noise, steps, labels, null_label, cfg_scale, guidance_low, guidance_high, path_type, return_trajectory, who
+) -> OriginalSampleResult:
     _check(path_type, who)
     labels = check_labels(labels, noise.shape[0], cfg_scale > 1.0, who)
     net = CountingNetwork(network)
@@ -143,15 +164,31 @@ def _paper_nfe(steps: int, options) -> int:
     return steps * (2 if options["cfg_scale"] > 1.0 else 1)
 
 
-
-
-@original(OriginalInfo(name="repae_sde", source="samplers.py euler_maruyama_sampler (l.106-183)",
-                       convention="velocity_noise_at_one", paper_nfe=_paper_nfe, **_REPAE))
+@original(
+    OriginalInfo(
+        name="repae_sde",
+        source="samplers.py euler_maruyama_sampler (l.106-183)",
+        convention="velocity_noise_at_one",
+        paper_nfe=_paper_nfe,
+        **_REPAE,
+    )
+)
 @torch.no_grad()
-def repae_sde(network: OriginalNetwork, noise: Tensor, transport=None, *, steps: int = 250,
-              labels: Optional[Tensor] = None, null_label: int = 1000, cfg_scale: float = 2.5,
-              guidance_low: float = 0.0, guidance_high: float = 0.75, path_type: str = "linear",
-              noise_source=None, return_trajectory: bool = False) -> OriginalSampleResult:
+def repae_sde(
+    network: OriginalNetwork,
+    noise: Tensor,
+    transport=None,
+    *,
+    steps: int = 250,
+    labels: Optional[Tensor] = None,
+    null_label: int = 1000,
+    cfg_scale: float = 2.5,
+    guidance_low: float = 0.0,
+    guidance_high: float = 0.75,
+    path_type: str = "linear",
+    noise_source=None,
+    return_trajectory: bool = False,
+) -> OriginalSampleResult:
     """REPA-E's ``euler_maruyama_sampler`` (module docstring). Defaults: the paper's REPA-E row (FID 1.26;
     README l.184-193, 249: ``--mode sde --num-steps 250 --cfg-scale 2.5 --guidance-high 0.75``).
 
@@ -160,48 +197,148 @@ def repae_sde(network: OriginalNetwork, noise: Tensor, transport=None, *, steps:
     ``nfe`` = n network calls; the batch is doubled only inside the interval, so ``net_rows`` / B is below
     2n (435 for 250 steps); the papers count "250 x 2".
     """
-    return _sde(network, noise, steps, labels, null_label, cfg_scale, guidance_low, guidance_high, path_type,
-                noise_source, return_trajectory, "repae_sde")
+    return _sde(
+        network,
+        noise,
+        steps,
+        labels,
+        null_label,
+        cfg_scale,
+        guidance_low,
+        guidance_high,
+        path_type,
+        noise_source,
+        return_trajectory,
+        "repae_sde",
+    )
 
 
-@original(OriginalInfo(name="repa_sde", source="samplers.py euler_maruyama_sampler (l.105-183)",
-                       convention="velocity_noise_at_one", paper_nfe=_paper_nfe, **_REPA))
+@original(
+    OriginalInfo(
+        name="repa_sde",
+        source="samplers.py euler_maruyama_sampler (l.105-183)",
+        convention="velocity_noise_at_one",
+        paper_nfe=_paper_nfe,
+        **_REPA,
+    )
+)
 @torch.no_grad()
-def repa_sde(network: OriginalNetwork, noise: Tensor, transport=None, *, steps: int = 250,
-             labels: Optional[Tensor] = None, null_label: int = 1000, cfg_scale: float = 1.8,
-             guidance_low: float = 0.0, guidance_high: float = 0.7, path_type: str = "linear",
-             noise_source=None, return_trajectory: bool = False) -> OriginalSampleResult:
+def repa_sde(
+    network: OriginalNetwork,
+    noise: Tensor,
+    transport=None,
+    *,
+    steps: int = 250,
+    labels: Optional[Tensor] = None,
+    null_label: int = 1000,
+    cfg_scale: float = 1.8,
+    guidance_low: float = 0.0,
+    guidance_high: float = 0.7,
+    path_type: str = "linear",
+    noise_source=None,
+    return_trajectory: bool = False,
+) -> OriginalSampleResult:
     """REPA's ``euler_maruyama_sampler``: :func:`repae_sde`'s maths and conventions (the model call
     ``model(x, t, y)[0]`` is the adapter's business); defaults are REPA's headline (FID 1.42; README
     l.124-135: ``--mode sde --num-steps 250 --cfg-scale 1.8 --guidance-high 0.7``; 422 rows / B at 250 steps).
     """
-    return _sde(network, noise, steps, labels, null_label, cfg_scale, guidance_low, guidance_high, path_type,
-                noise_source, return_trajectory, "repa_sde")
+    return _sde(
+        network,
+        noise,
+        steps,
+        labels,
+        null_label,
+        cfg_scale,
+        guidance_low,
+        guidance_high,
+        path_type,
+        noise_source,
+        return_trajectory,
+        "repa_sde",
+    )
 
 
-@original(OriginalInfo(name="repae_ode", source="samplers.py euler_sampler (l.47-103)",
-                       convention="velocity_noise_at_one", paper_nfe=_paper_nfe, **_REPAE))
+@original(
+    OriginalInfo(
+        name="repae_ode",
+        source="samplers.py euler_sampler (l.47-103)",
+        convention="velocity_noise_at_one",
+        paper_nfe=_paper_nfe,
+        **_REPAE,
+    )
+)
 @torch.no_grad()
-def repae_ode(network: OriginalNetwork, noise: Tensor, transport=None, *, steps: int = 50,
-              labels: Optional[Tensor] = None, null_label: int = 1000, cfg_scale: float = 1.5,
-              guidance_low: float = 0.0, guidance_high: float = 1.0, path_type: str = "linear",
-              noise_source=None, return_trajectory: bool = False) -> OriginalSampleResult:
+def repae_ode(
+    network: OriginalNetwork,
+    noise: Tensor,
+    transport=None,
+    *,
+    steps: int = 50,
+    labels: Optional[Tensor] = None,
+    null_label: int = 1000,
+    cfg_scale: float = 1.5,
+    guidance_low: float = 0.0,
+    guidance_high: float = 1.0,
+    path_type: str = "linear",
+    noise_source=None,
+    return_trajectory: bool = False,
+) -> OriginalSampleResult:
     """REPA-E's ``euler_sampler`` (ODE Euler, ``heun=False``; module docstring). Defaults: REPA-E's
     ``generate.py`` defaults (l.246-253: 50 steps, cfg 1.5, interval [0, 1]). ``noise_source`` is unused."""
-    return _ode(network, noise, steps, labels, null_label, cfg_scale, guidance_low, guidance_high, path_type,
-                return_trajectory, "repae_ode")
+    return _ode(
+        network,
+        noise,
+        steps,
+        labels,
+        null_label,
+        cfg_scale,
+        guidance_low,
+        guidance_high,
+        path_type,
+        return_trajectory,
+        "repae_ode",
+    )
 
 
-@original(OriginalInfo(name="repa_ode", source="samplers.py euler_sampler (l.46-102)",
-                       convention="velocity_noise_at_one", paper_nfe=_paper_nfe, **_REPA))
+@original(
+    OriginalInfo(
+        name="repa_ode",
+        source="samplers.py euler_sampler (l.46-102)",
+        convention="velocity_noise_at_one",
+        paper_nfe=_paper_nfe,
+        **_REPA,
+    )
+)
 @torch.no_grad()
-def repa_ode(network: OriginalNetwork, noise: Tensor, transport=None, *, steps: int = 50,
-             labels: Optional[Tensor] = None, null_label: int = 1000, cfg_scale: float = 1.5,
-             guidance_low: float = 0.0, guidance_high: float = 1.0, path_type: str = "linear",
-             noise_source=None, return_trajectory: bool = False) -> OriginalSampleResult:
+def repa_ode(
+    network: OriginalNetwork,
+    noise: Tensor,
+    transport=None,
+    *,
+    steps: int = 50,
+    labels: Optional[Tensor] = None,
+    null_label: int = 1000,
+    cfg_scale: float = 1.5,
+    guidance_low: float = 0.0,
+    guidance_high: float = 1.0,
+    path_type: str = "linear",
+    noise_source=None,
+    return_trajectory: bool = False,
+) -> OriginalSampleResult:
     """REPA's ``euler_sampler``: the same as :func:`repae_ode`. ``noise_source`` is unused."""
-    return _ode(network, noise, steps, labels, null_label, cfg_scale, guidance_low, guidance_high, path_type,
-                return_trajectory, "repa_ode")
+    return _ode(
+        network,
+        noise,
+        steps,
+        labels,
+        null_label,
+        cfg_scale,
+        guidance_low,
+        guidance_high,
+        path_type,
+        return_trajectory,
+        "repa_ode",
+    )
 
 
 __all__ = ["sit_sde_grid", "sit_ode_grid", "repae_sde", "repa_sde", "repae_ode", "repa_ode"]

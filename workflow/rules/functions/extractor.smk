@@ -17,7 +17,11 @@ def _classifier_experiment(wc):
 
 
 def _inception_weights():
-    found = {e["extractor"].get("weights") for e in WF.experiments.values() if e.get("extractor", {}).get("kind") == "inception"}
+    found = {
+        e["extractor"].get("weights")
+        for e in WF.experiments.values()
+        if e.get("extractor", {}).get("kind") == "inception"
+    }
     found.discard(None)
     if len(found) > 1:
         raise WorkflowError(f"extractor.weights: experiments name different Inception weights {sorted(found)}")
@@ -36,8 +40,11 @@ def _reference_inputs(wc, marker):
     ev, ref = exp["evaluation"], reference_batch(exp)
     out = {"weights": extractor_weights(exp)}
     if ref:
-        where = f"{WF.declared_in[('references', ref[0])]}: references.{ref[0]}.source" \
-            if isinstance(ev["reference_batch"], str) else f"{WF.files[exp['name']]}: evaluation.reference_batch.source"
+        where = (
+            f"{WF.declared_in[('references', ref[0])]}: references.{ref[0]}.source"
+            if isinstance(ev["reference_batch"], str)
+            else f"{WF.files[exp['name']]}: evaluation.reference_batch.source"
+        )
         out["batch"] = source_file("references", ref[0], ref[1], where)
     else:
         out["images"] = f"{shards_dir(exp)}/{ev['reference_split']}.json"

@@ -6,8 +6,10 @@ def _latents_experiment(wc):
     declared once, under autoencoders), as {"data": {...}} for autoencoder_inputs / autoencoder_kwargs."""
     settings = data_settings(wc.dataset, wc.resolution)
     if wc.autoencoder not in settings["autoencoders"]:
-        raise WorkflowError(f"no experiment has data {wc.dataset} at {wc.resolution} with autoencoder "
-                            f"{wc.autoencoder}; expected one of {settings['autoencoders']}")
+        raise WorkflowError(
+            f"no experiment has data {wc.dataset} at {wc.resolution} with autoencoder "
+            f"{wc.autoencoder}; expected one of {settings['autoencoders']}"
+        )
     return {"data": {"autoencoder": wc.autoencoder}}
 
 

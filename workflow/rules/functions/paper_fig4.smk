@@ -3,5 +3,7 @@
 
 def fig4_inputs(wc):
     first = sampler_experiment(FIG4_SAMPLERS[0.0])
-    return {"checkpoints": [checkpoint(SAMPLERS[s]["model"]) for s in FIG4_SAMPLERS.values()],
-            "autoencoder": autoencoder_inputs(first)}
+    return {
+        "checkpoints": [checkpoint(SAMPLERS[s]["model"]) for s in FIG4_SAMPLERS.values()],
+        "autoencoder": autoencoder_inputs(first),
+    }

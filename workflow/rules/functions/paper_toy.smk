@@ -18,8 +18,18 @@ def toy_figure_outputs(figure, subcategory, scale_label="miniature (2-D toy)"):
     name = FIGURE_FILES[figure]
     labels = {"figure": subcategory, "scale": scale_label, "file": name}
     return {
-        "png": report(f"results/figures/{{scale}}/{name}.png", caption=f"../report/paper_{figure}.rst",
-                      category="Paper figures", subcategory=subcategory, labels=dict(labels, kind="plot")),
-        "csv": report(f"results/figures/{{scale}}/{name}.csv", caption=f"../report/paper_{figure}.rst",
-                      category="Paper figures", subcategory=subcategory, labels=dict(labels, kind="data")),
+        "png": report(
+            f"results/figures/{{scale}}/{name}.png",
+            caption=f"../report/paper_{figure}.rst",
+            category="Paper figures",
+            subcategory=subcategory,
+            labels=dict(labels, kind="plot"),
+        ),
+        "csv": report(
+            f"results/figures/{{scale}}/{name}.csv",
+            caption=f"../report/paper_{figure}.rst",
+            category="Paper figures",
+            subcategory=subcategory,
+            labels=dict(labels, kind="data"),
+        ),
     }

@@ -4,8 +4,10 @@
 def table_rows(table):
     """Row labels and the paper's numbers, from the config (not evaluation inputs: editing them reruns
     only the table)."""
-    return json.dumps({s: {"label": SAMPLERS[s].get("label"), "paper": SAMPLERS[s].get("paper", [])}
-                       for s in TABLES[table]}, sort_keys=True)
+    return json.dumps(
+        {s: {"label": SAMPLERS[s].get("label"), "paper": SAMPLERS[s].get("paper", [])} for s in TABLES[table]},
+        sort_keys=True,
+    )
 
 
 def table_strips(table):

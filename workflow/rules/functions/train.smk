@@ -4,8 +4,11 @@
 def training_inputs(wc):
     exp = model_experiment(wc.model)
     spec = MODELS[wc.model]
-    out = {"latents": f"{latents_dir(exp)}/train.json", "stats": f"{latents_dir(exp)}/stats.pt",
-           "autoencoder": autoencoder_inputs(exp)}
+    out = {
+        "latents": f"{latents_dir(exp)}/train.json",
+        "stats": f"{latents_dir(exp)}/stats.pt",
+        "autoencoder": autoencoder_inputs(exp),
+    }
     if spec.get("init"):
         out["init"] = checkpoint(spec["init"])
     if spec.get("init") or spec.get("teacher"):
