@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_spec, log, set_threads  # noqa: E402
-
-from ucgm_core.metrics.evaluation import EXTRACTORS, ReferenceSource, cache_reference, evaluate_shards  # noqa: E402
-from ucgm_core.metrics.specs import FeatureExtractorSpec  # noqa: E402
+from ucgm_core.stage import load_spec, log, set_threads
+from ucgm_core.metrics.evaluation import EXTRACTORS, ReferenceSource, cache_reference, evaluate_shards
+from ucgm_core.metrics.specs import FeatureExtractorSpec
 
 
 def parse_args(argv=None) -> argparse.Namespace:

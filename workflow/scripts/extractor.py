@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import log, set_threads  # noqa: E402
-
-from ucgm_core.metrics.extractor_prep import prepare_inception_weights, train_shard_classifier  # noqa: E402
+from ucgm_core.stage import log, set_threads
+from ucgm_core.metrics.extractor_prep import prepare_inception_weights, train_shard_classifier
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import log  # noqa: E402
-
-from ucgm_core.report import FIG2_COLUMNS, ReportError, fig2_frame, paper_table, plot_fig2, write_csv  # noqa: E402
+from ucgm_core.stage import log
+from ucgm_core.report import FIG2_COLUMNS, ReportError, fig2_frame, paper_table, plot_fig2, write_csv
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,12 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import log  # noqa: E402
-
-from ucgm_core.models.pretrained import import_pretrained  # noqa: E402
+from ucgm_core.stage import log
+from ucgm_core.models.pretrained import import_pretrained
 
 
 def build_parser() -> argparse.ArgumentParser:

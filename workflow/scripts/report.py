@@ -20,11 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import log  # noqa: E402
-
-from ucgm_core.figures import plot_fid_vs_nfe, shard_grid, shard_rows_grid  # noqa: E402
-from ucgm_core.report import labels_from_json, metric_series, results_table, write_csv  # noqa: E402
+from ucgm_core.stage import log
+from ucgm_core.figures import plot_fid_vs_nfe, shard_grid, shard_rows_grid
+from ucgm_core.report import labels_from_json, metric_series, results_table, write_csv
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,15 +20,12 @@ import argparse
 import json
 import signal
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_spec, log, set_threads  # noqa: E402
-
-from ucgm_core.distributed import PREEMPTED_EXIT_CODE  # noqa: E402
-from ucgm_core.sampling.shard_writer import SamplerSpec, ShardRequest, write_shard  # noqa: E402
+from ucgm_core.stage import load_spec, log, set_threads
+from ucgm_core.distributed import PREEMPTED_EXIT_CODE
+from ucgm_core.sampling.shard_writer import SamplerSpec, ShardRequest, write_shard
 
 
 def parse_args(argv=None) -> argparse.Namespace:

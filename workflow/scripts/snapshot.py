@@ -15,10 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import log  # noqa: E402
-
-from ucgm_core.training.run import export_snapshot  # noqa: E402
+from ucgm_core.stage import log
+from ucgm_core.training.run import export_snapshot
 
 
 def main(argv=None) -> int:

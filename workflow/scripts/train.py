@@ -28,10 +28,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_spec, log, set_threads  # noqa: E402
-
-from ucgm_core.training.run import SpecError, TrainJob, fingerprint, train  # noqa: E402
+from ucgm_core.stage import load_spec, log, set_threads
+from ucgm_core.training.run import SpecError, TrainJob, fingerprint, train
 
 __all__ = ["fingerprint", "main", "parse_args"]  # fingerprint: tests name the state folder through it
 
