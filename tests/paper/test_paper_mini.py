@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from ucgm_core.data.download import file_digest
-from ucgm_core.workflow_config import load_workflow, split_model_ref
+from ucgm_core.config import load_workflow, split_model_ref
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_assets import MINI_RESOLUTION, make_paper_assets  # noqa: E402

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ucgm_core.workflow_config import load_workflow
+from ucgm_core.config import load_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = os.path.dirname(sys.executable)
@@ -295,7 +295,7 @@ def test_every_baseline_row_names_its_original_sampler_and_nfe(workflow_config):
 
 def test_experiments_with_the_same_data_agree_on_its_prep_jobs(overlay):
     """Shards and latents are shared by the experiments with that dataset and resolution: one data.prep_jobs."""
-    from ucgm_core.workflow_config import ConfigError
+    from ucgm_core.config import ConfigError
 
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg.update(yaml.safe_load(overlay.read_text()))

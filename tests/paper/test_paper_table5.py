@@ -20,7 +20,7 @@ from typing import Dict, List, NamedTuple, Tuple
 import pytest
 import yaml
 
-from ucgm_core.workflow_config import Workflow, load_workflow
+from ucgm_core.config import Workflow, load_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTO = [1.17, 0.8, 1.1]

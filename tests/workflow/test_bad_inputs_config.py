@@ -16,7 +16,7 @@ from typing import Callable, List, NamedTuple
 import pytest
 import yaml
 
-from ucgm_core.workflow_config import ConfigError, load_workflow, validate_config
+from ucgm_core.config import ConfigError, load_workflow, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "config" / "config.yaml"

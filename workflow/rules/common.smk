@@ -1,6 +1,6 @@
 # Shared helpers: config validation (before any job runs), paths and per-rule parameters.
 # The main config (config/config.yaml) and every file in its `experiments:` list form one namespace of
-# models, samplers and tables (ucgm_core.workflow_config.load_workflow); each model and sampler keeps the
+# models, samplers and tables (ucgm_core.config.load_workflow); each model and sampler keeps the
 # data, extractor and evaluation settings of the experiment that defines it.
 import json
 import os
@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from ucgm_core.workflow_config import ConfigError, load_workflow, split_model_ref
+from ucgm_core.config import ConfigError, load_workflow, split_model_ref
 
 try:
     WF = load_workflow(
