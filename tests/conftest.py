@@ -181,3 +181,20 @@ def smoke_local(tmp_path_factory) -> SmokeRun:
     if run.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
     return SmokeRun(work, run.stdout + run.stderr, time.monotonic() - start)
+
+
+def load_test_module(relpath: str):
+    """The test module ``tests/<relpath>`` (another folder's helpers, e.g. ``models/test_external_integration.py``),
+    imported by its path: under pytest's default import mode only the folders of collected test files are on
+    ``sys.path``, so a plain import would depend on which folders a run collects."""
+    import importlib
+    import importlib.util
+
+    name = Path(relpath).stem
+    if name in sys.modules:  # already collected in this session: the same module object
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / relpath)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module

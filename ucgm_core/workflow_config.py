@@ -7,13 +7,9 @@ cross-checks), ``samplers`` (sampler options) and ``workflow`` (experiments merg
 from __future__ import annotations
 
 from .config.checks import DECLARED_SECTIONS, split_model_ref
-from .config.samplers import option_checks
 from .config.samplers import sampler_option_names
 from .config.schema import SCHEMA_PATH, ConfigError, load_config, validate_config
 from .config.workflow import Workflow, deep_merge, load_workflow, source_stem
-
-# the table of option value checks, under its old name (tests read it)
-_option_checks = option_checks
 
 __all__ = [
     "ConfigError",

@@ -431,7 +431,10 @@ def test_sample_script_precision(tmp_path, signal_handlers_kept):
 def test_every_family_trains_and_samples_under_bf16(case, fixtures_dir):
     """The paper configs train with precision bf16: every network family's objective step, backward and
     UCGM-S sampling run under bf16 autocast (on the CPU here) and stay finite and close to fp32."""
-    from test_external_integration import _build, _inputs
+    from conftest import load_test_module
+
+    ext = load_test_module("models/test_external_integration.py")
+    _build, _inputs = ext._build, ext._inputs
 
     from ucgm_core.accel import autocast
 

@@ -76,10 +76,10 @@ def test_every_option_default_is_a_valid_config_value(method):
 
 
 def test_every_checked_option_is_an_option_of_some_sampler():
-    from ucgm_core.workflow_config import _option_checks  # the table of value checks (test-only access)
+    from ucgm_core.config.samplers import option_checks  # the table of value checks
 
     knobs = {k for m in SAMPLERS for k in sampler_option_names(m)}
-    assert set(_option_checks()) - knobs == set(), "checks for options no sampler takes"
+    assert set(option_checks()) - knobs == set(), "checks for options no sampler takes"
 
 
 def _documented_default(description: str, choices: tuple) -> str:
