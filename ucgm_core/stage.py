@@ -8,7 +8,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, TextIO
 
 
 def load_spec(text_or_path: str, what: str = "--spec") -> Any:
@@ -28,9 +28,9 @@ def load_spec(text_or_path: str, what: str = "--spec") -> Any:
         return yaml.safe_load(f)
 
 
-def log(msg: str) -> None:
-    """``[HH:MM:SS] msg``, flushed (job logs are read while the job runs)."""
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+def log(msg: str, file: Optional[TextIO] = None) -> None:
+    """``[HH:MM:SS] msg`` to ``file`` (default stdout), flushed (job logs are read while the job runs)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=file, flush=True)
 
 
 def set_threads(n: int | None) -> None:

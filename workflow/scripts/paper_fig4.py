@@ -8,11 +8,12 @@ autoencoder), ``seed``, ``num_images``, ``steps``, ``columns``.
 """
 
 import json
+from functools import partial
 import sys
-import time
 from pathlib import Path
 
 from ucgm_core.figures_paper.xhat_stage import make_xhat_figure
+from ucgm_core.stage import log
 
 
 def from_snakemake(smk) -> None:
@@ -29,7 +30,7 @@ def from_snakemake(smk) -> None:
             num_images=int(smk.params.num_images),
             steps=int(smk.params.steps),
             columns=int(smk.params.columns),
-            log=lambda msg: handle.write(f"[{time.strftime('%H:%M:%S')}] {msg}\n"),
+            log=partial(log, file=handle),
         )
 
 

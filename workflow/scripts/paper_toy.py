@@ -13,25 +13,21 @@ Settings: a JSON mapping of config ``paper_toy`` keys (``--settings``; defaults 
 
 import argparse
 import json
-import time
+from functools import partial
 from pathlib import Path
-from typing import Callable, List
+from typing import List
 
 import torch
 
 from ucgm_core.figures_paper.plots import PLOTS
 from ucgm_core.figures_paper.toy_stage import plot_toy_figure, toy_figure, train_toy
-
-
-def stamped(write: Callable[[str], object]) -> Callable[[str], None]:
-    """A logger writing ``[HH:MM:SS] msg`` lines through ``write``."""
-    return lambda msg: write(f"[{time.strftime('%H:%M:%S')}] {msg}\n")
+from ucgm_core.stage import log as stamped_log
 
 
 def from_snakemake(smk) -> None:
     """Entry point under ``script:``: the rule's ``params.task`` says what to do; messages go to ``log[0]``."""
     Path(smk.log[0]).parent.mkdir(parents=True, exist_ok=True)
-    log = stamped(open(smk.log[0], "a", buffering=1).write)
+    log = partial(stamped_log, file=open(smk.log[0], "a", buffering=1))
     settings = json.loads(smk.params.settings)
     if smk.params.task == "train":
         train_toy(smk.wildcards.toymodel, str(smk.output[0]), settings, log)
@@ -62,7 +58,7 @@ def main(argv: List[str] | None = None) -> None:
     for p in sub.choices.values():
         p.add_argument("--settings", default="{}", help="JSON mapping of config paper_toy keys")
     args = parser.parse_args(argv)
-    log = stamped(lambda line: print(line, end="", flush=True))
+    log = stamped_log
     if args.task == "train":
         train_toy(args.key, args.out, json.loads(args.settings), log)
     elif args.task == "figure":
