@@ -97,7 +97,7 @@ def test_train_schema_defaults_equal_settings_defaults():
         else:  # no schema default on purpose (a filled-in key would change every spec): the text says it
             assert _stated_default(prop) == _as_text(fields[key]), (key, prop.get("description"), fields[key])
         checked += 1
-    assert checked == len(set(fields) - set(RUNTIME_FIELDS)) == 16
+    assert checked == len(set(fields) - set(RUNTIME_FIELDS)) == 17
 
 
 def test_workflow_train_key_defaults_equal_the_run_module():

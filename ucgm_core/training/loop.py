@@ -58,6 +58,7 @@ from .. import accel
 from .. import distributed as ud
 from ..io import atomic_torch_save, atomic_write
 from .ema import EMA, unwrap
+from .lr_schedule import LRSchedule
 from .posthoc_ema import PosthocEMA
 from .objective import UCGMConfig, UCGMObjective, label_drop_count
 from .optim import build_optimizer, clip_gradients_, load_optimizer_state, scrub_nonfinite_grads_
@@ -97,6 +98,7 @@ class TrainSettings:
     seeding: str = "stream"  # or "step": draws keyed by (seed, step), independent of the process count
     micro_batch: Optional[int] = None  # per-process micro-batch (gradient accumulation); None: no accumulation
     max_nonfinite_steps: int = 10  # consecutive steps with a NaN/inf loss or gradients that stop training
+    lr_schedule: Optional[Mapping[str, Any]] = None  # warm-up / decay (.lr_schedule.LRSchedule); None: constant lr
 
     @classmethod
     def from_dict(cls, train: Mapping[str, Any], **runtime: Any) -> "TrainSettings":
@@ -127,6 +129,9 @@ class TrainSettings:
             values["betas"] = tuple(values["betas"])
         if "tf32" in values:
             values["tf32"] = bool(values["tf32"])
+        if values.get("lr_schedule") is not None:
+            values["lr_schedule"] = dict(values["lr_schedule"])
+            LRSchedule.from_dict(values["lr_schedule"])  # bad keys or values refused here, by name
         return cls(**values, **runtime)
 
 
@@ -334,6 +339,7 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.params, settings.optimizer, settings.lr, settings.betas, settings.weight_decay
         )  # fused kernels on CUDA where torch has them
+        self.lr_schedule = LRSchedule.from_dict(settings.lr_schedule)
         self.ema = ema if ema is not None else EMA(model, settings.ema_decay, init=settings.ema_init)
         self.posthoc_ema = posthoc_ema
         self.state = TrainState()
@@ -498,6 +504,12 @@ class Trainer:
         )
 
     # -- one step --------------------------------------------------------------------------
+    def _set_lr(self) -> None:
+        """The learning rate of the step about to be taken (``state.step + 1``) from ``train.lr_schedule``."""
+        lr = self.settings.lr * self.lr_schedule.factor(self.state.step + 1, self.settings.steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def step(self) -> Tensor:
         """One optimizer step; returns this rank's (detached) mean loss over its part of the batch."""
         if self.settings.seeding == "step":
@@ -510,6 +522,7 @@ class Trainer:
         out.loss.backward()
         clip_gradients_(self.params, self.settings.max_grad_norm)
         self.last_nonfinite = self._nonfinite_step(out.loss, scrub_nonfinite_grads_(self.params))
+        self._set_lr()
         self.optimizer.step()
         self.ema.update(self.model)
         if self.posthoc_ema is not None:
@@ -547,6 +560,7 @@ class Trainer:
             total += loss.detach()
         clip_gradients_(self.params, s.max_grad_norm)
         self.last_nonfinite = self._nonfinite_step(total, scrub_nonfinite_grads_(self.params))
+        self._set_lr()
         self.optimizer.step()
         self.ema.update(self.model)
         if self.posthoc_ema is not None:

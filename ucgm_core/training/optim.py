@@ -1,7 +1,8 @@
 """Optimizers and gradient hygiene of the UCGM-T outer loop (method doc, Sec. 1.2 "Outer loop").
 
 Per step: zero_grad -> backward -> optional clip (``max_grad_norm``) -> NaN/Inf gradients zeroed
-in place -> optimizer step -> evaluation-EMA update. Constant learning rate, no warm-up.
+in place -> optimizer step -> evaluation-EMA update. The learning rate is constant, as in the original,
+unless ``train.lr_schedule`` sets one (:mod:`.lr_schedule`).
 
 ``train.optimizer`` names (the original's ``optimizer.type`` where it has one):
 
