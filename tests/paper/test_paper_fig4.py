@@ -15,13 +15,14 @@ import pytest
 import torch
 
 from ucgm_core.autoencoders import get_autoencoder
+from ucgm_core.config import ConfigError
 from ucgm_core.data.loader import LatentNormalizer
 from ucgm_core.figures_paper.xhat import CSV_COLUMNS, LambdaRun, shown_steps, write_xhat_figure, xhat_trajectories
 from ucgm_core.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_paper_plan_figures import overlay, snakemake  # noqa: E402,F401 (the module fixture)
-from test_paper_plan import planned  # noqa: E402
+from test_paper_plan import load_with_overlay, planned  # noqa: E402
 
 C, S, K = 4, 8, 3
 LAMBDAS = (0.0, 0.5, 1.0)
@@ -124,6 +125,21 @@ def test_paper_scale_plans_fig4_once_on_one_gpu_after_its_models(overlay, tmp_pa
     assert fig3 == ["paper"]
     assert not [j for j in jobs if j["rule"] == "paper_toy_fig4"]
     assert "paper_scale" in {j["rule"] for j in jobs}
+
+
+def test_fig4_run_length_and_columns_are_config_keys_with_the_paper_defaults(overlay, tmp_path):  # noqa: F811
+    """paper_fig4 (workflow/rules/paper_fig4.smk's params): the schema's defaults are the paper's 60 steps, 8
+    shown steps, one run per lambda; an overlay changes them and a bad value is refused naming the key."""
+    wf = load_with_overlay(overlay)
+    assert wf.experiments[wf.main]["paper_fig4"] == {"steps": 60, "columns": 8, "images": 1}
+    custom = tmp_path / "custom.yaml"
+    custom.write_text(overlay.read_text() + "paper_fig4: {steps: 30, columns: 4}\n")
+    wf = load_with_overlay(custom)
+    assert wf.experiments[wf.main]["paper_fig4"] == {"steps": 30, "columns": 4, "images": 1}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(overlay.read_text() + "paper_fig4: {steps: 0}\n")
+    with pytest.raises(ConfigError, match="paper_fig4"):
+        load_with_overlay(bad)
 
 
 def test_script_runs_from_checkpoints_and_refuses_mixed_experiments(tmp_path):

@@ -38,6 +38,7 @@ from ucgm_core.figures_paper.toy_runs import (
     train_model,
 )
 from ucgm_core.figures_paper.toy_model import ToyMLP
+from ucgm_core.figures_paper.toy_stage import train_toy
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = os.path.dirname(sys.executable)
@@ -139,12 +140,27 @@ def test_model_keys_round_trip_and_refusals():
     for key in figure_models("fig2a") + figure_models("fig2b") + figure_models("fig3"):
         assert parse_model_key(key).key == key
     assert len(set(figure_models("fig2b"))) == 10 and "gmix-Random-l0-z0.45" in figure_models("fig2b")
+    # Fig. 3's lambda = 1 models are tuned from the lambda = 0 model of the same data; Fig. 2a's are not
+    tuned = parse_model_key("moons-Linear-l1-z1-tuned")
+    assert tuned == ModelSpec("moons", "Linear", 1.0, 1.0, tuned=True) and tuned.key == "moons-Linear-l1-z1-tuned"
+    assert (
+        tuned.parent == ModelSpec("moons", "Linear", 0.0, 0.0) and parse_model_key("moons-Linear-l1-z0").parent is None
+    )
+    assert sorted(figure_models("fig3")) == sorted(
+        f"{d}-Linear-{m}" for d in ("moons", "scurve", "swissroll") for m in ("l0-z0", "l1-z1-tuned")
+    )
+    assert not [k for k in figure_models("fig2a") + figure_models("fig4") if k.endswith("-tuned")]
+    few = tuned.objective()
+    assert (few.consistency_ratio, few.enhanced_ratio, few.enhanced_style) == (1.0, 1.0, "fc-vs-xz")
+    assert few.teacher_decay == 1.0 and tuple(few.time_dist) == (0.8, 1.0, 1.0)
     for bad, message in (
         ("gmix_Linear", "malformed"),
         ("cube-Linear-l0-z0", "dataset 'cube' is unknown"),
         ("gmix-VP-l0-z0", "transport 'VP' is unknown"),
         ("gmix-Linear-l2-z0", "out of range"),
         ("gmix-Linear-l0.50-z0", "not canonical"),
+        ("gmix-Linear-l0-z0-tuned", "a tuned model needs lambda > 0"),
+        ("gmix-Linear-l1-z0-tune", "malformed"),
     ):
         with pytest.raises(ValueError, match=message):
             parse_model_key(bad)
@@ -172,6 +188,72 @@ def test_training_is_deterministic_and_learns():
     # the untrained network returns about its noise (sliced W2 about 0.40 from the moons); 400 steps bring
     # the 16-step samples to about 0.16 (the data floor at 1000 points is about 0.05)
     assert distance(trained.eval(), spec, ev, 16) < 0.6 * distance(untrained.eval(), spec, ev, 16)
+
+
+def test_paper_toy_schema_keys_and_defaults_are_the_settings_fields():
+    """The config's paper_toy keys (schema, documented in config/README.md) are exactly the fields of
+    TrainSettings and EvalSettings, with the same defaults: a key added to one must be added to the other."""
+    from ucgm_core.config import SCHEMA_PATH
+
+    props = yaml.safe_load(Path(SCHEMA_PATH).read_text())["properties"]["paper_toy"]["properties"]
+    fields = {**TrainSettings.__dataclass_fields__, **EvalSettings.__dataclass_fields__}
+    assert sorted(props) == sorted(fields)
+    for name, field in fields.items():
+        assert props[name]["default"] == field.default, name
+    readme = (ROOT / "config" / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `paper_toy` |"))
+    assert not [name for name in fields if f"`{name}`" not in row]
+
+
+def test_tuned_model_starts_from_its_parent_and_refuses_a_wrong_one():
+    parent_spec = ModelSpec("moons", "Linear", 0.0, 0.0)
+    # EMA decays 0: the saved weights are the online weights, so 20 Adam steps at lr 1e-2 move the parent's
+    # far from its initialisation (Adam moves a weight by about lr per step)
+    small = TrainSettings(
+        train_steps=20,
+        batch_size=64,
+        width=16,
+        depth=1,
+        lr=1e-2,
+        ema_decay=0.0,
+        tune_steps=3,
+        tune_lr=1e-12,
+        tune_ema_decay=0.0,
+    )
+    parent = train_model(parent_spec, small, log=lambda _: None)
+    spec = parse_model_key("moons-Linear-l1-z1-tuned")
+    tuned = train_model(spec, small, log=lambda _: None, parent=parent)
+    assert tuned["parent"] == "moons-Linear-l0-z0" and tuned["steps"] == 3 and len(tuned["losses"]) == 3
+    assert all(math.isfinite(v) for _, v in tuned["losses"])
+    # three RAdam steps at lr 1e-12 move no weight by more than ~1e-11 (RAdam's first steps are momentum
+    # SGD with bias-corrected gradients of order 1), so the tuned weights equal the parent's to 1e-6, while the
+    # parent is far from the seeded initialisation a model trained from scratch starts from
+    for name, value in parent["state_dict"].items():
+        assert torch.allclose(tuned["state_dict"][name], value, atol=1e-6), name
+    torch.manual_seed(small.seed)
+    init = ToyMLP(NUM_CLASSES["moons"], 16, 1).state_dict()
+    assert max(float((init[k] - v).abs().max()) for k, v in parent["state_dict"].items()) > 0.05
+    scratch = train_model(ModelSpec("moons", "Linear", 1.0, 1.0), small, log=lambda _: None)
+    with pytest.raises(ValueError, match="needs its parent checkpoint 'moons-Linear-l0-z0'; got none"):
+        train_model(spec, small, log=lambda _: None)
+    with pytest.raises(ValueError, match="parent checkpoint holds 'moons-Linear-l1-z1'; expected 'moons-Linear-l0-z0'"):
+        train_model(spec, small, log=lambda _: None, parent=scratch)
+    with pytest.raises(ValueError, match=r"width/depth \{'width': 16, 'depth': 1\}; expected the settings' width=32"):
+        train_model(spec, TrainSettings(width=32, depth=1, tune_steps=1), log=lambda _: None, parent=parent)
+
+
+def test_train_toy_requires_a_parent_file_exactly_for_tuned_models(tmp_path):
+    settings = {"train_steps": 2, "batch_size": 16, "width": 8, "depth": 1, "tune_steps": 2}
+    parent = tmp_path / "moons-Linear-l0-z0.pt"
+    train_toy("moons-Linear-l0-z0", str(parent), settings, lambda _: None)
+    with pytest.raises(ValueError, match=r"moons-Linear-l1-z1-tuned: parent file None; expected the cached"):
+        train_toy("moons-Linear-l1-z1-tuned", str(tmp_path / "a.pt"), settings, lambda _: None)
+    with pytest.raises(ValueError, match=r"expected none \(trained from scratch\)"):
+        train_toy("moons-Linear-l1-z1", str(tmp_path / "b.pt"), settings, lambda _: None, str(parent))
+    lines = []
+    train_toy("moons-Linear-l1-z1-tuned", str(tmp_path / "c.pt"), settings, lines.append, str(parent))
+    assert f"trained 2 steps from {parent}" in lines[-1]
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["parent"] == "moons-Linear-l0-z0"
 
 
 def test_consistency_model_trains_with_the_real_objective():
@@ -216,6 +298,7 @@ OVERLAY = {
     "width": 16,
     "depth": 2,
     "ema_decay": 0.9,
+    "tune_steps": 10,
     "eval_samples": 64,
     "eval_seeds": 1,
     "fig3_trajectories": 3,
@@ -309,7 +392,22 @@ def test_every_toy_figure_through_snakemake(tmp_path):
     f4 = frames["fig4"]
     assert len(f4) == 3 * 7 * 5 and sorted(f4["lambda"].unique()) == [0.0, 0.5, 1.0]
     assert np.isfinite(f4[["t", "x", "y"]].to_numpy()).all()
-    assert len(list((work / "results" / "paper_mini" / "toy").glob("*.pt"))) == 20
+    toy = work / "results" / "paper_mini" / "toy"
+    assert len(list(toy.glob("*.pt"))) == 20
+    # Fig. 3's lambda = 1 models: tuned from their lambda = 0 model, which their rule takes as input (built first)
+    for ds in ("moons", "scurve", "swissroll"):
+        tuned, parent = toy / f"{ds}-Linear-l1-z1-tuned.pt", toy / f"{ds}-Linear-l0-z0.pt"
+        assert torch.load(tuned, weights_only=True)["parent"] == parent.stem
+        assert tuned.stat().st_mtime >= parent.stat().st_mtime
+        log = (work / "results" / "logs" / "paper_toy" / f"model_{tuned.stem}.log").read_text()
+        assert f"trained 10 steps from results/paper_mini/toy/{parent.name}" in log
+    fig3_log = (work / "results" / "logs" / "paper_toy" / "paper_mini_fig3.log").read_text()
+    for ds in ("moons", "scurve", "swissroll"):
+        for steps, rho in ((1, 0), (2, 0), (2, 1)):
+            assert (
+                f"fig3 {ds}: mean end-point distance lambda=0 (32 steps) vs {ds}-Linear-l1-z1-tuned ({steps} step(s), rho={rho})"
+                in fig3_log
+            )
     # a second run has nothing to do; an evaluation budget reruns the figures, not the models
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(work, config, "-n", "paper_mini"))
     cfg["paper_toy"] = dict(OVERLAY, eval_seeds=2)

@@ -8,7 +8,9 @@ toy model; sample and measure the cached models of one figure, write its CSV and
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
 
 from ..io import atomic_write
 from .plots import PLOTS
@@ -26,14 +28,22 @@ from .toy_runs import (
 __all__ = ["train_toy", "toy_figure", "plot_toy_figure"]
 
 
-def train_toy(key: str, out: str, settings: Mapping, log: Callable[[str], None]) -> None:
-    """Train the toy model ``key`` (e.g. ``gmix-Linear-l0-z0``) and cache it at ``out``."""
+def train_toy(key: str, out: str, settings: Mapping, log: Callable[[str], None], parent: Optional[str] = None) -> None:
+    """Train the toy model ``key`` (e.g. ``gmix-Linear-l0-z0``) and cache it at ``out``; a tuned model
+    (``moons-Linear-l1-z1-tuned``) starts from the cached ``parent`` file (its lambda = 0 model)."""
     spec = parse_model_key(key)
+    if spec.tuned != (parent is not None):
+        raise ValueError(
+            f"toy model {key}: parent file {parent!r}; expected "
+            + (f"the cached {spec.parent.key}.pt" if spec.tuned else "none (trained from scratch)")
+        )
     train_settings, _ = split_settings(dict(settings))
-    ckpt = train_model(spec, train_settings, log=log)
+    start = None if parent is None else torch.load(parent, map_location="cpu", weights_only=True)
+    ckpt = train_model(spec, train_settings, log=log, parent=start)
     save_model(ckpt, out)
+    origin = "" if parent is None else f" from {parent}"
     log(
-        f"{key}: trained {train_settings.train_steps} steps in {ckpt['seconds']:.1f} s "
+        f"{key}: trained {ckpt['steps']} steps{origin} in {ckpt['seconds']:.1f} s "
         f"({ckpt['cpu_seconds']:.1f} s CPU) -> {out}"
     )
 

@@ -5,10 +5,9 @@
 # as they are, with stochasticity set to 0 so that every run keeps the shared noise. The miniature
 # (results/figures/paper_mini/...) is workflow/rules/paper_toy.smk's rule paper_toy_fig4.
 
+# Run length, shown steps and runs per lambda: config key `paper_fig4` (steps 60, the paper's run length;
+# columns 8, x_hat at 8 evenly spaced steps, the CSV holding the same steps; images 1, as the paper shows).
 FIG4_SAMPLERS = {0.0: "fig2a_lambda000", 0.5: "fig2a_lambda050", 1.0: "fig2a_lambda100"}
-FIG4_STEPS = 60  # the paper's run length
-FIG4_COLUMNS = 8  # x_hat shown at 8 evenly spaced steps (the CSV holds the same steps)
-FIG4_IMAGES = 1  # one run per lambda, as the paper shows
 
 
 include: "functions/paper_fig4.smk"
@@ -48,8 +47,8 @@ rule paper_fig4_xhat:
         options=lambda wc: json.dumps([SAMPLERS[s]["options"] for s in FIG4_SAMPLERS.values()], sort_keys=True),
         ae_kwargs=lambda wc: autoencoder_kwargs(sampler_experiment(FIG4_SAMPLERS[0.0])),
         seed=lambda wc: evaluation_of(FIG4_SAMPLERS[0.0])["seed"],
-        num_images=FIG4_IMAGES,
-        steps=FIG4_STEPS,
-        columns=FIG4_COLUMNS,
+        num_images=lambda wc: fig4_setting("images"),
+        steps=lambda wc: fig4_setting("steps"),
+        columns=lambda wc: fig4_setting("columns"),
     script:
         "../scripts/paper_fig4.py"

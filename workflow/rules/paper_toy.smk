@@ -3,7 +3,13 @@
 # Each figure is results/figures/paper_mini/<name>.png with <name>.csv beside it (the same columns as the
 # paper-scale results/figures/paper/<name>.csv of workflow/rules/paper_figures.smk). Models are cached one
 # file each in results/paper_mini/toy/ and shared by the figures. Budgets: config key `paper_toy`.
-from ucgm_core.figures_paper.toy_runs import FIGURE_FILES, MODEL_KEY_PATTERN, TrainSettings, figure_models
+from ucgm_core.figures_paper.toy_runs import (
+    FIGURE_FILES,
+    MODEL_KEY_PATTERN,
+    TrainSettings,
+    figure_models,
+    parse_model_key,
+)
 
 TOY_DIR = "results/paper_mini/toy"
 
@@ -11,7 +17,11 @@ TOY_DIR = "results/paper_mini/toy"
 include: "functions/paper_toy.smk"
 
 
+# A "-tuned" model (Fig. 3's lambda = 1) takes its lambda = 0 model as input: it starts from it and keeps it
+# as its frozen teacher.
 rule paper_toy_model:
+    input:
+        unpack(toy_parent),
     output:
         f"{TOY_DIR}/{{toymodel}}.pt",
     log:

@@ -4,6 +4,7 @@
 Run by Snakemake's ``script:`` directive (workflow/rules/paper_toy.smk), or by hand:
 
     python workflow/scripts/paper_toy.py train gmix-Linear-l0-z0 results/paper_mini/toy/gmix-Linear-l0-z0.pt
+    python workflow/scripts/paper_toy.py train moons-Linear-l1-z1-tuned out.pt --parent moons-Linear-l0-z0.pt
     python workflow/scripts/paper_toy.py figure fig2a out.csv out.png results/paper_mini/toy/*.pt
     python workflow/scripts/paper_toy.py plot fig2a out.csv out.png
 
@@ -30,7 +31,8 @@ def from_snakemake(smk) -> None:
     log = partial(stamped_log, file=open(smk.log[0], "a", buffering=1))
     settings = json.loads(smk.params.settings)
     if smk.params.task == "train":
-        train_toy(smk.wildcards.toymodel, str(smk.output[0]), settings, log)
+        parent = str(smk.input.parent) if "parent" in smk.input.keys() else None
+        train_toy(smk.wildcards.toymodel, str(smk.output[0]), settings, log, parent)
     elif smk.params.task == "figure":
         toy_figure(
             smk.params.figure, str(smk.output.csv), str(smk.output.png), [str(p) for p in smk.input], settings, log
@@ -46,6 +48,7 @@ def main(argv: List[str] | None = None) -> None:
     p = sub.add_parser("train", help="train one toy model")
     p.add_argument("key")
     p.add_argument("out")
+    p.add_argument("--parent", help="the cached lambda = 0 model a '-tuned' model starts from")
     p = sub.add_parser("figure", help="sample and measure, write a figure's CSV and PNG")
     p.add_argument("name", choices=sorted(PLOTS))
     p.add_argument("csv")
@@ -60,7 +63,7 @@ def main(argv: List[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log = stamped_log
     if args.task == "train":
-        train_toy(args.key, args.out, json.loads(args.settings), log)
+        train_toy(args.key, args.out, json.loads(args.settings), log, args.parent)
     elif args.task == "figure":
         toy_figure(args.name, args.csv, args.png, args.models, json.loads(args.settings), log)
     else:

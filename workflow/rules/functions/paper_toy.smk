@@ -10,6 +10,12 @@ def toy_settings(train_only=False):
     return json.dumps(cfg, sort_keys=True)
 
 
+def toy_parent(wildcards):
+    """The input of a toy model: {"parent": its lambda = 0 model's file} for a tuned model, else nothing."""
+    parent = parse_model_key(wildcards.toymodel).parent
+    return {} if parent is None else {"parent": f"{TOY_DIR}/{parent.key}.pt"}
+
+
 def toy_models(figure):
     return [f"{TOY_DIR}/{key}.pt" for key in figure_models(figure)]
 
