@@ -166,6 +166,31 @@ def _train_problems(where: str, t: dict) -> List[str]:
     return problems
 
 
+def _ema_select_problems(where: str, name: str, m: dict, samplers: dict) -> List[str]:
+    """``ema_select`` reconstructs EMA lengths from ``train.posthoc_ema``'s snapshots and samples them with
+    one of this model's samplers (same experiment): both must be there."""
+    sel = m.get("ema_select")
+    if not sel:
+        return []
+    problems = []
+    if not (m.get("train") or {}).get("posthoc_ema"):
+        problems.append(
+            f"{where}.ema_select: needs {where}.train.posthoc_ema (the snapshots each EMA length is "
+            "reconstructed from); expected e.g. train.posthoc_ema: {snapshot_every: N}, or no ema_select"
+        )
+    sampler = samplers.get(sel["sampler"])
+    if sampler is None:
+        problems.append(
+            f"{where}.ema_select.sampler: names unknown sampler {sel['sampler']!r}; expected one of {sorted(samplers)}"
+        )
+    elif sampler["model"] != name:
+        problems.append(
+            f"{where}.ema_select.sampler: sampler {sel['sampler']!r} samples model {sampler['model']!r}; "
+            f"expected a sampler of {name!r} (samplers.<sampler>.model: {name})"
+        )
+    return problems
+
+
 def _source_problems(where: str, entry: dict | None) -> List[str]:
     """An http:// ``source`` needs its ``sha256`` (a plain-text download can be altered on the way).
 
@@ -301,7 +326,7 @@ def cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List[
             problems += _architecture_problems(where, m, data)
         if m.get("pretrained"):
             problems += _source_problems(f"{where}.pretrained", m["pretrained"])
-            extra = [k for k in ("init", "teacher", "objective", "train") if m.get(k)]
+            extra = [k for k in ("init", "teacher", "objective", "train", "ema_select") if m.get(k)]
             if extra:
                 problems.append(
                     f"{where}.pretrained: a pretrained model is imported, not trained; remove {', '.join(extra)}"
@@ -312,6 +337,7 @@ def cross_checks(cfg: dict, all_samplers: Dict[str, Any] | None = None) -> List[
             problems.append(f"{where}: {' and '.join(lacking)} missing (needed unless the model is pretrained)")
             continue
         problems += _train_problems(where, m["train"])
+        problems += _ema_select_problems(where, name, m, cfg["samplers"])
         for role in ("init", "teacher"):
             full = m.get(role)
             if full is None:

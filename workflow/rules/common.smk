@@ -237,7 +237,7 @@ def model_spec(name):
     data = {k: d[k] for k in ("dataset", "autoencoder", "normalize_latents", "latent_multiplier")}
     if d.get("latent_stats"):
         data["latent_stats"] = d["latent_stats"]
-    spec = {k: v for k, v in MODELS[name].items() if k not in ("init", "teacher")}
+    spec = {k: v for k, v in MODELS[name].items() if k not in ("init", "teacher", "ema_select")}
     if "train" in spec:  # where and how long it runs is not what it trains: no rerun when those change
         spec["train"] = {k: v for k, v in spec["train"].items() if k not in ("gpus", "hours")}
     return json.dumps({**spec, "data": data}, sort_keys=True)
@@ -249,6 +249,15 @@ def checkpoint(ref):
     if step is None:
         return f"results/models/{name}/checkpoint.pt"
     return f"results/models/{name}/snapshots/step-{int(step):07d}.pt"
+
+
+def sampling_checkpoint(ref):
+    """The checkpoint whose weights are sampled for a model reference (samplers, a tuned model's teacher):
+    with models.<name>.ema_select, the EMA length it chose (checkpoint_ema.pt); otherwise checkpoint(ref)."""
+    name, step = split_model_ref(ref)
+    if step is None and (MODELS.get(name) or {}).get("ema_select"):
+        return f"results/models/{name}/checkpoint_ema.pt"
+    return checkpoint(ref)
 
 
 def model_resources(name, key, default):
@@ -319,6 +328,7 @@ def experiment_targets(exp):
     out += [f"results/figures/fid_vs_nfe/{s}.png" for s in samplers]
     out += [f"results/figures/grids/{s}_steps{n}.png" for s in samplers for n in SAMPLERS[s]["steps"]]
     out += [f"results/models/{m}/loss.png" for m in models if not MODELS[m].get("pretrained")]
+    out += [f"results/figures/{m}_fid_vs_ema.png" for m in models if MODELS[m].get("ema_select")]
     return out
 
 

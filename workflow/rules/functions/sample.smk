@@ -3,4 +3,4 @@
 
 def sample_inputs(wc):
     exp = sampler_experiment(wc.sampler)
-    return {"checkpoint": checkpoint(SAMPLERS[wc.sampler]["model"]), "autoencoder": autoencoder_inputs(exp)}
+    return {"checkpoint": sampling_checkpoint(SAMPLERS[wc.sampler]["model"]), "autoencoder": autoencoder_inputs(exp)}

@@ -12,7 +12,7 @@ def training_inputs(wc):
     if spec.get("init"):
         out["init"] = checkpoint(spec["init"])
     if spec.get("init") or spec.get("teacher"):
-        out["teacher"] = checkpoint(spec.get("teacher") or spec["init"])
+        out["teacher"] = sampling_checkpoint(spec.get("teacher") or spec["init"])
     return out
 
 
