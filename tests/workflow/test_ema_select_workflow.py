@@ -1,7 +1,8 @@
 """The ema_select rule for real on a tiny overlay of the smoke config (config/smoke.yaml): multistep trained
 with post-hoc EMA snapshots, three candidate lengths scored by FID on 60 images, then the ucgm sampler reads
-checkpoint_ema.pt and a tuned model's teacher does too (its init stays checkpoint.pt). About a minute on
-2 cores. Needs the Fashion-MNIST files of Debian's ``dataset-fashion-mnist`` (as test_workflow.py)."""
+checkpoint_ema.pt and a tuned model's teacher does too (its init stays checkpoint.pt). About 150 s of CPU
+(7 min of wall time on 2 loaded cores). Needs the Fashion-MNIST files of Debian's ``dataset-fashion-mnist``
+(as test_workflow.py)."""
 
 from __future__ import annotations
 
