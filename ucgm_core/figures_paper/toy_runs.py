@@ -113,31 +113,19 @@ class ModelSpec:
 
     def objective(self) -> UCGMConfig:
         """The UCGM-T settings of this model (module docstring)."""
-        if self.tuned:
-            return UCGMConfig(
-                transport=self.transport,
-                consistency_ratio=self.lam,
-                enhanced_ratio=self.zeta,
-                enhanced_style="fc-vs-xz" if self.zeta else None,
-                enhanced_range=(0.0, 0.75),
-                label_drop_ratio=0.1,
-                huber_c=HUBER_C,
-                teacher_decay=1.0,
-                time_dist=(0.8, 1.0, 1.0),
-                weighting="Cosine",
-                cosine_loss=False,
-                num_classes=NUM_CLASSES[self.dataset],
-            )
+        style, teacher_decay, time_dist = (
+            ("fc-vs-xz", 1.0, (0.8, 1.0, 1.0)) if self.tuned else ("ft-vs-fe", 0.999, (1.0, 1.0, 1.0))
+        )
         return UCGMConfig(
             transport=self.transport,
             consistency_ratio=self.lam,
             enhanced_ratio=self.zeta,
-            enhanced_style="ft-vs-fe" if self.zeta else None,
+            enhanced_style=style if self.zeta else None,
             enhanced_range=(0.0, 0.75),
             label_drop_ratio=0.1,
             huber_c=HUBER_C,
-            teacher_decay=0.999,
-            time_dist=(1.0, 1.0, 1.0),
+            teacher_decay=teacher_decay,
+            time_dist=time_dist,
             weighting="Cosine",
             cosine_loss=False,
             num_classes=NUM_CLASSES[self.dataset],
