@@ -23,6 +23,37 @@ def test_lambda0_without_enhancement_is_plain_flow_matching():
     torch.testing.assert_close(out.per_sample, (z - x).pow(2).flatten(1).mean(1).sqrt())
 
 
+class Affine(nn.Module):
+    """F = a x_t + b t: a network with parameters, so the loss's gradient can be checked in closed form."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Parameter(torch.tensor(0.3)), nn.Parameter(torch.tensor(-0.2))
+
+    def forward(self, x, t, y):
+        return self.a * x + self.b * t.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def test_mse_loss_is_the_conditional_flow_matching_loss():
+    """loss 'mse' with zeta = 0, lambda = 0, no weighting, no cosine term: the batch mean of
+    mean_{CHW}((F(x_t, t) - (z - x))^2) with x_t = t z + (1 - t) x, value and gradient (the CFM loss)."""
+    torch.manual_seed(0)
+    x, z, t = torch.randn(5, 2, 3, 3), torch.randn(5, 2, 3, 3), torch.rand(5)
+    cfg = UCGMConfig(num_classes=3, cosine_loss=False, weighting=None, loss="mse")
+    net = Affine()
+    out = UCGMObjective(cfg)(net, x, torch.zeros(5, dtype=torch.long), t=t, z=z)
+    tb = t.reshape(-1, 1, 1, 1)
+    x_t = tb * z + (1 - tb) * x
+    a, b = 0.3, -0.2
+    expected = ((a * x_t + b * tb - (z - x)) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(out.per_sample, expected)
+    torch.testing.assert_close(out.loss, expected.mean())
+    out.loss.backward()
+    r = a * x_t + b * tb - (z - x)  # d/da, d/db of mean((a x_t + b t - v)^2)
+    torch.testing.assert_close(net.a.grad, (2 * r * x_t).flatten(1).mean(1).mean())
+    torch.testing.assert_close(net.b.grad, (2 * r * tb).flatten(1).mean(1).mean())
+
+
 def test_label_drop_never_drops_everything():
     out = UCGMObjective(UCGMConfig(label_drop_ratio=0.1, num_classes=3))(
         Zero(), torch.randn(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)
@@ -37,6 +68,8 @@ def test_label_drop_never_drops_everything():
         (dict(enhanced_ratio=0.5, enhanced_style="bogus"), "enhanced_style"),
         (dict(time_dist=(1.0, 1.0)), "time_dist"),
         (dict(transport="VP"), "unknown transport"),
+        (dict(loss="l1"), r"loss='l1' is invalid; expected one of \('pseudo_huber', 'mse'\)"),
+        (dict(loss="mse", huber_c=5.0), r"huber_c=5.0 is invalid; expected 0 with loss 'mse'"),
     ],
 )
 def test_bad_config_is_refused(kw, match):

@@ -99,7 +99,7 @@ def test_table_naming_unknown_sampler():
     cfg = raw()
     cfg["tables"]["fmnist"].append("heun")
     (msg,) = problems(cfg)
-    assert msg.startswith("tables.fmnist[3]:") and "'heun'" in msg
+    assert msg.startswith(f"tables.fmnist[{len(cfg['tables']['fmnist']) - 1}]:") and "'heun'" in msg
 
 
 def test_unknown_architecture_dataset_and_model_loops():

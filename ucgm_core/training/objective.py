@@ -30,6 +30,7 @@ from .teacher import Teacher
 
 ENHANCED_STYLES = ("ft-vs-fe", "fc-vs-xz", "fc-vs-fe")
 WEIGHTINGS = (None, "Cosine")
+LOSSES = ("pseudo_huber", "mse")
 CENTRAL_DIFFERENCE_EPS = 0.005
 CENTRAL_DIFFERENCE_SCALE = 100.0  # 1 / (2 * eps)
 
@@ -50,6 +51,10 @@ class UCGMConfig:
         time_dist: (a, b, s): t = clamp(s * Beta(a, b), 0, 1) (``time_dist_ctrl``).
         weighting: ``Cosine`` (w = cos(1.57 t)) or None (``weight_funcion``).
         cosine_loss: add the channel-cosine term (``wt_cosine_loss``).
+        loss: ``pseudo_huber`` (the original's: pseudo-Huber of the per-sample RMSE, c = ``huber_c``) or
+            ``mse`` (the per-sample mean squared error of flow matching and EDM; not in the original). With
+            zeta = 0, lambda = 0, ``weighting`` None and no cosine term, ``mse`` is plain conditional flow
+            matching: the standard recipe the plug-and-play rows start from.
         num_classes: the null label is ``num_classes``.
     """
 
@@ -64,6 +69,7 @@ class UCGMConfig:
     time_dist: Sequence[float] = (1.0, 1.0, 1.0)
     weighting: Optional[str] = "Cosine"
     cosine_loss: bool = True
+    loss: str = "pseudo_huber"
     num_classes: int = 1000
 
     @classmethod
@@ -120,6 +126,10 @@ class UCGMConfig:
             bad("teacher_decay", self.teacher_decay, "a value in [0, 1]")
         if self.weighting not in WEIGHTINGS:
             bad("weighting", self.weighting, f"one of {WEIGHTINGS}")
+        if self.loss not in LOSSES:
+            bad("loss", self.loss, f"one of {LOSSES}")
+        if self.loss == "mse" and self.huber_c != 0:
+            bad("huber_c", self.huber_c, "0 with loss 'mse' (c belongs to the pseudo-Huber loss)")
         if self.num_classes < 1:
             bad("num_classes", self.num_classes, "an integer >= 1")
 
@@ -161,6 +171,11 @@ def pseudo_huber_rmse(pred: Tensor, target: Tensor, c: float) -> Tensor:
     """sqrt(mean_{CHW}((F - F~)^2) + c^2) - c per sample; the plain RMSE for c = 0 (Sec. 1.2 step 10)."""
     mse = (pred - target).pow(2).flatten(1).mean(1)
     return torch.sqrt(mse + c * c) - c
+
+
+def mean_squared_error(pred: Tensor, target: Tensor) -> Tensor:
+    """mean_{CHW}((F - F~)^2) per sample: the flow-matching (and EDM) loss before its time weight."""
+    return (pred - target).pow(2).flatten(1).mean(1)
 
 
 def channel_cosine_distance(pred: Tensor, target: Tensor) -> Tensor:
@@ -323,7 +338,10 @@ class UCGMObjective:
             nfe += used
 
         target = target.detach()
-        per_sample = pseudo_huber_rmse(F, target, cfg.huber_c)
+        if cfg.loss == "mse":
+            per_sample = mean_squared_error(F, target)
+        else:
+            per_sample = pseudo_huber_rmse(F, target, cfg.huber_c)
         if cfg.cosine_loss:
             per_sample = per_sample + channel_cosine_distance(F, target)
         weight = self._time_weight(t.reshape(B))
