@@ -291,6 +291,16 @@ def local_and_slurm(tmp_path_factory, request):
     }
 
 
+def _smoke_counts() -> dict:
+    """Jobs the smoke config makes: (sampler, steps) evaluations, sample shards, models trained from scratch."""
+    cfg = yaml.safe_load(SMOKE.read_text())
+    evals = sum(len(s["steps"]) for s in cfg["samplers"].values())
+    ev = cfg["evaluation"]
+    shards = evals * -(-ev["num_samples"] // ev["samples_per_shard"])
+    trained = sum(1 for m in cfg["models"].values() if "init" not in m)
+    return {"evaluate": evals, "sample": shards, "train": trained}
+
+
 def test_slurm_run_submits_the_cluster_rules(local_and_slurm):
     log = local_and_slurm["log"]
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+?)/", log)
@@ -298,7 +308,8 @@ def test_slurm_run_submits_the_cluster_rules(local_and_slurm):
     assert rules == (GPU_RULES | CPU_RULES) - {"pretrained"}, rules  # the smoke DAG imports no released weights
     assert not rules & LOCAL_RULES
     counts = {r: sum(1 for _, x in submitted if x == r) for r in rules}
-    assert counts["sample"] == 8 and counts["evaluate"] == 4 and counts["train"] == 1, counts
+    expected = _smoke_counts()  # 14 sample, 7 evaluate, 2 train jobs
+    assert {r: counts[r] for r in expected} == expected, counts
     # Each job's SLURM log is kept (--slurm-keep-successful-logs): the job really ran under SLURM.
     logs = list((local_and_slurm["slurm"] / ".snakemake" / "slurm_logs").glob("rule_*/**/*.log"))
     assert len(logs) == len(submitted), (len(logs), len(submitted))
@@ -313,7 +324,7 @@ def test_slurm_run_submits_the_cluster_rules(local_and_slurm):
 
 def test_slurm_run_uses_the_local_runs_threads(local_and_slurm):
     local, slurm = job_threads(local_and_slurm["local_log"]), job_threads(local_and_slurm["log"])
-    assert len(local) == 34 and set(local) == set(slurm), (sorted(local), sorted(slurm))
+    assert len(local) == 51 and set(local) == set(slurm), (sorted(local), sorted(slurm))
     differ = {job: (local[job], slurm[job]) for job in local if local[job] != slurm[job]}
     assert not differ, f"threads (local, SLURM) differ; update set-threads in profiles/slurm-local: {differ}"
 
@@ -340,7 +351,7 @@ def test_slurm_outputs_equal_local_outputs(local_and_slurm):
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     # The evaluations behind it at full precision (the table keeps 6 digits), all but paths and timings.
     evals = sorted(p.relative_to(local) for p in (local / "results" / "eval").rglob("*.json"))
-    assert len(evals) == 4
+    assert len(evals) == _smoke_counts()["evaluate"]
     for rel in evals:
         ea, eb = (_without_paths_and_timings(json.loads((root / rel).read_text()), root) for root in (local, slurm))
         assert ea == eb, rel
@@ -348,7 +359,7 @@ def test_slurm_outputs_equal_local_outputs(local_and_slurm):
     # carry the time they were written, and the metadata the checkpoint's absolute path and the seconds
     # sampling took (compared without those two).
     shards = sorted(p.relative_to(local) for p in (local / "results" / "samples").rglob("shard-*.npz"))
-    assert len(shards) == 8
+    assert len(shards) == _smoke_counts()["sample"]
     for rel in shards:
         with np.load(local / rel) as za, np.load(slurm / rel) as zb:
             assert sorted(za.files) == sorted(zb.files), rel
