@@ -169,8 +169,7 @@ def label_drop_count(ratio: float, batch: int) -> int:
 
 def pseudo_huber_rmse(pred: Tensor, target: Tensor, c: float) -> Tensor:
     """sqrt(mean_{CHW}((F - F~)^2) + c^2) - c per sample; the plain RMSE for c = 0 (Sec. 1.2 step 10)."""
-    mse = (pred - target).pow(2).flatten(1).mean(1)
-    return torch.sqrt(mse + c * c) - c
+    return torch.sqrt(mean_squared_error(pred, target) + c * c) - c
 
 
 def mean_squared_error(pred: Tensor, target: Tensor) -> Tensor:
