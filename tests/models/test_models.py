@@ -66,6 +66,16 @@ def test_unet_depends_on_t_and_y():
         assert not torch.allclose(base, model(x, torch.tensor([0.3, 0.3]), torch.tensor([2, 10])))
 
 
+def test_unet_time_scale_multiplies_t_before_the_embedding():
+    plain = _perturb(UNet(input_size=28, in_channels=1, num_classes=10)).eval()
+    scaled = UNet(input_size=28, in_channels=1, num_classes=10, time_scale=1000.0).eval()
+    scaled.load_state_dict(plain.state_dict())  # no parameter of its own: the same weights fit
+    x, y, t = torch.randn(2, 1, 28, 28), torch.tensor([1, 7]), torch.tensor([0.25, 0.5])
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(x, t, y), plain(x, t * 1000.0, y), rtol=0, atol=0)
+        assert not torch.allclose(scaled(x, t, y), plain(x, t, y))
+
+
 @pytest.mark.parametrize("t_value, guided", [(0.4, True), (0.75, True), (0.9, False)])
 def test_unet_forward_with_cfg(t_value, guided):
     model = _perturb(UNet(input_size=28, in_channels=1, num_classes=10)).eval()

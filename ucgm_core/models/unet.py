@@ -49,7 +49,9 @@ class UNet(ConditionalNet):
     """Class-conditional U-Net ``F(x, t, y)``: x [B, C, S, S], t [B] in [0, 1], y [B] in 0..K.
 
     ``channels[i]`` is the width of resolution level i (level 0 at S, or S/2 with ``unshuffle``);
-    each level has ``num_blocks`` residual blocks on the way down and on the way up.
+    each level has ``num_blocks`` residual blocks on the way down and on the way up. ``time_scale``
+    multiplies t before its sinusoidal features (TiT's features of raw t span at most one radian; 1000, as
+    DDPM-style networks, spreads them over the embedding's frequencies).
     """
 
     def __init__(
@@ -63,12 +65,13 @@ class UNet(ConditionalNet):
         mid_block: bool = False,
         emb_dim: int = 128,
         class_dropout_prob: float = 0.0,
+        time_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if unshuffle and input_size % 2:
             raise ValueError(f"the pixel-unshuffle stem needs an even input_size, got {input_size}")
         self.input_size, self.in_channels, self.num_classes = input_size, in_channels, num_classes
-        self.unshuffle = unshuffle
+        self.unshuffle, self.time_scale = unshuffle, float(time_scale)
         ch = list(channels)
         stem_ch = in_channels * (4 if unshuffle else 1)
 
@@ -93,7 +96,7 @@ class UNet(ConditionalNet):
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         t = self.check_inputs(x, t, y)
-        emb = F.silu(self.t_embedder(t) + self.y_embedder(y))
+        emb = F.silu(self.t_embedder(t * self.time_scale) + self.y_embedder(y))
         h = self.stem(F.pixel_unshuffle(x, 2) if self.unshuffle else x)
         skips = []
         for i, blocks in enumerate(self.enc):
