@@ -176,6 +176,23 @@ def test_tuning_value_leaves_multistep_alone(smoke, tmp_path):
     }, jobs
 
 
+def test_hflip_retrains_every_model_and_keeps_the_data(smoke, tmp_path):
+    """data.hflip reaches every training spec (smoke has it false): switching it on retrains and retunes
+    every model, and leaves the data (shards, latents), the extractor and the reference alone."""
+    cfg = edited_config(tmp_path, lambda c: c["data"].update(hflip=True))
+    jobs = planned_jobs(snakemake(smoke, "-n", config=cfg))
+    assert jobs["train"] == 2 and jobs["tune"] == 2, jobs
+    assert not {
+        "download",
+        "shards",
+        "shards_merge",
+        "latents",
+        "latents_merge",
+        "extractor_classifier",
+        "reference",
+    } & set(jobs)
+
+
 def test_html_report(smoke):
     snakemake(smoke, "--report", "report.html")
     html = (smoke / "report.html").read_bytes()

@@ -110,6 +110,7 @@ class TrainData:
     normalize_latents: bool = True
     latent_multiplier: float = 1.0
     latent_stats: Optional[dict] = None  # fixed {mean, std} per channel (e.g. EDM2's) instead of stats.pt
+    hflip: bool = True  # random horizontal flips (the original's, p = 1/2); false for orientation-bound data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainData":
@@ -346,6 +347,7 @@ def make_loader(b: Built, latents: Path) -> LatentLoader:
         s.batch_size // env.world_size,
         seed=s.seed,
         normalizer=b.normalizer,
+        flip_prob=0.5 if b.spec.data.hflip else 0.0,
         device=b.device,
         rank=env.rank,
         world_size=env.world_size,

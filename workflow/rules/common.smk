@@ -237,6 +237,8 @@ def model_spec(name):
     data = {k: d[k] for k in ("dataset", "autoencoder", "normalize_latents", "latent_multiplier")}
     if d.get("latent_stats"):
         data["latent_stats"] = d["latent_stats"]
+    if d.get("hflip") is False:  # only when off: the default leaves every earlier spec (and state) as it was
+        data["hflip"] = False
     spec = {k: v for k, v in MODELS[name].items() if k not in ("init", "teacher", "ema_select")}
     if "train" in spec:  # where and how long it runs is not what it trains: no rerun when those change
         spec["train"] = {k: v for k, v in spec["train"].items() if k not in ("gpus", "hours")}
