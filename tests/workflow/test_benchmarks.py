@@ -72,3 +72,53 @@ def test_flops_on_meta_equal_a_real_count():
     # backward = 2 x forward, less the input gradient of the patch embedding (the latents need none)
     assert 2.9 * counted["forward"] < counted["forward_backward"] < 3 * counted["forward"]
     assert gpu.step_flops("TiT-smoke/2", spec, "fewstep", 2)["nfe"] == 4
+
+
+def test_extractor_sensitivity_finds_mirrored_samples(tmp_path):
+    """benchmarks/extractor_sensitivity.py on blobs whose position encodes the class (a mirrored blob sits at
+    another class's place): every degradation scores above the floor, and in a sample folder whose images of
+    classes 1-4 are mirrored, those classes (and only those) are misread and far off in per-class FID."""
+    import gzip
+    import re
+    import struct
+
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tests" / "metrics"))
+    from test_metrics import make_blobs
+
+    from ucgm_core.metrics import classifier as clf_mod
+
+    def idx(arr: np.ndarray) -> bytes:
+        return bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape) + arr.tobytes()
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for prefix, n, seed in (("train", 600, 1), ("t10k", 400, 2)):
+        x, y = make_blobs(n, seed=seed)
+        (raw / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx(x[:, 0].numpy())))
+        (raw / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx(y.numpy().astype(np.uint8))))
+    x, y = make_blobs(600, seed=1)
+    cfg = clf_mod.ClassifierConfig(widths=(8, 16), feature_dim=32, dropout=0.0)
+    clf_mod.train_classifier(x, y, tmp_path / "clf.pt", seed=0, steps=120, batch_size=64, lr=3e-3, config=cfg)
+    s, labels = make_blobs(300, seed=3)
+    s = torch.where(((labels >= 1) & (labels <= 4))[:, None, None, None], s.flip(-1), s)
+    (tmp_path / "samples").mkdir()
+    np.savez(tmp_path / "samples" / "shard-0000.npz", images=s.permute(0, 2, 3, 1).numpy(), labels=labels.numpy())
+    script = ROOT / "benchmarks" / "extractor_sensitivity.py"
+    args = ["--extractor", str(tmp_path / "clf.pt"), "--raw", str(raw), "--num", "300"]
+    run = subprocess.run(
+        [sys.executable, str(script), *args, "--samples", str(tmp_path / "samples")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    fid = {m[0]: float(m[1]) for m in re.findall(r"^\| ([^|]+?) \| ([0-9.]+) \|$", run.stdout, re.M)}
+    assert len(fid) == 9 and min(fid, key=fid.get) == "none (the floor)", run.stdout  # every degradation costs
+    rows = re.findall(r"^\| (\d) \| (\d+) \| (\d+) \| ([0-9.]+) \|", run.stdout, re.M)
+    assert len(rows) == 10, run.stdout
+    accuracy = {int(c): float(a) for c, _, _, a in rows}
+    class_fid = {int(c): float(f) for c, _, f, _ in rows}
+    assert max(accuracy[c] for c in (1, 2, 3, 4)) < min(accuracy[c] for c in (0, 5, 6, 7, 8, 9)), run.stdout
+    assert min(class_fid[c] for c in (1, 2, 3, 4)) > 10 * max(class_fid[c] for c in (0, 5, 6, 7, 8, 9)), run.stdout
