@@ -48,7 +48,7 @@ LOCAL_RULES = {
     "sample_grid",
     "all",
 }
-GPU_RULES = {"latents", "extractor_classifier", "reference", "train", "tune", "sample", "evaluate"}
+GPU_RULES = {"latents", "extractor_classifier", "reference", "train", "tune", "sample", "evaluate", "ema_select"}
 CPU_RULES = {"shards", "pretrained"}
 # train / tune take their GPU count and time limit from the config (train.gpus, train.hours; the rules'
 # defaults 1 GPU and 24 / 12 hours) unless a profile overrides them
