@@ -186,7 +186,7 @@ CASES: List[Case] = [
     ),
     Case(
         "snapshot beyond train.steps",
-        _set("models.multistep.train.snapshots", [5000]),
+        _set("models.multistep.train.snapshots", [1600, 5000]),  # 1600: the default's fewstep teacher
         "models.multistep.train.snapshots:",
         ("[5000]", "train.steps 1600", "<= 1600"),
     ),
@@ -194,12 +194,12 @@ CASES: List[Case] = [
         "init snapshot not kept",
         _set("models.fewstep.init", "multistep@800"),
         "models.fewstep.init:",
-        ("'multistep@800'", "not in models.multistep.train.snapshots []"),
+        ("'multistep@800'", "not in models.multistep.train.snapshots [1600]"),
         alone=True,
     ),
     Case(
         "init snapshot beyond train.steps",
-        _both(_set("models.multistep.train.snapshots", [5000]), _set("models.fewstep.init", "multistep@5000")),
+        _both(_set("models.multistep.train.snapshots", [1600, 5000]), _set("models.fewstep.init", "multistep@5000")),
         "models.fewstep.init:",
         ("'multistep@5000'", "beyond models.multistep.train.steps 1600", "<= 1600"),
         others=("models.multistep.train.snapshots:",),
