@@ -33,6 +33,8 @@ rule train:
         "results/benchmarks/train/{model}.tsv"
     wildcard_constraints:
         model=models_where("trained"),
+    # the chain train -> snapshot -> tune is the DAG's longest path: its jobs go before ready samples
+    priority: 1
     threads: workflow.cores
     resources:
         gpu=lambda wc: model_resources(wc.model, "gpus", 1),
@@ -60,6 +62,7 @@ rule snapshot:
         "results/benchmarks/snapshot/{model}/step-{step}.tsv"
     wildcard_constraints:
         step=r"\d{7}",
+    priority: 1
     params:
         tool=tool_command("snapshot.py"),
     shell:
