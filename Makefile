@@ -9,6 +9,11 @@ VENV ?= .venv
 # on a GPU cluster install your CUDA pair first and set TORCH_PINS= to keep it.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
+# The default's networks are small (0.9 M parameters): two training jobs side by side on 1 thread each finish in
+# 0.81x the time of the two one after the other on 2 threads, and ema_select on 1 thread runs beside the few-step
+# tuning (benchmarks/README.md, "Training jobs side by side"). Not in profiles/default: Snakemake applies that
+# workflow profile on top of any --profile (profiles/slurm's set-threads too). On more cores: RUN_THREADS=
+RUN_THREADS ?= --set-threads train=1 tune=1 ema_select=1
 
 .PHONY: setup run test test-kernels lint bench
 $(VENV)/.installed: pyproject.toml
@@ -20,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 run: setup
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --profile profiles/default --cores $(CORES)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --profile profiles/default --cores $(CORES) $(RUN_THREADS)
 
 test: setup
 	$(VENV)/bin/python -m pytest -q -rs tests
