@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,12 +30,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def snakemake(workdir: Path, *args: str, config: Path = SMOKE, timeout: int = 1200) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, config: Path = SMOKE, snakefile: Path = ROOT / "Snakefile", timeout: int = 1200
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
     cmd = [
         os.path.join(BIN, "snakemake"),
         "--snakefile",
-        str(ROOT / "Snakefile"),
+        str(snakefile),
         "--directory",
         str(workdir),
         "--configfile",
@@ -123,6 +126,18 @@ def test_outputs_and_contract(smoke):
 
 def test_nothing_to_do_after_full_run(smoke):
     assert planned_jobs(snakemake(smoke, "-n")) == {}
+
+
+def test_moved_checkout_reruns_nothing(smoke, tmp_path):
+    """The same workflow from a copy of the checkout at another path (a clone elsewhere, another mount on a
+    cluster) finds every output up to date: no rule's params hold the checkout's path."""
+    moved = tmp_path / "moved checkout"
+    moved.mkdir()
+    shutil.copy2(ROOT / "Snakefile", moved / "Snakefile")
+    for folder in ("workflow", "config"):
+        shutil.copytree(ROOT / folder, moved / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    run = snakemake(smoke, "-n", config=moved / "config" / "smoke.yaml", snakefile=moved / "Snakefile")
+    assert planned_jobs(run) == {}, (run.stdout + run.stderr)[-3000:]
 
 
 def test_sampler_knob_reruns_only_that_sampler(smoke, tmp_path):

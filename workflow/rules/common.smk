@@ -18,13 +18,11 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
+# A stage tool's command is `{PY} {SCRIPTS:q}/<tool>.py` in the rule's shell, never in its `params`:
+# params are provenance, and the checkout's absolute path in them would rerun every job once the
+# checkout (or a copy of its results) is moved (tests/workflow/test_workflow.py).
 PY = "python"
 SCRIPTS = f"{workflow.basedir}/workflow/scripts"
-
-
-def tool_command(script):
-    """[python, <workflow/scripts/script>]: a stage tool's command, for `params` (rendered with `:q`)."""
-    return [PY, f"{SCRIPTS}/{script}"]
 
 
 MODELS = WF.models

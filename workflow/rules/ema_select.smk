@@ -23,9 +23,8 @@ rule ema_select:
         model=models_with_ema_select(),
     threads: workflow.cores
     params:
-        tool=tool_command("ema_select.py"),
         args=ema_select_args,
     shell:
-        "{params.tool:q} --checkpoint {input.checkpoint:q} {params.args:q} --weights {input.weights:q}"
+        "{PY} {SCRIPTS:q}/ema_select.py --checkpoint {input.checkpoint:q} {params.args:q} --weights {input.weights:q}"
         " --cache-dir results/reference/cache --out-checkpoint {output.checkpoint:q} --out-table {output.table:q}"
         " --out-figure {output.figure:q} --out-summary {output.summary:q} --threads {threads} > {log:q} 2>&1"

@@ -19,14 +19,13 @@ rule evaluate:
         steps=r"\d+",
     threads: 1
     params:
-        tool=tool_command("evaluate.py"),
         reference=lambda wc: reference_argv(sampler_experiment(wc.sampler)),
         kind=lambda wc: sampler_experiment(wc.sampler)["extractor"]["kind"],
         metrics=lambda wc: evaluation_of(wc.sampler)["metrics"],
         context=evaluation_context,
         expect=expected_shard_meta,
     shell:
-        "{params.tool:q} samples --shards {input.shards:q} {params.reference:q}"
+        "{PY} {SCRIPTS:q}/evaluate.py samples --shards {input.shards:q} {params.reference:q}"
         " --extractor {params.kind:q} --weights {input.weights:q} --cache-dir results/reference/cache"
         " --metrics {params.metrics:q} --context {params.context:q} --expect {params.expect:q}"
         " --threads {threads} --out {output:q} > {log:q} 2>&1"

@@ -18,11 +18,10 @@ rule extractor_classifier:
         "results/benchmarks/extractor/{data}.tsv"
     threads: 2
     params:
-        tool=tool_command("extractor.py"),
         steps=lambda wc: _classifier_experiment(wc)["extractor"]["train_steps"],
         seed=lambda wc: _classifier_experiment(wc)["extractor"]["seed"],
     shell:
-        "{params.tool:q} classifier --images results/shards/{wildcards.data:q} --steps {params.steps}"
+        "{PY} {SCRIPTS:q}/extractor.py classifier --images results/shards/{wildcards.data:q} --steps {params.steps}"
         " --seed {params.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
@@ -36,10 +35,9 @@ rule extractor_inception:
     benchmark:
         "results/benchmarks/extractor/inception.tsv"
     params:
-        tool=tool_command("extractor.py"),
         weights=lambda wc, input: ["--weights", input[0]] if input else [],
     shell:
-        "{params.tool:q} inception {params.weights:q} --out {output:q} > {log:q} 2>&1"
+        "{PY} {SCRIPTS:q}/extractor.py inception {params.weights:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule reference:
@@ -52,9 +50,8 @@ rule reference:
     benchmark:
         "results/benchmarks/reference/{ref}.tsv"
     params:
-        tool=tool_command("evaluate.py"),
         args=lambda wc: reference_argv(_reference_experiment(f"results/reference/{wc.ref}.json")),
         kind=lambda wc: _reference_experiment(f"results/reference/{wc.ref}.json")["extractor"]["kind"],
     shell:
-        "{params.tool:q} reference {params.args:q} --extractor {params.kind:q}"
+        "{PY} {SCRIPTS:q}/evaluate.py reference {params.args:q} --extractor {params.kind:q}"
         " --weights {input.weights:q} --cache-dir results/reference/cache --out {output:q} > {log:q} 2>&1"

@@ -24,13 +24,12 @@ rule latents:
         resolution=r"\d+",
         part=PREP_PART,
     params:
-        tool=tool_command("latents.py"),
         image_dir=lambda wc: f"results/shards/{wc.dataset}_{wc.resolution}",
         out_dir=lambda wc: f"results/latents/{wc.autoencoder}/{wc.dataset}_{wc.resolution}",
         ae_kwargs=lambda wc: autoencoder_kwargs(_latents_experiment(wc)),
         mode=_latents_mode_args,
     shell:
-        "{params.tool:q} --image-dir {params.image_dir:q} --out-dir {params.out_dir:q}"
+        "{PY} {SCRIPTS:q}/latents.py --image-dir {params.image_dir:q} --out-dir {params.out_dir:q}"
         " --autoencoder {wildcards.autoencoder:q} --ae-kwargs {params.ae_kwargs:q} --splits train"
         " {params.mode:q} > {log:q} 2>&1"
 
@@ -54,8 +53,7 @@ rule latents_merge:
         latent_data=one_of(LATENTS_IN_PARTS, "results/latents/"),
     threads: 1
     params:
-        tool=tool_command("latents.py"),
         parts=lambda wc: LATENTS_IN_PARTS[f"results/latents/{wc.latent_data}"],
     shell:
-        "{params.tool:q} --out-dir results/latents/{wildcards.latent_data:q} --splits train"
+        "{PY} {SCRIPTS:q}/latents.py --out-dir results/latents/{wildcards.latent_data:q} --splits train"
         " --merge-parts {input.manifests:q} --merge-stats {input.stats:q} --stats-out {output.stats:q} > {log:q} 2>&1"

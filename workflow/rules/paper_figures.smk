@@ -81,10 +81,8 @@ rule paper_mini:
         "results/logs/paper_figures/paper_mini.log",
     benchmark:
         "results/benchmarks/paper_figures/paper_mini.tsv"
-    params:
-        tool=tool_command("paper_figure.py"),
     shell:
-        "{params.tool:q} manifest --out {output} {input} > {log} 2>&1"
+        "{PY} {SCRIPTS:q}/paper_figure.py manifest --out {output} {input} > {log} 2>&1"
 
 
 rule paper_scale:
@@ -97,7 +95,5 @@ rule paper_scale:
         "results/logs/paper_figures/paper_scale.log",
     benchmark:
         "results/benchmarks/paper_figures/paper_scale.tsv"
-    params:
-        tool=tool_command("paper_figure.py"),
     shell:
-        "{params.tool:q} manifest --out {output} {input} > {log} 2>&1"
+        "{PY} {SCRIPTS:q}/paper_figure.py manifest --out {output} {input} > {log} 2>&1"

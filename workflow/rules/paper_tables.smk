@@ -54,11 +54,10 @@ rule paper_table:
         number=r"\d+",
         variant=r"[A-Za-z0-9]+",
     params:
-        tool=tool_command("paper_tables.py"),
         rows=lambda wc: table_rows(paper_table_name(wc)),
         references=lambda wc: json.dumps(PAPER_TABLE_REFERENCES[paper_table_name(wc)], sort_keys=True),
     shell:
-        "{params.tool:q} table --evals {input.evals:q} --rows {params.rows:q} "
+        "{PY} {SCRIPTS:q}/paper_tables.py table --evals {input.evals:q} --rows {params.rows:q} "
         "--references {params.references:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -81,10 +80,9 @@ rule paper_fig2_data:
         scale="paper",
         panel="|".join(FIG2_PANELS),
     params:
-        tool=tool_command("paper_tables.py"),
         coords=lambda wc: fig2_coords(wc.panel),
     shell:
-        "{params.tool:q} fig2 --figure {wildcards.panel} --evals {input:q} "
+        "{PY} {SCRIPTS:q}/paper_tables.py fig2 --figure {wildcards.panel} --evals {input:q} "
         "--coords {params.coords:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -106,7 +104,5 @@ rule paper_fig2_plot:
     wildcard_constraints:
         scale="paper",
         panel="|".join(FIG2_PANELS),
-    params:
-        tool=tool_command("paper_tables.py"),
     shell:
-        "{params.tool:q} plot --figure {wildcards.panel} --csv {input:q} --out {output:q} > {log:q} 2>&1"
+        "{PY} {SCRIPTS:q}/paper_tables.py plot --figure {wildcards.panel} --csv {input:q} --out {output:q} > {log:q} 2>&1"

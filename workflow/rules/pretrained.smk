@@ -17,7 +17,6 @@ rule pretrained:
     wildcard_constraints:
         model=models_where("pretrained"),
     params:
-        tool=tool_command("pretrained.py"),
         args=pretrained_args,
     shell:
-        "{params.tool:q} --weights {input.weights:q} {params.args:q} --out {output:q} > {log:q} 2>&1"
+        "{PY} {SCRIPTS:q}/pretrained.py --weights {input.weights:q} {params.args:q} --out {output:q} > {log:q} 2>&1"

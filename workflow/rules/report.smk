@@ -19,10 +19,9 @@ rule table:
     benchmark:
         "results/benchmarks/table/{table}.tsv"
     params:
-        tool=tool_command("report.py"),
         rows=lambda wc: table_rows(wc.table),
     shell:
-        "{params.tool:q} table --evals {input.evals:q} --rows {params.rows:q} --out {output:q} > {log:q} 2>&1"
+        "{PY} {SCRIPTS:q}/report.py table --evals {input.evals:q} --rows {params.rows:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule table_figure:
@@ -35,10 +34,9 @@ rule table_figure:
     benchmark:
         "results/benchmarks/figures/{table}_fid_vs_nfe.tsv"
     params:
-        tool=tool_command("report.py"),
         title=lambda wc: f"{wc.table}: FID versus NFE",
     shell:
-        "{params.tool:q} fid-vs-nfe --evals {input:q} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
+        "{PY} {SCRIPTS:q}/report.py fid-vs-nfe --evals {input:q} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule table_samples:
@@ -51,10 +49,9 @@ rule table_samples:
     benchmark:
         "results/benchmarks/figures/{table}_samples.tsv"
     params:
-        tool=tool_command("report.py"),
         labels=lambda wc: json.dumps([f"{SAMPLERS[s].get('label') or s}, {n} steps" for s, n in table_strips(wc.table)]),
     shell:
-        "{params.tool:q} rows-grid --shards {input:q} --labels-json {params.labels:q} --out {output:q}"
+        "{PY} {SCRIPTS:q}/report.py rows-grid --shards {input:q} --labels-json {params.labels:q} --out {output:q}"
         " > {log:q} 2>&1"
 
 
@@ -73,10 +70,9 @@ rule sampler_figure:
     benchmark:
         "results/benchmarks/figures/fid_vs_nfe/{sampler}.tsv"
     params:
-        tool=tool_command("report.py"),
         title=lambda wc: f"{wc.sampler}: FID versus NFE",
     shell:
-        "{params.tool:q} fid-vs-nfe --evals {input:q} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
+        "{PY} {SCRIPTS:q}/report.py fid-vs-nfe --evals {input:q} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule sample_grid:
@@ -96,7 +92,6 @@ rule sample_grid:
     wildcard_constraints:
         steps=r"\d+",
     params:
-        tool=tool_command("report.py"),
         size=lambda wc: evaluation_of(wc.sampler)["grid_size"],
     shell:
-        "{params.tool:q} grid --shard {input:q} --size {params.size} --out {output:q} > {log:q} 2>&1"
+        "{PY} {SCRIPTS:q}/report.py grid --shard {input:q} --size {params.size} --out {output:q} > {log:q} 2>&1"

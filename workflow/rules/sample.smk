@@ -20,7 +20,6 @@ rule sample:
         shard=r"\d{4}",
     threads: 1
     params:
-        tool=tool_command("sample.py"),
         spec=lambda wc: sampler_spec(wc.sampler),
         ae_kwargs=lambda wc: autoencoder_kwargs(sampler_experiment(wc.sampler)),
         num_samples=lambda wc: evaluation_of(wc.sampler)["num_samples"],
@@ -28,7 +27,7 @@ rule sample:
         seed=lambda wc: evaluation_of(wc.sampler)["seed"],
         batch_size=lambda wc: evaluation_of(wc.sampler)["batch_size"],
     shell:
-        "{params.tool:q} --checkpoint {input.checkpoint:q} --spec {params.spec:q} --steps {wildcards.steps}"
+        "{PY} {SCRIPTS:q}/sample.py --checkpoint {input.checkpoint:q} --spec {params.spec:q} --steps {wildcards.steps}"
         " --ae-kwargs {params.ae_kwargs:q} --shard {wildcards.shard} --samples-per-shard {params.samples_per_shard}"
         " --num-samples {params.num_samples} --seed {params.seed} --batch-size {params.batch_size}"
         " --threads {threads} --out {output:q} > {log:q} 2>&1"

@@ -22,7 +22,6 @@ rule shards:
         part=PREP_PART,
     threads: 1
     params:
-        tool=tool_command("shards.py"),
         raw=lambda wc: raw_location(_shards_experiment(wc)),
         out_dir=lambda wc: f"results/shards/{wc.dataset}_{wc.resolution}",
         num_classes=lambda wc: (
@@ -32,7 +31,7 @@ rule shards:
         ),
         part=_shards_part_args,
     shell:
-        "{params.tool:q} --dataset {wildcards.dataset:q} --raw-dir {params.raw:q}"
+        "{PY} {SCRIPTS:q}/shards.py --dataset {wildcards.dataset:q} --raw-dir {params.raw:q}"
         " --out-dir {params.out_dir:q} --resolution {wildcards.resolution} --splits {wildcards.split}"
         " {params.num_classes:q} {params.part:q} --workers {threads} > {log:q} 2>&1"
 
@@ -58,8 +57,7 @@ rule shards_merge:
         split="train|test",
     threads: 1
     params:
-        tool=tool_command("shards.py"),
         parts=lambda wc: SHARDS_IN_PARTS[f"results/shards/{wc.data}"],
     shell:
-        "{params.tool:q} --out-dir results/shards/{wildcards.data:q} --splits {wildcards.split}"
+        "{PY} {SCRIPTS:q}/shards.py --out-dir results/shards/{wildcards.data:q} --splits {wildcards.split}"
         " --merge-parts {input:q} > {log:q} 2>&1"

@@ -40,12 +40,11 @@ rule train:
         gpu=lambda wc: model_resources(wc.model, "gpus", 1),
         runtime=lambda wc, attempt: int(60 * model_resources(wc.model, "hours", 24)) * attempt,
     params:
-        script=f"{SCRIPTS}/train.py",
         spec=lambda wc: model_spec(wc.model),
         args=training_args,
         launcher=launcher,
     shell:
-        "{params.launcher:q} {params.script:q} {params.args:q} --spec {params.spec:q}"
+        "{params.launcher:q} {SCRIPTS:q}/train.py {params.args:q} --spec {params.spec:q}"
         " --out-dir results/models/{wildcards.model:q} --state-dir results/state/{wildcards.model:q}"
         " --threads {threads} > {log:q} 2>&1"
 
@@ -63,7 +62,5 @@ rule snapshot:
     wildcard_constraints:
         step=r"\d{7}",
     priority: 1
-    params:
-        tool=tool_command("snapshot.py"),
     shell:
-        "{params.tool:q} --checkpoint {input:q} --step {wildcards.step} --out {output:q} > {log:q} 2>&1"
+        "{PY} {SCRIPTS:q}/snapshot.py --checkpoint {input:q} --step {wildcards.step} --out {output:q} > {log:q} 2>&1"
