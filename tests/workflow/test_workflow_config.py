@@ -37,6 +37,32 @@ def test_shipped_configs_validate(path):
         assert set(rows) <= set(cfg["samplers"])
 
 
+def _leaves(d, prefix=()):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, prefix + (k,))
+        else:
+            yield prefix + (k,), v
+
+
+def test_fewstep_long_overlay_changes_only_the_few_step_tuning():
+    """config/fewstep_long.yaml, merged as `--configfile config/config.yaml config/fewstep_long.yaml` merges it
+    (Snakemake's update_config), validates and changes the few-step tuning's length and zeta, nothing else."""
+    from snakemake.utils import update_config
+
+    base, merged = raw(), raw()
+    update_config(merged, raw(ROOT / "config" / "fewstep_long.yaml"))
+    validate_config(merged, "config/fewstep_long.yaml")
+    validate_config(base)
+    before, after = dict(_leaves(base)), dict(_leaves(merged))
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert changed == {
+        ("models", "fewstep", "objective", "enhanced_ratio"),
+        ("models", "fewstep", "train", "steps"),
+    }
+    assert after[("models", "fewstep", "train", "steps")] == 4 * before[("models", "fewstep", "train", "steps")]
+
+
 def test_defaults_are_filled():
     cfg = raw(SMOKE)
     cfg["samplers"]["euler"].pop("options", None)
