@@ -60,7 +60,7 @@ def test_fewstep_long_overlay_changes_only_the_few_step_tuning():
         ("models", "fewstep", "objective", "enhanced_ratio"),
         ("models", "fewstep", "train", "steps"),
     }
-    assert after[("models", "fewstep", "train", "steps")] == 4 * before[("models", "fewstep", "train", "steps")]
+    assert after[("models", "fewstep", "train", "steps")] == 3 * before[("models", "fewstep", "train", "steps")]
 
 
 def test_defaults_are_filled():
