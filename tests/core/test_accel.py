@@ -4,9 +4,11 @@ scaled_dot_product_attention path of the U-Nets against the originals' fixtures.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from ucgm_core.training.optim import build_optimizer, load_optimizer_state
 # bf16 keeps 8 significand bits (relative rounding 2^-9 = 2e-3 per op); a tiny network's loss and a
 # sample after 8 steps land within a few times that of float32 (measured: 4e-3 and 2e-3 relative)
 BF16_REL = 3e-2
+BF16_TRAIN_REL = 1.5e-1  # a few training steps: Adam's first, sign-like updates (test_bf16_training_within_...)
 
 
 def _tiny_tit(seed=123, in_channels=1, num_classes=3):
@@ -117,7 +120,11 @@ def test_bf16_training_within_tolerance_of_fp32(tmp_path, objective):
     rel = np.abs(a - b) / np.abs(a)
     print(f"losses fp32 {a} bf16 {b}: relative difference {rel.max():.2e}")
     assert not np.array_equal(a, b)  # autocast acted on the CPU
-    assert rel.max() < BF16_REL
+    # The first loss is one forward in bf16: within BF16_REL. The later ones follow weights after Adam steps,
+    # whose first updates are about +-lr per element whatever the gradient's size, so a gradient element whose
+    # sign bf16 flips moves by 2 lr: measured 4e-3 where bf16 is emulated in float32, 6.2e-2 on the third loss on
+    # a CPU with native bf16 (AVX-512 BF16 / AMX, a Xeon of family 6 model 167).
+    assert rel[0] < BF16_REL and rel.max() < BF16_TRAIN_REL, rel
     for p in (*bf16.model.parameters(), *bf16.ema.module.parameters()):
         assert p.dtype == torch.float32  # weights, EMA (and so the optimizer states) stay float32
     w32 = torch.cat([p.flatten() for p in fp32.ema.module.parameters()])
@@ -427,10 +434,27 @@ def test_sample_script_precision(tmp_path, signal_handlers_kept):
     assert not existing_shard_matches(tmp_path / "bf16.npz", {**request, "precision": "fp32"})
 
 
+def _bf16_attention_backend():
+    """Quirk: with ATEN_CPU_CAPABILITY=default (`make test-kernels`) on a CPU with native bf16 (AVX-512 BF16 / AMX),
+    torch's fused CPU attention in bf16 still packs its operands with AVX-512 code and raises "pack_vnni2 is only
+    supported when avx512 is supported" (torch 2.14, a Xeon of family 6 model 167). Under that capability the test
+    takes the math attention; under the machine's own kernels it runs the fused one, as training does."""
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "default":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
+
+
 @pytest.mark.parametrize("case", ["sit-repa", "lightningdit", "ddt", "edm2", "songunet-cond"])
 def test_every_family_trains_and_samples_under_bf16(case, fixtures_dir):
     """The paper configs train with precision bf16: every network family's objective step, backward and
     UCGM-S sampling run under bf16 autocast (on the CPU here) and stay finite and close to fp32."""
+    with _bf16_attention_backend():
+        _every_family_trains_and_samples_under_bf16(case, fixtures_dir)
+
+
+def _every_family_trains_and_samples_under_bf16(case, fixtures_dir):
     from conftest import load_test_module
 
     ext = load_test_module("models/test_external_integration.py")

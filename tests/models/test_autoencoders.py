@@ -82,7 +82,11 @@ def _perturb_norms(model, seed=1):
         for name, p in model.named_parameters():
             if p.ndim == 1:
                 p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn(p.shape, generator=g))
-    return model.eval()
+    # Quirk: the loaders return frozen networks (requires_grad False), and torch's linear can take another float32
+    # kernel for weights that require grad, even under no_grad: on an AVX-512 FP16 Xeon (family 6 model 167) the
+    # attention's to_q differed by 3.6e-7 with bitwise-equal weights and inputs, and these perturbed norms amplify
+    # that to 1.4e-4 in the decoded image. Frozen like the loaders' networks, the reference runs the same kernels.
+    return model.eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")

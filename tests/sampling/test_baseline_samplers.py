@@ -298,12 +298,34 @@ def run_file(d: Dict, monkeypatch) -> Dict:
     return out
 
 
-def state_atol(name: str, dtype: torch.dtype) -> float:
-    """The README's tolerance for states and results of file ``name`` (module docstring)."""
+def state_atol(name: str, dtype: torch.dtype, exact_f: bool = FIXTURE_KERNELS) -> float:
+    """The README's tolerance for states and results of file ``name`` (module docstring); ``exact_f``: the
+    network's outputs equal the recorded ones bit for bit."""
     short_edm = name.startswith("edm") and int(name.rsplit("steps", 1)[1].split(".")[0]) <= 8
-    if FIXTURE_KERNELS and dtype == torch.float64:
+    if exact_f and dtype == torch.float64:
         return 1e-12  # bit-identical F: only float64 rounding remains
     return 5e-5 if short_edm else 1e-6
+
+
+_EXACT_F: Dict[str, bool] = {}
+
+
+def f_is_bit_identical(fixtures_dir: Path) -> bool:
+    """Whether this machine reproduces every recorded network output of the fixtures bit for bit. Quirk: an AVX2 /
+    AVX-512 capability is not enough: on a Xeon of family 6 model 167 the fixture network's float32 F differs in
+    the last bits under both (the float64 EDM / REPA results then differ by up to 8e-7), so the 1e-12 tolerance
+    follows the outputs, measured once over the files that record their calls."""
+    key = str(fixtures_dir)
+    if key not in _EXACT_F:
+        exact = FIXTURE_KERNELS
+        for name in FILES:
+            d = _load(fixtures_dir, name)
+            if exact and d.get("calls"):
+                with pytest.MonkeyPatch.context() as mp:
+                    ours = run_file(d, mp)["calls"]
+                exact = all(torch.equal(o["out"], r["out"]) for o, r in zip(ours, d["calls"]))
+        _EXACT_F[key] = exact
+    return _EXACT_F[key]
 
 
 # --- tests -----------------------------------------------------------------------------------------------
@@ -342,7 +364,7 @@ def test_sampler_reproduces_the_original(fixtures_dir, name, monkeypatch):
     run = run_file(d, monkeypatch)
     res, calls = run["result"], run["calls"]
     ref = d["result"]
-    atol = state_atol(name, ref.dtype)
+    atol = state_atol(name, ref.dtype, f_is_bit_identical(fixtures_dir))
 
     # what it returns: the original's dtype and values
     assert res.sample.dtype == ref.dtype and str(ref.dtype) == d["result_dtype"]

@@ -110,23 +110,41 @@ def test_tit_step_matches_official(ref_dir, name, fuse):
     out = objective(model, rec["x"], rec["c"], t=rec["t"], z=rec["z"])
     out.loss.backward()
     lam = rec["config"]["consistc_ratio"]
+    trace = rec["loss_trace"]
+    # F is one forward of the network: a few ulps apart between CPU kernels (measured <= 3.5e-6 at |F| <= 4 on
+    # AVX-512, AVX2 and the scalar "default" kernels).
+    torch.testing.assert_close(out.prediction, trace["F"], atol=1e-5, rtol=0)
     # For lambda != 0 the target holds a x100 central difference of f (t +- eps); times alpha*W/D (up
-    # to 4) it turns a ~1e-6 float32 difference in f into up to ~1e-3 on a few target entries. Such a
-    # difference comes from fusing the two forwards into one batch (another summation order) and from
-    # the CPU kernels (matmul, exp, rsqrt differ in the last bits between AVX-512, AVX2 and the scalar
-    # "default" kernels). Measured worst target entry, separate / fused: 3.4e-4 / 6.8e-4 on AVX2 and
-    # AVX-512, 7.3e-4 / 7.3e-4 with ATEN_CPU_CAPABILITY=default. Losses and gradients stay within the
-    # README's tolerances either way.
-    target_atol, loss_rtol = ((1e-3, 3e-5) if fuse else (1e-3, 1e-5)) if lam else (2e-5, 1e-5)
-    torch.testing.assert_close(out.target, rec["loss_trace"]["target"], atol=target_atol, rtol=0)
-    torch.testing.assert_close(out.per_sample, rec["loss_trace"]["per_sample"], rtol=loss_rtol, atol=2e-6)
+    # to 4) it turns a ~1e-6 float32 difference in f into up to ~1e-3 on a few target entries (given the
+    # original's network outputs, the replay test above reproduces the target to 5e-4). Such a difference
+    # comes from fusing the two forwards into one batch (another summation order) and from the CPU kernels
+    # (matmul, exp, rsqrt differ in the last bits between AVX-512, AVX2 and the scalar "default" kernels).
+    # Measured worst target entry, separate / fused: 3.4e-4 / 6.8e-4 on AVX2 and AVX-512, 7.3e-4 / 7.3e-4
+    # with ATEN_CPU_CAPABILITY=default; 1.34e-3 / 1.34e-3 on an AVX-512 FP16 Xeon (family 6 model 167), under
+    # each of its kernels.
+    target_atol = 2e-3 if lam else 2e-5
+    torch.testing.assert_close(out.target, trace["target"], atol=target_atol, rtol=0)
+    if objective.config.loss == "pseudo_huber" and not objective.config.cosine_loss:
+        # The per-sample loss sqrt(mean(u^2) + c^2) - c is 1-Lipschitz in the RMS of u = F - F~ (triangle
+        # inequality), so it may differ from the original's by at most the RMS of the F and target differences
+        # just measured, plus the rounding of its own mean and sqrt (measured: at most 0.58 of the bound).
+        def rms(d):
+            return d.pow(2).flatten(1).mean(1).sqrt()
+
+        bound = rms(out.prediction.detach() - trace["F"]) + rms(out.target - trace["target"]) + 2e-6
+        excess = (out.per_sample.detach() - trace["per_sample"]).abs() - bound
+        assert (excess <= 0).all(), f"per-sample loss beyond its Lipschitz bound by {excess.max().item():.3g}"
+    else:
+        torch.testing.assert_close(out.per_sample, trace["per_sample"], rtol=1e-5, atol=2e-6)
     assert out.loss.item() == pytest.approx(rec["loss"], rel=1e-5)
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert set(grads) == set(rec["grads"])
     for n, g in rec["grads"].items():
         torch.testing.assert_close(grads[n], g, atol=1e-5, rtol=1e-4, msg=f"grad {n}")
     norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values())).item()
-    assert norm == pytest.approx(rec["grad_norm"], rel=1e-5)
+    # The gradient follows F - F~, so with lambda != 0 it carries the target's kernel difference above: the norm
+    # is held to the elements' own rtol (measured 1.2e-5 on the family 6 model 167 Xeon, fused, EDM case).
+    assert norm == pytest.approx(rec["grad_norm"], rel=1e-4 if lam else 1e-5)
     assert objective.teacher.current_decay == pytest.approx(rec["cmd_after"])
 
 
