@@ -435,11 +435,11 @@ def test_sample_script_precision(tmp_path, signal_handlers_kept):
 
 
 def _bf16_attention_backend():
-    """Quirk: with ATEN_CPU_CAPABILITY=default (`make test-kernels`) on a CPU with native bf16 (AVX-512 BF16 / AMX),
-    torch's fused CPU attention in bf16 still packs its operands with AVX-512 code and raises "pack_vnni2 is only
-    supported when avx512 is supported" (torch 2.14, a Xeon of family 6 model 167). Under that capability the test
-    takes the math attention; under the machine's own kernels it runs the fused one, as training does."""
-    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "default":
+    """Quirk: with ATEN_CPU_CAPABILITY=avx2 or default (`make test-kernels`) on a CPU with native bf16 (AVX-512 BF16
+    / AMX), torch's fused CPU attention in bf16 still packs its operands with AVX-512 code and raises "pack_vnni2 is
+    only supported when avx512 is supported" (torch 2.14, a Xeon of family 6 model 167). Under those capabilities
+    the test takes the math attention; under the machine's own kernels it runs the fused one, as training does."""
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("avx2", "default"):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         return sdpa_kernel(SDPBackend.MATH)
