@@ -82,7 +82,8 @@ FILES = [
     "ddt_512-cfg3.0-steps250.pt",
 ]
 NULL = 1000  # the originals' hard-coded ImageNet null label
-#: The fixtures were made on AVX-512 hardware; torch's AVX2 and AVX-512 kernels reproduce them bit for bit.
+#: The fixtures were made on AVX-512 hardware; torch's AVX2 and AVX-512 kernels reproduce their grids and noise bit for
+#: bit, and their network outputs on most such machines, not all (f_is_bit_identical below).
 FIXTURE_KERNELS = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 SCALAR_NOISE_ATOL = 4e-6  # float32 randn, scalar vs vectorised Box-Muller (observed 1.8e-6)
 
