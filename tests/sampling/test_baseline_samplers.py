@@ -25,6 +25,7 @@ Tolerances (fixture README, "Tolerances for a reimplementation"):
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -308,25 +309,22 @@ def state_atol(name: str, dtype: torch.dtype, exact_f: bool = FIXTURE_KERNELS) -
     return 5e-5 if short_edm else 1e-6
 
 
-_EXACT_F: Dict[str, bool] = {}
-
-
+@functools.cache
 def f_is_bit_identical(fixtures_dir: Path) -> bool:
     """Whether this machine reproduces every recorded network output of the fixtures bit for bit. Quirk: an AVX2 /
     AVX-512 capability is not enough: on a Xeon of family 6 model 167 the fixture network's float32 F differs in
     the last bits under both (the float64 EDM / REPA results then differ by up to 8e-7), so the 1e-12 tolerance
     follows the outputs, measured once over the files that record their calls."""
-    key = str(fixtures_dir)
-    if key not in _EXACT_F:
-        exact = FIXTURE_KERNELS
-        for name in FILES:
-            d = _load(fixtures_dir, name)
-            if exact and d.get("calls"):
-                with pytest.MonkeyPatch.context() as mp:
-                    ours = run_file(d, mp)["calls"]
-                exact = all(torch.equal(o["out"], r["out"]) for o, r in zip(ours, d["calls"]))
-        _EXACT_F[key] = exact
-    return _EXACT_F[key]
+    if not FIXTURE_KERNELS:
+        return False
+    for name in FILES:
+        d = _load(fixtures_dir, name)
+        if d.get("calls"):
+            with pytest.MonkeyPatch.context() as mp:
+                ours = run_file(d, mp)["calls"]
+            if not all(torch.equal(o["out"], r["out"]) for o, r in zip(ours, d["calls"])):
+                return False
+    return True
 
 
 # --- tests -----------------------------------------------------------------------------------------------
